@@ -1,0 +1,569 @@
+"""The database edge: schema and migrations, transactions, FTS, retention.
+
+SQLite through sqlite-utils, in WAL mode with ``synchronous=FULL`` and a busy timeout. Every multi-row
+change happens inside ``db.atomic()``. Open one :class:`Store` per thread. Times are stored as ISO-8601
+UTC strings of one fixed shape, so that string order is time order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from aggregator.config import FeedConfig
+from aggregator.errors import StoreError
+from aggregator.models import Alert, Entry, TopicMatch
+
+BUSY_TIMEOUT_MS = 10_000
+FETCH_LOG_KEEP = 50  # fetches kept per feed
+
+
+def iso(moment: datetime | None) -> str | None:
+    """The one timestamp shape in the database: ``2026-01-02T03:04:05.000000+00:00``."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def from_iso(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+# -- migrations ----------------------------------------------------------------------------------
+# Numbered and append-only: a released migration is never edited, a change is a new number.
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE feeds (
+        url TEXT PRIMARY KEY,
+        name TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT 'active',      -- active | failing | gone | removed
+        etag TEXT,
+        last_modified TEXT,
+        body_hash TEXT,                             -- hash of the last body parsed
+        consecutive_errors INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        last_error_at TEXT,
+        failing_since TEXT,
+        last_success_at TEXT,
+        last_fetch_at TEXT,
+        next_fetch_at TEXT,
+        first_polled_at TEXT,
+        moved_from TEXT,
+        ops_notified_at TEXT,
+        added_at TEXT NOT NULL
+    );
+    CREATE INDEX feeds_next_fetch ON feeds(status, next_fetch_at);
+
+    CREATE TABLE stories (
+        id INTEGER PRIMARY KEY,
+        title TEXT NOT NULL,
+        canonical_url TEXT,
+        first_seen TEXT NOT NULL,
+        last_seen TEXT NOT NULL,
+        published TEXT,
+        entry_count INTEGER NOT NULL DEFAULT 1,
+        signature TEXT                               -- grouping features, JSON
+    );
+    CREATE INDEX stories_last_seen ON stories(last_seen);
+
+    CREATE TABLE entries (
+        id INTEGER PRIMARY KEY,
+        feed_url TEXT NOT NULL,
+        guid TEXT NOT NULL,
+        link TEXT NOT NULL DEFAULT '',
+        canonical_url TEXT NOT NULL DEFAULT '',
+        title TEXT NOT NULL DEFAULT '',
+        summary TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL DEFAULT '',
+        published TEXT,
+        first_seen TEXT NOT NULL,
+        updated_at TEXT,
+        content_hash TEXT NOT NULL,
+        links TEXT NOT NULL DEFAULT '[]',
+        story_id INTEGER REFERENCES stories(id)
+    );
+    CREATE UNIQUE INDEX entries_feed_guid ON entries(feed_url, guid);
+    CREATE INDEX entries_canonical ON entries(canonical_url) WHERE canonical_url != '';
+    CREATE INDEX entries_story ON entries(story_id);
+    CREATE INDEX entries_first_seen ON entries(first_seen);
+
+    CREATE TABLE matches (
+        entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+        topic TEXT NOT NULL,
+        terms TEXT NOT NULL DEFAULT '[]',
+        PRIMARY KEY (entry_id, topic)
+    );
+    CREATE INDEX matches_topic ON matches(topic);
+
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        dedupe_key TEXT NOT NULL UNIQUE,            -- one alert per story and channel, ever
+        story_id INTEGER REFERENCES stories(id),
+        entry_id INTEGER REFERENCES entries(id),
+        channel TEXT NOT NULL,
+        kind TEXT NOT NULL DEFAULT 'alert',         -- alert | reply | update | digest | ops | test
+        topics TEXT NOT NULL DEFAULT '[]',          -- [{"topic": .., "terms": [..]}]
+        state TEXT NOT NULL DEFAULT 'pending',      -- pending | sending | sent | failed | dead | held
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        sent_at TEXT,
+        slack_channel TEXT,
+        slack_ts TEXT,
+        thread_ts TEXT,
+        payload TEXT NOT NULL DEFAULT '{}',         -- kind-specific data, JSON
+        last_error TEXT
+    );
+    CREATE INDEX alerts_due ON alerts(state, next_attempt_at);
+    CREATE INDEX alerts_story ON alerts(story_id);
+
+    CREATE TABLE channel_state (
+        channel TEXT PRIMARY KEY,
+        paused_until TEXT,
+        pause_reason TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,
+        last_sent_at TEXT
+    );
+
+    CREATE TABLE fetches (
+        id INTEGER PRIMARY KEY,
+        feed_url TEXT NOT NULL,
+        at TEXT NOT NULL,
+        outcome TEXT NOT NULL,                      -- fetched | unchanged | failed | gone
+        status_code INTEGER,
+        bytes INTEGER,
+        elapsed_ms REAL,
+        new_entries INTEGER NOT NULL DEFAULT 0,
+        error TEXT
+    );
+    CREATE INDEX fetches_feed ON fetches(feed_url, at);
+    """,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """A feed's row: its validators and schedule state."""
+
+    url: str
+    name: str
+    status: str
+    etag: str | None
+    last_modified: str | None
+    body_hash: str | None
+    consecutive_errors: int
+    last_error: str | None
+    last_success_at: datetime | None
+    last_fetch_at: datetime | None
+    next_fetch_at: datetime | None
+    first_polled_at: datetime | None
+    failing_since: datetime | None
+    moved_from: str | None = None
+    ops_notified_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> FeedState:
+        return cls(
+            url=row["url"],
+            name=row["name"],
+            status=row["status"],
+            etag=row["etag"],
+            last_modified=row["last_modified"],
+            body_hash=row["body_hash"],
+            consecutive_errors=row["consecutive_errors"],
+            last_error=row["last_error"],
+            last_success_at=from_iso(row["last_success_at"]),
+            last_fetch_at=from_iso(row["last_fetch_at"]),
+            next_fetch_at=from_iso(row["next_fetch_at"]),
+            first_polled_at=from_iso(row["first_polled_at"]),
+            failing_since=from_iso(row["failing_since"]),
+            moved_from=row["moved_from"],
+            ops_notified_at=from_iso(row["ops_notified_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    """An entry to insert, with its matches and the channels to alert (empty: store only)."""
+
+    entry: Entry
+    matches: tuple[TopicMatch, ...]
+    alert_channels: tuple[tuple[str, tuple[TopicMatch, ...]], ...]  # (channel, its topics)
+    story_id: int | None = None  # join this existing story instead of starting one
+
+
+class Store:
+    """One connection to the database. Not shared between threads."""
+
+    def __init__(self, db: sqlite_utils.Database, path: str) -> None:
+        self.db = db
+        self.path = path
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        """Open (creating directories and the file if needed) and migrate forward."""
+        path = str(path)
+        try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            db = sqlite_utils.Database(conn)
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if path != ":memory:":
+                db.enable_wal()
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+            store = cls(db, path)
+            store.migrate()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open database {path!r}: {e}") from e
+        return store
+
+    def close(self) -> None:
+        self.db.close()
+
+    def schema_version(self) -> int:
+        if "schema_migrations" not in self.db.table_names():
+            return 0
+        row = self.db.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def migrate(self) -> list[int]:
+        """Apply every migration newer than the database, each in its own transaction."""
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        applied: list[int] = []
+        current = self.schema_version()
+        for version in sorted(v for v in MIGRATIONS if v > current):
+            with self.db.atomic():
+                for statement in _statements(MIGRATIONS[version]):
+                    self.db.execute(statement)
+                if version == 1:
+                    self.db["entries"].enable_fts(["title", "summary"], create_triggers=True)
+                self.db.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    [version, iso(datetime.now(UTC))],
+                )
+            applied.append(version)
+        return applied
+
+    def journal_mode(self) -> str:
+        return str(self.db.execute("PRAGMA journal_mode").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.db.atomic():
+            yield
+
+    # -- feeds ------------------------------------------------------------------------------------
+
+    def sync_feeds(self, feeds: Sequence[FeedConfig], now: datetime) -> None:
+        """Make the feeds table follow the config: add new feeds (due now), retire removed ones."""
+        wanted = {f.url: f for f in feeds}
+        with self.db.atomic():
+            existing = {r["url"]: r for r in self.db.query("SELECT url, status, name FROM feeds")}
+            for url, feed in wanted.items():
+                row = existing.get(url)
+                if row is None:
+                    self.db.execute(
+                        "INSERT INTO feeds (url, name, next_fetch_at, added_at) VALUES (?, ?, ?, ?)",
+                        [url, feed.name, iso(now), iso(now)],
+                    )
+                elif row["status"] == "removed" or row["name"] != feed.name:
+                    status = "active" if row["status"] == "removed" else row["status"]
+                    self.db.execute(
+                        "UPDATE feeds SET name = ?, status = ? WHERE url = ?",
+                        [feed.name, status, url],
+                    )
+            for url, row in existing.items():
+                if url not in wanted and row["status"] != "removed":
+                    self.db.execute("UPDATE feeds SET status = 'removed' WHERE url = ?", [url])
+
+    def feed_states(self) -> list[FeedState]:
+        rows = self.db.query("SELECT * FROM feeds WHERE status != 'removed' ORDER BY url")
+        return [FeedState.from_row(r) for r in rows]
+
+    def feed_state(self, url: str) -> FeedState | None:
+        rows = list(self.db.query("SELECT * FROM feeds WHERE url = ?", [url]))
+        return FeedState.from_row(rows[0]) if rows else None
+
+    def due_feeds(self, now: datetime) -> list[FeedState]:
+        rows = self.db.query(
+            "SELECT * FROM feeds WHERE status IN ('active', 'failing') "
+            "AND (next_fetch_at IS NULL OR next_fetch_at <= ?) ORDER BY next_fetch_at, url",
+            [iso(now)],
+        )
+        return [FeedState.from_row(r) for r in rows]
+
+    def update_feed(self, url: str, **fields: Any) -> None:
+        """Set columns of one feed. Datetimes are stored in the canonical shape."""
+        if not fields:
+            return
+        values = [iso(v) if isinstance(v, datetime) else v for v in fields.values()]
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self.db.execute(f"UPDATE feeds SET {assignments} WHERE url = ?", [*values, url])  # noqa: S608
+
+    def log_fetch(
+        self,
+        url: str,
+        at: datetime,
+        outcome: str,
+        *,
+        status_code: int | None = None,
+        size: int | None = None,
+        elapsed: float | None = None,
+        new_entries: int = 0,
+        error: str | None = None,
+    ) -> None:
+        """Append to the bounded fetch log (the last :data:`FETCH_LOG_KEEP` per feed are kept)."""
+        self.db.execute(
+            "INSERT INTO fetches (feed_url, at, outcome, status_code, bytes, elapsed_ms, "
+            "new_entries, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                url,
+                iso(at),
+                outcome,
+                status_code,
+                size,
+                None if elapsed is None else round(elapsed * 1000, 1),
+                new_entries,
+                error,
+            ],
+        )
+        self.db.execute(
+            "DELETE FROM fetches WHERE feed_url = ? AND id NOT IN "
+            "(SELECT id FROM fetches WHERE feed_url = ? ORDER BY id DESC LIMIT ?)",
+            [url, url, FETCH_LOG_KEEP],
+        )
+
+    def rename_feed(self, old_url: str, new_url: str) -> None:
+        """Follow a permanent redirect: the feed's row and its entries move to the new URL."""
+        with self.db.atomic():
+            if self.feed_state(new_url) is not None:
+                self.db.execute("UPDATE feeds SET status = 'removed' WHERE url = ?", [old_url])
+                return
+            self.db.execute(
+                "UPDATE feeds SET url = ?, moved_from = ? WHERE url = ?", [new_url, old_url, old_url]
+            )
+            self.db.execute(
+                "UPDATE OR IGNORE entries SET feed_url = ? WHERE feed_url = ?", [new_url, old_url]
+            )
+
+    # -- entries ----------------------------------------------------------------------------------
+
+    def known_guids(self, feed_url: str, guids: Iterable[str]) -> dict[str, str]:
+        """The guids of this feed already stored, mapped to their content hash."""
+        wanted = list(dict.fromkeys(guids))
+        found: dict[str, str] = {}
+        for chunk in _chunks(wanted, 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT guid, content_hash FROM entries WHERE feed_url = ? AND guid IN ({marks})",  # noqa: S608
+                [feed_url, *chunk],
+            )
+            found.update({g: h for g, h in rows})
+        return found
+
+    def known_canonical_urls(self, urls: Iterable[str]) -> set[str]:
+        """Which of these canonical URLs any feed has already stored."""
+        wanted = [u for u in dict.fromkeys(urls) if u]
+        found: set[str] = set()
+        for chunk in _chunks(wanted, 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT DISTINCT canonical_url FROM entries WHERE canonical_url IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    def add_entries(self, batch: Sequence[NewEntry], now: datetime) -> dict[str, int]:
+        """Insert entries, their matches, their stories and their alerts in one transaction.
+
+        An alert row is written with its entry, before any send. The ``dedupe_key`` makes a second
+        alert for the same story and channel impossible, whatever happens upstream.
+        Returns counts: ``entries``, ``alerts``.
+        """
+        counts = {"entries": 0, "alerts": 0}
+        if not batch:
+            return counts
+        stamp = iso(now)
+        with self.db.atomic():
+            for item in batch:
+                e = item.entry
+                story_id = item.story_id
+                if story_id is None:
+                    story_id = self._insert(
+                        "INSERT INTO stories (title, canonical_url, first_seen, last_seen, "
+                        "published) VALUES (?, ?, ?, ?, ?)",
+                        [e.title, e.canonical_url, stamp, stamp, iso(e.published)],
+                    )
+                else:
+                    self.db.execute(
+                        "UPDATE stories SET last_seen = ?, entry_count = entry_count + 1 "
+                        "WHERE id = ?",
+                        [stamp, story_id],
+                    )
+                cursor = self.db.execute(
+                    "INSERT OR IGNORE INTO entries (feed_url, guid, link, canonical_url, title, "
+                    "summary, source, published, first_seen, content_hash, links, story_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        e.feed_url,
+                        e.guid,
+                        e.link,
+                        e.canonical_url,
+                        e.title,
+                        e.summary,
+                        e.source,
+                        iso(e.published),
+                        stamp,
+                        e.content_hash,
+                        json.dumps(list(e.links)),
+                        story_id,
+                    ],
+                )
+                if cursor.rowcount == 0:  # raced with an identical guid in this batch
+                    continue
+                entry_id = int(cursor.lastrowid or 0)
+                counts["entries"] += 1
+                for m in item.matches:
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO matches (entry_id, topic, terms) VALUES (?, ?, ?)",
+                        [entry_id, m.topic, json.dumps(list(m.terms))],
+                    )
+                for channel, topics in item.alert_channels:
+                    cursor = self.db.execute(
+                        "INSERT OR IGNORE INTO alerts (dedupe_key, story_id, entry_id, channel, "
+                        "kind, topics, state, next_attempt_at, created_at, updated_at) "
+                        "VALUES (?, ?, ?, ?, 'alert', ?, 'pending', ?, ?, ?)",
+                        [
+                            f"alert:{story_id}:{channel}",
+                            story_id,
+                            entry_id,
+                            channel,
+                            _topics_json(topics),
+                            stamp,
+                            stamp,
+                            stamp,
+                        ],
+                    )
+                    counts["alerts"] += cursor.rowcount
+        return counts
+
+    def entry_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+    def search(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Full-text search over stored titles and summaries."""
+        return list(self.db["entries"].search(query, limit=limit))
+
+    def prune(self, now: datetime, retention_days: int) -> int:
+        """Delete entries older than the retention period whose alerts are settled."""
+        cutoff = iso(now - timedelta(days=retention_days))
+        with self.db.atomic():
+            cursor = self.db.execute(
+                "DELETE FROM entries WHERE first_seen < ? AND id NOT IN "
+                "(SELECT entry_id FROM alerts WHERE entry_id IS NOT NULL "
+                "AND state NOT IN ('sent', 'dead'))",
+                [cutoff],
+            )
+            self.db.execute(
+                "DELETE FROM stories WHERE last_seen < ? AND id NOT IN "
+                "(SELECT story_id FROM entries WHERE story_id IS NOT NULL) AND id NOT IN "
+                "(SELECT story_id FROM alerts WHERE story_id IS NOT NULL)",
+                [cutoff],
+            )
+        return int(cursor.rowcount)
+
+    # -- outbox -----------------------------------------------------------------------------------
+
+    def due_alerts(self, now: datetime, limit: int = 500) -> list[Alert]:
+        """Alerts ready to send: pending, or failed and due again, oldest first."""
+        rows = self.db.query(
+            "SELECT a.*, e.title, e.link, e.source, e.published, e.summary "
+            "FROM alerts a LEFT JOIN entries e ON e.id = a.entry_id "
+            "WHERE a.state IN ('pending', 'failed') AND a.next_attempt_at <= ? "
+            "ORDER BY a.id LIMIT ?",
+            [iso(now), limit],
+        )
+        return [_alert(r) for r in rows]
+
+    def alerts_in_state(self, *states: str) -> list[Alert]:
+        marks = ",".join("?" * len(states))
+        rows = self.db.query(
+            "SELECT a.*, e.title, e.link, e.source, e.published, e.summary "
+            f"FROM alerts a LEFT JOIN entries e ON e.id = a.entry_id WHERE a.state IN ({marks}) "  # noqa: S608
+            "ORDER BY a.id",
+            list(states),
+        )
+        return [_alert(r) for r in rows]
+
+    def alert_row(self, alert_id: int) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM alerts WHERE id = ?", [alert_id]))
+        return rows[0] if rows else None
+
+    def set_alert(self, alert_id: int, now: datetime, **fields: Any) -> None:
+        """Change an alert's state and columns; committed at once, before any next network call."""
+        fields["updated_at"] = now
+        values = [iso(v) if isinstance(v, datetime) else v for v in fields.values()]
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self.db.execute(f"UPDATE alerts SET {assignments} WHERE id = ?", [*values, alert_id])  # noqa: S608
+
+    def alert_counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT state, count(*) FROM alerts GROUP BY state")
+        return {state: int(n) for state, n in rows}
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _insert(self, sql: str, params: Sequence[Any]) -> int:
+        return int(self.db.execute(sql, list(params)).lastrowid or 0)
+
+
+def _alert(row: dict[str, Any]) -> Alert:
+    topics = tuple(
+        TopicMatch(t["topic"], tuple(t.get("terms", ()))) for t in json.loads(row["topics"])
+    )
+    return Alert(
+        id=row["id"],
+        channel=row["channel"],
+        kind=row["kind"],
+        title=row.get("title") or "",
+        link=row.get("link") or "",
+        source=row.get("source") or "",
+        published=from_iso(row.get("published")),
+        summary=row.get("summary") or "",
+        topics=topics,
+        attempts=row["attempts"],
+        story_id=row["story_id"],
+        thread_ts=row["thread_ts"],
+        extra=json.loads(row["payload"] or "{}"),
+    )
+
+
+def _topics_json(topics: Sequence[TopicMatch]) -> str:
+    return json.dumps([{"topic": t.topic, "terms": list(t.terms)} for t in topics])
+
+
+def _statements(script: str) -> list[str]:
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
