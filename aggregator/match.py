@@ -1,0 +1,507 @@
+"""The compiled topic matcher: every topic's rules evaluated against one document at a time.
+
+How it stays fast: all topics' word patterns are numbered once at compile time ("atoms"). A document
+is tokenised once; each distinct word is looked up once (and remembered) to find the atoms it
+satisfies, which gives an index ``atom -> word positions``. Only topics that mention a present atom
+are evaluated, and evaluation only touches those short position lists. Fields are kept apart by
+giving each field its own block of positions, so phrases and NEAR never span two fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aggregator import rules
+from aggregator import text as textnorm
+from aggregator.config import TopicConfig
+from aggregator.models import Document, TopicMatch
+
+FIELD_NUMBER = {name: i for i, name in enumerate(rules.FIELDS)}
+_SHIFT = 20  # positions are field << _SHIFT | word index
+_MAX_WORDS = (1 << _SHIFT) - 1
+_CACHE_LIMIT = 500_000
+
+Index = dict[int, list[int]]
+Span = tuple[int, int]  # first and last position, inclusive
+
+
+# -- explanations --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Highlight:
+    """One field's text and the character ranges of the words that matched in it."""
+
+    field: str
+    text: str
+    spans: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClauseResult:
+    text: str
+    matched: bool
+    terms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TopicExplanation:
+    """Why one topic did or did not match one document."""
+
+    topic: str
+    matched: bool  # the verdict: the query matched and no exclusion vetoed it
+    query_matched: bool
+    clauses: tuple[ClauseResult, ...]  # the query's top-level clauses and which ones held
+    terms: tuple[str, ...]
+    vetoed_by: tuple[ClauseResult, ...] = ()  # the exclusion clauses that matched
+    highlights: tuple[Highlight, ...] = ()
+
+
+# -- compiled form -------------------------------------------------------------------------------
+
+
+class _Atoms:
+    """Numbers every distinct word pattern of every topic."""
+
+    def __init__(self) -> None:
+        self.exact: dict[str, int] = {}  # lower-cased words
+        self.capitals: dict[str, int] = {}  # words that must be written in capitals
+        self.prefix: dict[str, int] = {}
+        self.capitals_prefix: dict[str, int] = {}
+        self.count = 0
+
+    def add(self, word: rules.Word) -> int:
+        if word.prefix:
+            table = self.capitals_prefix if word.exact_case else self.prefix
+        else:
+            table = self.capitals if word.exact_case else self.exact
+        if word.text not in table:
+            table[word.text] = self.count
+            self.count += 1
+        return table[word.text]
+
+    def lookup(self, token: str) -> tuple[int, ...]:
+        key = textnorm.word_key(token)
+        low = key.lower()
+        found: list[int] = []
+        if low in self.exact:
+            found.append(self.exact[low])
+        if key in self.capitals:
+            found.append(self.capitals[key])
+        if self.prefix:
+            for end in range(rules.MIN_WILDCARD_PREFIX, len(low) + 1):
+                atom = self.prefix.get(low[:end])
+                if atom is not None:
+                    found.append(atom)
+        if self.capitals_prefix:
+            for end in range(rules.MIN_WILDCARD_PREFIX, len(key) + 1):
+                atom = self.capitals_prefix.get(key[:end])
+                if atom is not None:
+                    found.append(atom)
+        return tuple(found)
+
+
+class _Node:
+    positional = False
+
+    def test(self, index: Index) -> bool:
+        raise NotImplementedError
+
+    def spans(self, index: Index) -> list[Span]:
+        raise NotImplementedError
+
+
+class _Words(_Node):
+    positional = True
+
+    def __init__(self, atoms: tuple[int, ...], fields: frozenset[str]) -> None:
+        self.atoms = atoms
+        self.fields = frozenset(FIELD_NUMBER[f] for f in fields)
+        self.length = len(atoms)
+
+    def spans(self, index: Index) -> list[Span]:
+        first = index.get(self.atoms[0])
+        if not first:
+            return []
+        fields = self.fields
+        if self.length == 1:
+            return [(p, p) for p in first if p >> _SHIFT in fields]
+        rest = []
+        for atom in self.atoms[1:]:
+            positions = index.get(atom)
+            if not positions:
+                return []
+            rest.append(positions)
+        out = []
+        for p in first:
+            if p >> _SHIFT in fields and all(p + k in rest[k - 1] for k in range(1, self.length)):
+                out.append((p, p + self.length - 1))
+        return out
+
+    def test(self, index: Index) -> bool:
+        if self.length == 1:
+            first = index.get(self.atoms[0])
+            if not first:
+                return False
+            fields = self.fields
+            return any(p >> _SHIFT in fields for p in first)
+        return bool(self.spans(index))
+
+
+class _Near(_Node):
+    positional = True
+
+    def __init__(self, left: _Node, right: _Node, distance: int) -> None:
+        self.left = left
+        self.right = right
+        self.distance = distance
+
+    def spans(self, index: Index) -> list[Span]:
+        lefts = self.left.spans(index)
+        if not lefts:
+            return []
+        rights = self.right.spans(index)
+        out: list[Span] = []
+        for a in lefts:
+            for b in rights:
+                if a[0] >> _SHIFT != b[0] >> _SHIFT:
+                    continue
+                gap = b[0] - a[1] if b[0] > a[1] else a[0] - b[1]
+                if gap <= self.distance:
+                    out.append(a)
+                    out.append(b)
+        return out
+
+    def test(self, index: Index) -> bool:
+        return bool(self.spans(index))
+
+
+class _Or(_Node):
+    def __init__(self, children: list[_Node]) -> None:
+        self.children = children
+        self.positional = all(c.positional for c in children)
+
+    def test(self, index: Index) -> bool:
+        return any(c.test(index) for c in self.children)
+
+    def spans(self, index: Index) -> list[Span]:
+        out: list[Span] = []
+        for child in self.children:
+            out.extend(child.spans(index))
+        return out
+
+
+class _And(_Node):
+    def __init__(self, children: list[_Node]) -> None:
+        self.children = children
+
+    def test(self, index: Index) -> bool:
+        return all(c.test(index) for c in self.children)
+
+
+class _Not(_Node):
+    def __init__(self, child: _Node) -> None:
+        self.child = child
+
+    def test(self, index: Index) -> bool:
+        return not self.child.test(index)
+
+
+def _build(node: rules.Node, atoms: _Atoms, mentioned: set[int], memo: dict[int, _Node]) -> _Node:
+    built: _Node
+    if isinstance(node, rules.Words):
+        ids = tuple(atoms.add(w) for w in node.words)
+        mentioned.update(ids)
+        built = _Words(ids, node.fields)
+    elif isinstance(node, rules.Near):
+        left = _build(node.left, atoms, mentioned, memo)
+        right = _build(node.right, atoms, mentioned, memo)
+        built = _Near(left, right, node.distance)
+    elif isinstance(node, rules.Or):
+        built = _Or([_build(c, atoms, mentioned, memo) for c in node.children])
+    elif isinstance(node, rules.And):
+        built = _And([_build(c, atoms, mentioned, memo) for c in node.children])
+    else:
+        built = _Not(_build(node.child, atoms, mentioned, memo))
+    memo[id(node)] = built
+    return built
+
+
+def _collect(node: _Node, index: Index, out: list[Span]) -> None:
+    """Spans of the words that made ``node`` true (words under NOT are not reasons)."""
+    if node.positional:
+        out.extend(node.spans(index))
+    elif isinstance(node, _And | _Or):
+        for child in node.children:
+            if child.test(index):
+                _collect(child, index, out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """One compiled query (a topic's ``query`` or its ``exclude``)."""
+
+    query: rules.Query
+    root: _Node
+    nodes: dict[int, _Node]  # id(rules node) -> compiled node, for explanations
+
+
+@dataclass(frozen=True, slots=True)
+class _Topic:
+    name: str
+    query: _Rule
+    exclude: _Rule | None
+
+
+def _clauses(rule: _Rule) -> list[rules.Node]:
+    root = rule.query.root
+    if isinstance(root, rules.Or | rules.And):
+        return list(root.children)
+    return [root]
+
+
+# -- the matcher ---------------------------------------------------------------------------------
+
+
+class TopicMatcher:
+    """All topics compiled together. Compile once per config load; ``match`` is pure."""
+
+    def __init__(self, topics: list[_Topic], atoms: _Atoms, by_atom: dict[int, list[int]],
+                 always: list[int], fields: frozenset[int]) -> None:  # fmt: skip
+        self._topics = topics
+        self._atoms = atoms
+        self._by_atom = by_atom
+        self._always = always
+        self._fields = fields
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    @classmethod
+    def compile(cls, topics: Sequence[TopicConfig]) -> TopicMatcher:
+        """Parse and compile every topic. Raises :class:`RuleSyntaxError` on a bad query."""
+        atoms = _Atoms()
+        compiled: list[_Topic] = []
+        by_atom: dict[int, list[int]] = {}
+        always: list[int] = []
+        fields: set[int] = set()
+        for number, topic in enumerate(topics):
+            mentioned: set[int] = set()
+            query = cls._rule(topic.query, atoms, mentioned)
+            exclude = None
+            if topic.exclude and topic.exclude.strip():
+                exclude = cls._rule(topic.exclude, atoms, set())
+            for rule in (query, exclude):
+                if rule is not None:
+                    for node in rules.walk(rule.query.root):
+                        if isinstance(node, rules.Words):
+                            fields.update(FIELD_NUMBER[f] for f in node.fields)
+            compiled.append(_Topic(topic.name, query, exclude))
+            if query.root.test({}):
+                always.append(number)  # e.g. a query that is only NOT ...: no word needed
+            for atom in mentioned:
+                by_atom.setdefault(atom, []).append(number)
+        return cls(compiled, atoms, by_atom, always, frozenset(fields))
+
+    @staticmethod
+    def _rule(source: str, atoms: _Atoms, mentioned: set[int]) -> _Rule:
+        query = rules.parse(source)
+        memo: dict[int, _Node] = {}
+        root = _build(query.root, atoms, mentioned, memo)
+        return _Rule(query, root, memo)
+
+    @property
+    def topic_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self._topics)
+
+    # -- indexing ---------------------------------------------------------------------------
+
+    def _texts(self, doc: Document) -> tuple[str, str, str, str]:
+        return (
+            textnorm.clean(doc.title),
+            textnorm.clean(doc.summary),
+            textnorm.normalise(doc.source),
+            textnorm.normalise(doc.link),
+        )
+
+    def _index(self, texts: Sequence[str]) -> Index:
+        index: Index = {}
+        cache = self._cache
+        lookup = self._atoms.lookup
+        for field, text in enumerate(texts):
+            if field not in self._fields or not text:
+                continue
+            base = field << _SHIFT
+            for i, token in enumerate(textnorm.WORD.findall(text)):
+                found = cache.get(token)
+                if found is None:
+                    if len(cache) >= _CACHE_LIMIT:
+                        cache.clear()
+                    found = cache[token] = lookup(token)
+                if found and i <= _MAX_WORDS:
+                    for atom in found:
+                        positions = index.get(atom)
+                        if positions is None:
+                            index[atom] = [base + i]
+                        else:
+                            positions.append(base + i)
+        return index
+
+    def _candidates(self, index: Index) -> list[int]:
+        if len(index) == 0:
+            return self._always
+        numbers = set(self._always)
+        by_atom = self._by_atom
+        for atom in index:
+            numbers.update(by_atom.get(atom, ()))
+        return sorted(numbers)
+
+    # -- public -----------------------------------------------------------------------------
+
+    def match(self, doc: Document) -> list[TopicMatch]:
+        """The topics whose query matches and whose exclusion does not, in config order."""
+        texts = self._texts(doc)
+        index = self._index(texts)
+        out: list[TopicMatch] = []
+        spans_by_field: list[list[tuple[int, int]]] | None = None
+        for number in self._candidates(index):
+            topic = self._topics[number]
+            if not topic.query.root.test(index):
+                continue
+            if topic.exclude is not None and topic.exclude.root.test(index):
+                continue
+            if spans_by_field is None:
+                spans_by_field = [textnorm.word_spans(t) for t in texts]
+            spans: list[Span] = []
+            _collect(topic.query.root, index, spans)
+            out.append(TopicMatch(topic.name, _terms(spans, texts, spans_by_field)))
+        return out
+
+    def explain(self, doc: Document) -> list[TopicExplanation]:
+        """For every topic: the verdict, which clauses held, the matched words, any veto."""
+        texts = self._texts(doc)
+        index = self._index(texts)
+        spans_by_field = [textnorm.word_spans(t) for t in texts]
+        out: list[TopicExplanation] = []
+        for topic in self._topics:
+            query_ok = topic.query.root.test(index)
+            clauses = tuple(
+                self._clause(topic.query, node, index, texts, spans_by_field)
+                for node in _clauses(topic.query)
+            )
+            spans: list[Span] = []
+            _collect(topic.query.root, index, spans)
+            vetoes: tuple[ClauseResult, ...] = ()
+            if topic.exclude is not None and topic.exclude.root.test(index):
+                vetoes = tuple(
+                    clause
+                    for clause in (
+                        self._clause(topic.exclude, node, index, texts, spans_by_field)
+                        for node in _clauses(topic.exclude)
+                    )
+                    if clause.matched
+                )
+                if isinstance(topic.exclude.query.root, rules.And):
+                    vetoes = (
+                        self._clause(
+                            topic.exclude, topic.exclude.query.root, index, texts, spans_by_field
+                        ),
+                    )
+            out.append(
+                TopicExplanation(
+                    topic=topic.name,
+                    matched=query_ok and not vetoes,
+                    query_matched=query_ok,
+                    clauses=clauses,
+                    terms=_terms(spans, texts, spans_by_field),
+                    vetoed_by=vetoes,
+                    highlights=_highlights(spans, texts, spans_by_field),
+                )
+            )
+        return out
+
+    def _clause(
+        self,
+        rule: _Rule,
+        node: rules.Node,
+        index: Index,
+        texts: Sequence[str],
+        spans_by_field: list[list[tuple[int, int]]],
+    ) -> ClauseResult:
+        compiled = rule.nodes[id(node)]
+        ok = compiled.test(index)
+        spans: list[Span] = []
+        if ok:
+            _collect(compiled, index, spans)
+        return ClauseResult(rule.query.text_of(node), ok, _terms(spans, texts, spans_by_field))
+
+
+def _char_range(
+    span: Span, spans_by_field: list[list[tuple[int, int]]]
+) -> tuple[int, int, int] | None:
+    field = span[0] >> _SHIFT
+    words = spans_by_field[field]
+    first, last = span[0] & _MAX_WORDS, span[1] & _MAX_WORDS
+    if last >= len(words):
+        return None
+    return field, words[first][0], words[last][1]
+
+
+def _terms(
+    spans: list[Span], texts: Sequence[str], spans_by_field: list[list[tuple[int, int]]]
+) -> tuple[str, ...]:
+    """The matched words as written in the text, first occurrence first, each once."""
+    seen: dict[str, None] = {}
+    for span in sorted(set(spans)):
+        where = _char_range(span, spans_by_field)
+        if where is not None:
+            field, start, end = where
+            seen.setdefault(texts[field][start:end], None)
+    return tuple(seen)
+
+
+def _highlights(
+    spans: list[Span], texts: Sequence[str], spans_by_field: list[list[tuple[int, int]]]
+) -> tuple[Highlight, ...]:
+    ranges: dict[int, set[tuple[int, int]]] = {}
+    for span in spans:
+        where = _char_range(span, spans_by_field)
+        if where is not None:
+            ranges.setdefault(where[0], set()).add((where[1], where[2]))
+    out = []
+    for field, name in enumerate(rules.FIELDS):
+        if texts[field] and (field in ranges or field < 2):
+            out.append(Highlight(name, texts[field], _merge(sorted(ranges.get(field, ())))))
+    return tuple(out)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    merged: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return tuple(merged)
+
+
+def check_examples(topics: Sequence[TopicConfig]) -> list[str]:
+    """One readable problem per violated example. Examples are titles; feeds do not apply."""
+    matcher = TopicMatcher.compile(topics)
+    problems: list[str] = []
+    for topic in topics:
+        for i, example in enumerate(topic.examples_match):
+            found = {m.topic: m for m in matcher.match(Document(title=example))}
+            if topic.name not in found:
+                problems.append(
+                    f"topics.{topic.name}.examples.match[{i}]: {example!r} should match topic "
+                    f"'{topic.name}' but does not"
+                )
+        for i, example in enumerate(topic.examples_no_match):
+            found = {m.topic: m for m in matcher.match(Document(title=example))}
+            if topic.name in found:
+                terms = ", ".join(found[topic.name].terms)
+                problems.append(
+                    f"topics.{topic.name}.examples.no_match[{i}]: {example!r} should not match "
+                    f"topic '{topic.name}' but does (matched: {terms})"
+                )
+    return problems
