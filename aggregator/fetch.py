@@ -148,7 +148,7 @@ class Fetcher:
                     if not target.startswith(("http://", "https://")):
                         raise _Failure(
                             "redirect",
-                            f"HTTP {status} redirect to {target!r} refused: not http(s)",
+                            f"HTTP {status} redirect to {location!r} refused: not http(s)",
                             status=status,
                         )
                     if target in visited:
