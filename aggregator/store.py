@@ -567,3 +567,161 @@ def _statements(script: str) -> list[str]:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# == delivery outbox helpers (owned by the delivery helper: aggregator/notify/) ===================
+# Kept as functions over a Store so this section stays self-contained at the end of the file.
+
+_OUTBOX_SELECT = (
+    "SELECT a.*, e.title, e.link, e.source, e.published, e.summary "
+    "FROM alerts a LEFT JOIN entries e ON e.id = a.entry_id "
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An alert with the outbox bookkeeping the delivery loop needs."""
+
+    alert: Alert
+    state: str
+    updated_at: str
+    next_attempt_at: str
+    last_error: str | None
+    slack_ts: str | None
+    slack_channel: str | None
+    payload: dict[str, Any]
+
+
+def _outbox_row(row: dict[str, Any]) -> OutboxRow:
+    return OutboxRow(
+        alert=_alert(row),
+        state=row["state"],
+        updated_at=row["updated_at"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+        slack_ts=row["slack_ts"],
+        slack_channel=row["slack_channel"],
+        payload=json.loads(row["payload"] or "{}"),
+    )
+
+
+def outbox_due(store: Store, now: datetime, limit: int = 500) -> list[OutboxRow]:
+    """Rows to act on now: pending, failed or held, whose time has come; oldest first."""
+    rows = store.db.query(
+        _OUTBOX_SELECT + "WHERE a.state IN ('pending', 'failed', 'held') "
+        "AND a.next_attempt_at <= ? ORDER BY a.id LIMIT ?",
+        [iso(now), limit],
+    )
+    return [_outbox_row(r) for r in rows]
+
+
+def outbox_rows(store: Store, *states: str, ids: Sequence[int] = ()) -> list[OutboxRow]:
+    """Rows in these states (all states when none are given), or these ids; oldest first."""
+    where: list[str] = []
+    params: list[Any] = []
+    if states:
+        where.append(f"a.state IN ({','.join('?' * len(states))})")
+        params.extend(states)
+    if ids:
+        where.append(f"a.id IN ({','.join('?' * len(ids))})")
+        params.extend(ids)
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    rows = store.db.query(_OUTBOX_SELECT + clause + " ORDER BY a.id", params)
+    return [_outbox_row(r) for r in rows]
+
+
+def outbox_next_due(store: Store) -> datetime | None:
+    """When the earliest waiting row falls due (None when nothing waits)."""
+    row = store.db.execute(
+        "SELECT min(next_attempt_at) FROM alerts WHERE state IN ('pending', 'failed', 'held')"
+    ).fetchone()
+    return from_iso(row[0]) if row and row[0] else None
+
+
+def claim_alerts(store: Store, rows: Sequence[OutboxRow], now: datetime) -> list[int]:
+    """Move rows to 'sending' (attempts + 1) only if nobody changed them since they were read.
+
+    One transaction; returns the ids claimed. A row another process moved is skipped, so two
+    delivery loops never send the same row.
+    """
+    claimed: list[int] = []
+    with store.db.atomic():
+        for r in rows:
+            cursor = store.db.execute(
+                "UPDATE alerts SET state = 'sending', attempts = attempts + 1, updated_at = ? "
+                "WHERE id = ? AND state = ? AND updated_at = ?",
+                [iso(now), r.alert.id, r.state, r.updated_at],
+            )
+            if cursor.rowcount == 1:
+                claimed.append(r.alert.id)
+    return claimed
+
+
+def set_alerts(store: Store, ids: Sequence[int], now: datetime, **fields: Any) -> None:
+    """``set_alert`` for several rows in one transaction. ``payload`` may be a dict."""
+    with store.db.atomic():
+        for alert_id in ids:
+            values = dict(fields)
+            if isinstance(values.get("payload"), dict):
+                values["payload"] = json.dumps(values["payload"])
+            store.set_alert(alert_id, now, **values)
+
+
+def channel_state(store: Store, channel: str) -> dict[str, Any]:
+    rows = list(store.db.query("SELECT * FROM channel_state WHERE channel = ?", [channel]))
+    if rows:
+        return rows[0]
+    return {"channel": channel, "paused_until": None, "pause_reason": None, "failures": 0,
+            "last_sent_at": None}  # fmt: skip
+
+
+def set_channel_state(store: Store, channel: str, **fields: Any) -> None:
+    """Upsert one channel's pacing and pause state; datetimes in the canonical shape."""
+    values = {k: iso(v) if isinstance(v, datetime) else v for k, v in fields.items()}
+    store.db.execute("INSERT OR IGNORE INTO channel_state (channel) VALUES (?)", [channel])
+    if values:
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        store.db.execute(
+            f"UPDATE channel_state SET {assignments} WHERE channel = ?",  # noqa: S608
+            [*values.values(), channel],
+        )
+
+
+def known_channel_id(store: Store, channel: str) -> str | None:
+    """Slack's id for a channel name, as learnt from an earlier successful post."""
+    row = store.db.execute(
+        "SELECT slack_channel FROM alerts WHERE channel = ? AND state = 'sent' "
+        "AND slack_channel IS NOT NULL AND slack_channel != 'console' ORDER BY id DESC LIMIT 1",
+        [channel],
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def requeue_alerts(
+    store: Store, now: datetime, ids: Sequence[int] = (), *, dead: bool = False
+) -> int:
+    """Put failed or dead rows (these ids, or every dead row) back to pending, attempts reset."""
+    where = "state IN ('failed', 'dead', 'held')"
+    params: list[Any] = [iso(now), iso(now)]
+    if ids:
+        where += f" AND id IN ({','.join('?' * len(ids))})"
+        params.extend(ids)
+    elif dead:
+        where = "state = 'dead'"
+    else:
+        return 0
+    sql = "UPDATE alerts SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ? "
+    cursor = store.db.execute(sql + f"WHERE {where}", params)
+    return int(cursor.rowcount)
+
+
+def insert_notice(
+    store: Store, channel: str, kind: str, text: str, now: datetime, dedupe_key: str
+) -> int | None:
+    """Queue an ops or test message through the outbox; None when that key was already queued."""
+    cursor = store.db.execute(
+        "INSERT OR IGNORE INTO alerts (dedupe_key, channel, kind, state, next_attempt_at, "
+        "created_at, updated_at, payload) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+        [dedupe_key, channel, kind, iso(now), iso(now), iso(now), json.dumps({"text": text})],
+    )
+    return int(cursor.lastrowid) if cursor.rowcount == 1 and cursor.lastrowid else None
