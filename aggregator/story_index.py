@@ -1,0 +1,185 @@
+"""An in-memory index of the recent window's stories, so one grouping decision stays cheap.
+
+An inverted index maps each rare word stem to the stories that used it. A decision looks up only
+the new entry's rarest stems, so it scores a handful of candidate stories whatever the size of the
+window; common words ("says", "new", "trump") are never indexed. Links (canonical and
+primary-source) have their own maps. Stories older than the window are dropped by
+:meth:`StoryIndex.expire`.
+
+The pipeline keeps one index per process and warms it from the database at start (the entries with
+a story whose time is inside the window), then adds each entry once it is stored. Pure: no I/O,
+no clock; times come from the entries and the caller.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from aggregator import story_idf
+from aggregator.models import Entry
+from aggregator.stories import GroupingParams, StoryFeatures, features
+
+MIN_INDEXED_IDF = 3.0  # stems in more than ~5% of news items are too common to find a story by
+LOOKUP_STEMS = 10  # the rarest stems of a new entry used to find candidates
+MAX_STORED_MEMBERS = 50  # entries kept per story (the decision reads the latest ones)
+
+
+@dataclass(slots=True)
+class IndexedStory:
+    """One story in the window: its entries' features, oldest first."""
+
+    story_id: int
+    title: str
+    members: list[StoryFeatures] = field(default_factory=list)
+    first_published: datetime | None = None
+    last_published: datetime | None = None
+    stems: set[str] = field(default_factory=set)
+    links: set[str] = field(default_factory=set)
+
+
+class StoryIndex:
+    """The stories of the recent window, findable by rare stem and by link.
+
+    ``idf`` maps stems to inverse document frequencies; by default the bundled news table
+    (:mod:`aggregator.story_idf`). Unknown stems get ``default_idf`` (rare, so they weigh most).
+    """
+
+    def __init__(
+        self,
+        idf: Mapping[str, float] | None = None,
+        default_idf: float | None = None,
+        params: GroupingParams | None = None,
+    ) -> None:
+        self.idf = idf if idf is not None else story_idf.table()
+        self.default_idf = default_idf if default_idf is not None else story_idf.default_idf()
+        self.params = params or GroupingParams()
+        self._stories: dict[int, IndexedStory] = {}
+        self._postings: dict[str, set[int]] = {}
+        self._by_link: dict[str, set[int]] = {}
+        self._expiry: list[tuple[datetime, int]] = []  # (last_published, story), lazily pruned
+
+    def __len__(self) -> int:
+        return len(self._stories)
+
+    def __iter__(self) -> Iterator[IndexedStory]:
+        return iter(list(self._stories.values()))
+
+    def features(self, entry: Entry, now: datetime) -> StoryFeatures:
+        """The features of an entry, with this index's word weights."""
+        return features(entry, now, self.idf, self.default_idf, self.params.title_boost)
+
+    def story(self, story_id: int) -> IndexedStory | None:
+        return self._stories.get(story_id)
+
+    # -- changes ----------------------------------------------------------------------------------
+
+    def add(self, story_id: int, feats: StoryFeatures, title: str | None = None) -> None:
+        """Record that an entry with ``feats`` belongs to ``story_id`` (new or known)."""
+        story = self._stories.get(story_id)
+        if story is None:
+            story = IndexedStory(story_id, title if title is not None else feats.title)
+            self._stories[story_id] = story
+        story.members.append(feats)
+        if len(story.members) > MAX_STORED_MEMBERS:
+            del story.members[0]
+        when = feats.published
+        if story.first_published is None or when < story.first_published:
+            story.first_published = when
+        if story.last_published is None or when > story.last_published:
+            story.last_published = when
+            heapq.heappush(self._expiry, (when, story_id))
+        for stem in self._indexable(feats):
+            if stem not in story.stems:
+                story.stems.add(stem)
+                self._postings.setdefault(stem, set()).add(story_id)
+        for link in _links(feats):
+            if link not in story.links:
+                story.links.add(link)
+                self._by_link.setdefault(link, set()).add(story_id)
+
+    def rename(self, old_id: int, new_id: int) -> None:
+        """Give a story the id the database assigned (callers may add under a provisional id)."""
+        story = self._stories.pop(old_id, None)
+        if story is None:
+            return
+        story.story_id = new_id
+        self._stories[new_id] = story
+        for key_set in (
+            *(self._postings[s] for s in story.stems),
+            *(self._by_link[k] for k in story.links),
+        ):
+            key_set.discard(old_id)
+            key_set.add(new_id)
+        if story.last_published is not None:
+            heapq.heappush(self._expiry, (story.last_published, new_id))
+
+    def expire(self, before: datetime) -> int:
+        """Drop every story whose latest entry is older than ``before``. Returns how many."""
+        dropped = 0
+        while self._expiry and self._expiry[0][0] < before:
+            when, story_id = heapq.heappop(self._expiry)
+            story = self._stories.get(story_id)
+            if story is None or story.last_published is None or story.last_published > when:
+                continue  # stale heap item: the story moved on or was renamed
+            self._remove(story)
+            dropped += 1
+        return dropped
+
+    def _remove(self, story: IndexedStory) -> None:
+        del self._stories[story.story_id]
+        for stem in story.stems:
+            _discard(self._postings, stem, story.story_id)
+        for link in story.links:
+            _discard(self._by_link, link, story.story_id)
+
+    # -- lookups ----------------------------------------------------------------------------------
+
+    def candidates(self, feats: StoryFeatures, since: datetime, limit: int) -> list[int]:
+        """Up to ``limit`` stories active since ``since`` sharing the entry's rarest stems."""
+        rare = sorted(self._indexable(feats), key=lambda s: -feats.weights[s])[:LOOKUP_STEMS]
+        overlap: dict[int, float] = {}
+        for stem in rare:
+            weight = feats.weights[stem]
+            for story_id in self._postings.get(stem, ()):
+                overlap[story_id] = overlap.get(story_id, 0.0) + weight
+        ranked = sorted(overlap, key=lambda sid: -overlap[sid])
+        found: list[int] = []
+        for story_id in ranked:
+            last = self._stories[story_id].last_published
+            if last is not None and last >= since:
+                found.append(story_id)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def stories_with_links(
+        self, canonical_url: str, primary_links: Iterable[str], since: datetime
+    ) -> list[int]:
+        """Stories active since ``since`` holding the same canonical or primary-source link."""
+        keys = [*primary_links, *(["url:" + canonical_url] if canonical_url else [])]
+        found: dict[int, None] = {}
+        for key in keys:
+            for story_id in self._by_link.get(key, ()):
+                last = self._stories[story_id].last_published
+                if last is not None and last >= since:
+                    found[story_id] = None
+        return list(found)
+
+    def _indexable(self, feats: StoryFeatures) -> list[str]:
+        floor = MIN_INDEXED_IDF**2
+        return [s for s in feats.weights if self.idf.get(s, self.default_idf) ** 2 >= floor]
+
+
+def _links(feats: StoryFeatures) -> list[str]:
+    return [*feats.primary_links, *(["url:" + feats.canonical_url] if feats.canonical_url else [])]
+
+
+def _discard(mapping: dict[str, set[int]], key: str, story_id: int) -> None:
+    ids = mapping.get(key)
+    if ids is not None:
+        ids.discard(story_id)
+        if not ids:
+            del mapping[key]
