@@ -34,6 +34,8 @@ _ENTITY_DECL = re.compile(rb"<!\s*entity", re.IGNORECASE)
 _HTML_START = re.compile(rb"<\s*(!doctype\s+html|html[\s>]|head[\s>]|body[\s>])", re.IGNORECASE)
 _HREF = re.compile(r"""href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+))""", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
+_CONTROL = dict.fromkeys([*range(0, 9), 11, 12, *range(14, 32), 127], " ")
+_CHAR_REF = re.compile(rb"&#([xX][0-9a-fA-F]{1,16}|[0-9]{1,20});")
 
 
 def body_hash(body: bytes) -> str:
@@ -47,8 +49,12 @@ def parse_feed(
     """Parse one feed body. ``content_type`` (the HTTP header) helps find the encoding."""
     try:
         return _parse(feed_url, body, source, content_type)
-    except Exception as e:  # feedparser raises Unicode*Error, ValueError and more on mutated input
-        return ParseError(feed_url, f"parse failed: {feed_url!r}: {type(e).__name__}: {e}")
+    except UnicodeError as e:
+        detail = f"invalid text in the feed ({type(e).__name__}: {e})"
+        return ParseError(feed_url, f"parse failed: {feed_url!r}: {detail}")
+    except Exception as e:  # feedparser raises ValueError and more on mutated input
+        detail = f"the parser failed ({type(e).__name__}: {e})"
+        return ParseError(feed_url, f"parse failed: {feed_url!r}: {detail}")
 
 
 def _parse(feed_url: str, body: bytes, source: str, content_type: str) -> ParseOutcome:
@@ -60,9 +66,12 @@ def _parse(feed_url: str, body: bytes, source: str, content_type: str) -> ParseO
     if declares_entities(body):
         # One declared 100 KB entity referenced 5,000 times grew to 1.4 GB in the loose parser.
         return error("the body declares XML entities (<!ENTITY), refused as a possible entity bomb")
-    headers = {"content-location": feed_url}
-    if content_type:
-        headers["content-type"] = content_type
+    if body.lstrip()[:1] == b"{":
+        return error(
+            "this looks like a JSON Feed, which is not supported; use the RSS or Atom feed"
+        )
+    body, repaired = _repair_char_refs(body)
+    headers = {"content-location": feed_url, "content-type": _feed_content_type(content_type)}
     result = feedparser.parse(
         io.BytesIO(body),
         response_headers=headers,
@@ -72,6 +81,9 @@ def _parse(feed_url: str, body: bytes, source: str, content_type: str) -> ParseO
     raw_entries = result.get("entries") or []
     version = result.get("version") or ""
     problem = _bozo_reason(result)
+    if repaired:
+        note = f"replaced {repaired} invalid character reference(s) such as a lone surrogate"
+        problem = f"{problem}; {note}" if problem else note
     feed = result.get("feed") or {}
     title = _text(feed.get("title", ""), feed.get("title_detail"), MAX_TITLE_CHARS)
     if not raw_entries:
@@ -100,6 +112,48 @@ def declares_entities(body: bytes) -> bool:
     if _ENTITY_DECL.search(body):
         return True
     return b"\x00" in body[:4096] and bool(_ENTITY_DECL.search(body.replace(b"\x00", b"")))
+
+
+def _feed_content_type(content_type: str) -> str:
+    """The type to tell feedparser, so that the XML declaration decides the encoding.
+
+    feedparser follows RFC 3023, where ``text/xml`` without a charset means US-ASCII; most feeds
+    served that way are UTF-8 or declare their encoding, as RFC 7303 now expects.
+    """
+    value = content_type.strip()
+    if not value:
+        return "application/xml"
+    if (
+        value.split(";", 1)[0].strip().lower().startswith("text/")
+        and "charset" not in value.lower()
+    ):
+        return "application/xml"
+    return value
+
+
+def _repair_char_refs(body: bytes) -> tuple[bytes, int]:
+    """Replace numeric references to lone surrogates or beyond U+10FFFF with U+FFFD.
+
+    ``&#xD800;`` makes feedparser raise UnicodeEncodeError for the whole feed; one bad character
+    should not cost every other item.
+    """
+    if b"&#" not in body:
+        return body, 0
+    count = 0
+
+    def fix(m: re.Match[bytes]) -> bytes:
+        nonlocal count
+        digits = m.group(1)
+        try:
+            value = int(digits[1:], 16) if digits[:1] in (b"x", b"X") else int(digits)
+        except ValueError:
+            value = -1
+        if 0xD800 <= value <= 0xDFFF or value > 0x10FFFF or value < 0:
+            count += 1
+            return b"&#xFFFD;"
+        return m.group(0)
+
+    return _CHAR_REF.sub(fix, body), count
 
 
 def _bozo_reason(result: Any) -> str | None:
@@ -162,7 +216,7 @@ def _text(value: Any, detail: Any, limit: int) -> str:
     kind = str((detail or {}).get("type", "text/html")).lower()
     if "html" in kind:
         text = strip_html(text)
-    text = _SPACE.sub(" ", text).strip()
+    text = _SPACE.sub(" ", text.translate(_CONTROL)).strip()
     # A lone surrogate (from "&#xD800;") cannot be stored or encoded: replace it.
     text = text.encode("utf-8", "replace").decode("utf-8")
     return text[:limit]

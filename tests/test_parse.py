@@ -1,0 +1,222 @@
+"""Golden feeds: bytes in, normalised Entry values (or a ParseError with a reason) out."""
+
+from __future__ import annotations
+
+import pickle
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+
+import pytest
+
+from aggregator.dedupe import content_hash
+from aggregator.models import Entry, ParsedFeed, ParseError
+from aggregator.parse import body_hash, declares_entities, parse_feed
+
+URL = "https://news.example.org/politics/rss"
+
+RSS = b"""<?xml version="1.0" encoding="utf-8"?>
+<rss version="2.0">
+<channel>
+  <title>Example &amp; Politics</title>
+  <link>https://news.example.org/</link>
+  <item>
+    <title>Trump kills AI security order after tech pressure</title>
+    <link>https://news.example.org/story/1?utm_source=rss&amp;utm_medium=feed#top</link>
+    <guid isPermaLink="false">story-1</guid>
+    <pubDate>Tue, 03 Mar 2026 09:30:00 -0500</pubDate>
+    <description><![CDATA[<p>President Trump <b>scrapped</b> an
+      executive order &mdash; see
+      <a href="https://www.whitehouse.gov/presidential-actions/2026/03/x/">the text</a>
+      and <a href='/local/page'>our explainer</a>.</p>]]></description>
+  </item>
+  <item>
+    <title>&lt;!channel&gt; is not a ping</title>
+    <link>/story/2</link>
+    <description>Plain   text,
+      on two lines</description>
+  </item>
+  <item>
+    <title>No link, no guid</title>
+    <pubDate>Wed, 04 Mar 2026 10:00:00 GMT</pubDate>
+    <description>Just text</description>
+  </item>
+  <item>
+    <title>A script link</title>
+    <link>javascript:alert(1)</link>
+    <guid isPermaLink="false">story-4</guid>
+  </item>
+  <item>
+    <title>Duplicate of the first</title>
+    <guid isPermaLink="false">story-1</guid>
+  </item>
+</channel>
+</rss>
+"""
+
+ATOM = b"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom">
+  <title type="html">Agency &lt;em&gt;Updates&lt;/em&gt;</title>
+  <id>urn:feed</id>
+  <updated>2026-03-05T12:00:00Z</updated>
+  <entry>
+    <id>urn:uuid:1225c695-cfb8-4ebb-aaaa-80da344efa6a</id>
+    <title type="html">New rule on &lt;b&gt;AI&lt;/b&gt; models</title>
+    <link rel="alternate" href="/rules/ai.html"/>
+    <link rel="enclosure" href="https://cdn.example.org/file.pdf"/>
+    <updated>2026-03-05T12:00:00+02:00</updated>
+    <content type="xhtml"><div xmlns="http://www.w3.org/1999/xhtml">
+      <p>Published in the
+      <a href="https://www.federalregister.gov/d/2026-01234">Federal Register</a>.</p>
+    </div></content>
+  </entry>
+</feed>
+"""
+
+
+SUMMARY = "President Trump scrapped an executive order \u2014 see the text and our explainer."
+
+
+def _feed(body: bytes, **kw: str) -> ParsedFeed:
+    result = parse_feed(URL, body, **kw)
+    assert isinstance(result, ParsedFeed), result
+    return result
+
+
+def _error(body: bytes) -> str:
+    result = parse_feed(URL, body)
+    assert isinstance(result, ParseError), result
+    assert result.url == URL
+    assert result.reason.startswith(f"parse failed: {URL!r}: ")
+    return result.reason
+
+
+def test_rss_golden() -> None:
+    feed = _feed(RSS, source="Example")
+    assert feed.title == "Example & Politics"
+    assert feed.warning is None
+    first, second, third, fourth = feed.entries
+    assert first == Entry(
+        feed_url=URL,
+        guid="story-1",
+        link="https://news.example.org/story/1?utm_source=rss&utm_medium=feed#top",
+        canonical_url="https://news.example.org/story/1",
+        title="Trump kills AI security order after tech pressure",
+        summary=SUMMARY,
+        published=datetime(2026, 3, 3, 14, 30, tzinfo=UTC),
+        content_hash=content_hash("Trump kills AI security order after tech pressure", SUMMARY),
+        source="Example",
+        links=(
+            "https://www.whitehouse.gov/presidential-actions/2026/03/x/",
+            "https://news.example.org/local/page",
+        ),
+    )
+    assert second.title == "<!channel> is not a ping"  # text stays text; Slack escaping is later
+    assert second.link == "https://news.example.org/story/2"  # resolved against the feed URL
+    assert second.guid == "https://news.example.org/story/2"  # no id: the canonical link
+    assert second.summary == "Plain text, on two lines"
+    assert second.published is None
+    assert third.link == "" and third.canonical_url == ""
+    assert third.guid.startswith("sha256:")
+    assert third.published == datetime(2026, 3, 4, 10, 0, tzinfo=UTC)
+    assert fourth.link == ""  # only http(s) links survive
+    assert fourth.guid == "story-4"
+
+
+def test_hash_guid_is_stable() -> None:
+    a = _feed(RSS).entries[2].guid
+    b = _feed(RSS.replace(b"Just text", b"Edited text")).entries[2].guid
+    assert a == b
+
+
+def test_source_defaults_to_feed_title() -> None:
+    assert _feed(RSS).entries[0].source == "Example & Politics"
+
+
+def test_atom_golden() -> None:
+    feed = _feed(ATOM, content_type="application/atom+xml")
+    assert feed.title == "Agency Updates"
+    (entry,) = feed.entries
+    assert entry.guid == "urn:uuid:1225c695-cfb8-4ebb-aaaa-80da344efa6a"
+    assert entry.title == "New rule on AI models"
+    assert entry.link == "https://news.example.org/rules/ai.html"
+    assert entry.published == datetime(2026, 3, 5, 10, 0, tzinfo=UTC)
+    assert entry.summary == "Published in the Federal Register."
+    assert entry.links == ("https://www.federalregister.gov/d/2026-01234",)
+
+
+def test_every_datetime_is_aware_utc() -> None:
+    for body in (RSS, ATOM):
+        for entry in _feed(body).entries:
+            assert entry.published is None or entry.published.utcoffset() is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"", "the body is empty"),
+        (b"  \n\t ", "the body is empty"),
+        (b"<!DOCTYPE html><html><head><title>Hi</title></head><body>x</body></html>", "HTML page"),
+        (b'{"version": "https://jsonfeed.org/version/1.1", "items": []}', "JSON Feed"),
+        (bytes(range(256)) * 8, "no feed found"),
+        (b"<rss version='2.0'><channel><item><title>", "no usable entries"),
+        (b"/etc/passwd", "no feed found"),  # bytes are never taken as a file name
+    ],
+)
+def test_bodies_that_are_not_feeds(body: bytes, expected: str) -> None:
+    assert expected in _error(body)
+
+
+def test_entity_declarations_are_refused() -> None:
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY big "' + b"A" * 1000 + b'">]>'
+        b"<rss version='2.0'><channel><item><title>&big;&big;</title></item></channel></rss>"
+    )
+    assert "<!ENTITY" in _error(bomb)
+    utf16 = bomb.decode().replace('<?xml version="1.0"?>', "").encode("utf-16")
+    assert declares_entities(utf16)
+    assert "<!ENTITY" in _error(utf16)
+
+
+def test_valid_feed_without_entries_is_not_an_error() -> None:
+    body = b"<rss version='2.0'><channel><title>Quiet</title></channel></rss>"
+    feed = _feed(body)
+    assert feed.entries == ()
+    assert feed.title == "Quiet"
+    assert feed.warning == "the feed has no entries"
+
+
+def test_bozo_feed_with_entries_keeps_them_with_a_warning() -> None:
+    body = b"<rss version='2.0'><channel><item><title>AT&T & friends</title></item></channel></rss>"
+    feed = _feed(body)
+    assert [e.title[:4] for e in feed.entries] == ["AT&T"]
+    assert feed.warning
+
+
+def test_lone_surrogate_costs_one_character_not_the_feed() -> None:
+    body = RSS.replace(b"Trump kills", b"Trump &#xD800; kills").replace(b"Just text", b"a&#55296;b")
+    feed = _feed(body)
+    assert feed.entries[0].title.startswith("Trump \ufffd kills")
+    assert feed.entries[2].summary == "a\ufffdb"
+    assert feed.warning is not None and "lone surrogate" in feed.warning
+
+
+def test_text_is_bounded_and_free_of_control_characters() -> None:
+    body = RSS.replace(b"Just text", b"x\x01y" + b"z" * 50_000)
+    summary = _feed(body).entries[2].summary
+    assert summary.startswith("x y")
+    assert len(summary) == 20_000
+
+
+def test_results_pickle_for_a_process_pool() -> None:
+    feed = _feed(RSS)
+    assert pickle.loads(pickle.dumps(feed)) == feed  # noqa: S301 - our own bytes
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(parse_feed, [URL, URL], [RSS, b""]))
+    assert results[0] == feed
+    assert isinstance(results[1], ParseError)
+
+
+def test_body_hash() -> None:
+    assert body_hash(RSS) == body_hash(bytes(RSS))
+    assert body_hash(RSS) != body_hash(RSS + b" ")
+    assert len(body_hash(b"")) == 64
