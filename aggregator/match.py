@@ -115,9 +115,9 @@ class _Node:
 class _Words(_Node):
     positional = True
 
-    def __init__(self, atoms: tuple[int, ...], fields: frozenset[str]) -> None:
+    def __init__(self, atoms: tuple[int, ...], fields: frozenset[int]) -> None:
         self.atoms = atoms
-        self.fields = frozenset(FIELD_NUMBER[f] for f in fields)
+        self.fields = fields
         self.length = len(atoms)
 
     def spans(self, index: Index) -> list[Span]:
@@ -177,9 +177,48 @@ class _Near(_Node):
         return bool(self.spans(index))
 
 
+class _AnyWord(_Node):
+    """Many single words in the same fields, ORed: one set intersection instead of a loop."""
+
+    positional = True
+
+    def __init__(self, atoms: frozenset[int], fields: frozenset[int]) -> None:
+        self.atoms = atoms
+        self.fields = fields
+
+    def test(self, index: Index) -> bool:
+        fields = self.fields
+        for atom in self.atoms.intersection(index):
+            if any(p >> _SHIFT in fields for p in index[atom]):
+                return True
+        return False
+
+    def spans(self, index: Index) -> list[Span]:
+        fields = self.fields
+        return [
+            (p, p)
+            for atom in self.atoms.intersection(index)
+            for p in index[atom]
+            if p >> _SHIFT in fields
+        ]
+
+
+def _grouped(children: list[_Node]) -> list[_Node]:
+    """OR's children with its single-word alternatives merged per field set."""
+    groups: dict[frozenset[int], set[int]] = {}
+    rest: list[_Node] = []
+    for child in children:
+        if isinstance(child, _Words) and child.length == 1:
+            groups.setdefault(child.fields, set()).add(child.atoms[0])
+        else:
+            rest.append(child)
+    merged: list[_Node] = [_AnyWord(frozenset(a), f) for f, a in groups.items()]
+    return merged + rest
+
+
 class _Or(_Node):
     def __init__(self, children: list[_Node]) -> None:
-        self.children = children
+        self.children = _grouped(children)
         self.positional = all(c.positional for c in children)
 
     def test(self, index: Index) -> bool:
@@ -208,24 +247,46 @@ class _Not(_Node):
         return not self.child.test(index)
 
 
-def _build(node: rules.Node, atoms: _Atoms, mentioned: set[int], memo: dict[int, _Node]) -> _Node:
+def _build(node: rules.Node, atoms: _Atoms, memo: dict[int, _Node]) -> _Node:
     built: _Node
     if isinstance(node, rules.Words):
         ids = tuple(atoms.add(w) for w in node.words)
-        mentioned.update(ids)
-        built = _Words(ids, node.fields)
+        built = _Words(ids, frozenset(FIELD_NUMBER[f] for f in node.fields))
     elif isinstance(node, rules.Near):
-        left = _build(node.left, atoms, mentioned, memo)
-        right = _build(node.right, atoms, mentioned, memo)
+        left = _build(node.left, atoms, memo)
+        right = _build(node.right, atoms, memo)
         built = _Near(left, right, node.distance)
     elif isinstance(node, rules.Or):
-        built = _Or([_build(c, atoms, mentioned, memo) for c in node.children])
+        built = _Or([_build(c, atoms, memo) for c in node.children])
     elif isinstance(node, rules.And):
-        built = _And([_build(c, atoms, mentioned, memo) for c in node.children])
+        built = _And([_build(c, atoms, memo) for c in node.children])
     else:
-        built = _Not(_build(node.child, atoms, mentioned, memo))
+        built = _Not(_build(node.child, atoms, memo))
     memo[id(node)] = built
     return built
+
+
+def _required(node: _Node) -> frozenset[int] | None:
+    """Atoms of which at least one must be present for ``node`` to hold (None: no such set)."""
+    if isinstance(node, _Words):
+        return frozenset(node.atoms[:1])
+    if isinstance(node, _AnyWord):
+        return node.atoms
+    if isinstance(node, _Near):
+        sides = [r for r in (_required(node.left), _required(node.right)) if r is not None]
+        return min(sides, key=len) if sides else None
+    if isinstance(node, _Or):
+        union: set[int] = set()
+        for child in node.children:
+            found = _required(child)
+            if found is None:
+                return None
+            union |= found
+        return frozenset(union)
+    if isinstance(node, _And):
+        options = [r for r in map(_required, node.children) if r is not None]
+        return min(options, key=len) if options else None
+    return None
 
 
 def _collect(node: _Node, index: Index, out: list[Span]) -> None:
@@ -285,28 +346,29 @@ class TopicMatcher:
         always: list[int] = []
         fields: set[int] = set()
         for number, topic in enumerate(topics):
-            mentioned: set[int] = set()
-            query = cls._rule(topic.query, atoms, mentioned)
+            query = cls._rule(topic.query, atoms)
             exclude = None
             if topic.exclude and topic.exclude.strip():
-                exclude = cls._rule(topic.exclude, atoms, set())
+                exclude = cls._rule(topic.exclude, atoms)
             for rule in (query, exclude):
                 if rule is not None:
                     for node in rules.walk(rule.query.root):
                         if isinstance(node, rules.Words):
                             fields.update(FIELD_NUMBER[f] for f in node.fields)
             compiled.append(_Topic(topic.name, query, exclude))
-            if query.root.test({}):
+            required = _required(query.root)
+            if required is None:
                 always.append(number)  # e.g. a query that is only NOT ...: no word needed
-            for atom in mentioned:
-                by_atom.setdefault(atom, []).append(number)
+            else:
+                for atom in required:
+                    by_atom.setdefault(atom, []).append(number)
         return cls(compiled, atoms, by_atom, always, frozenset(fields))
 
     @staticmethod
-    def _rule(source: str, atoms: _Atoms, mentioned: set[int]) -> _Rule:
+    def _rule(source: str, atoms: _Atoms) -> _Rule:
         query = rules.parse(source)
         memo: dict[int, _Node] = {}
-        root = _build(query.root, atoms, mentioned, memo)
+        root = _build(query.root, atoms, memo)
         return _Rule(query, root, memo)
 
     @property
