@@ -104,6 +104,10 @@ class Fetcher:
         try:
             return self._fetch(request, started)
         except _Failure as f:
+            if f.kind == "timeout" and f.detail.startswith("deadline passed"):
+                f.detail = f.detail.replace(
+                    "deadline passed", f"deadline of {self.settings.fetch_deadline:.1f} s passed", 1
+                )
             return FetchError(
                 url=request.url,
                 reason=f"fetch failed: {request.url!r}: {f.detail}",
@@ -135,7 +139,7 @@ class Fetcher:
         all_permanent = True
         hops = 0
         while True:
-            response = self._send(url, headers, deadline)
+            response, read_timeout = self._send(url, headers, deadline)
             try:
                 status = response.status_code
                 if status in REDIRECT_CODES:
@@ -176,7 +180,9 @@ class Fetcher:
                         elapsed=time.monotonic() - started,
                     )
                 _check_status(response)
-                body = _read_body(response, s.max_body_bytes, deadline, s.fetch_deadline)
+                body = _read_body(response, s.max_body_bytes, deadline, read_timeout)
+                if time.monotonic() > deadline:
+                    raise _Failure("timeout", f"deadline of {s.fetch_deadline:.1f} s passed")
                 return FetchResult(
                     url=request.url,
                     final_url=url,
@@ -192,7 +198,9 @@ class Fetcher:
             finally:
                 response.close()
 
-    def _send(self, url: str, headers: dict[str, str], deadline: float) -> httpx.Response:
+    def _send(
+        self, url: str, headers: dict[str, str], deadline: float
+    ) -> tuple[httpx.Response, float]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Failure("timeout", f"deadline of {self.settings.fetch_deadline:.1f} s passed")
@@ -202,7 +210,7 @@ class Fetcher:
             request = self._client.build_request(
                 "GET", url, headers=headers, timeout=httpx.Timeout(timeout)
             )
-            return self._client.send(request, stream=True)
+            return self._client.send(request, stream=True), timeout
         except httpx.TimeoutException as e:
             raise _Failure("timeout", f"{type(e).__name__} after {timeout:.1f} s") from e
         except httpx.UnsupportedProtocol as e:
@@ -235,9 +243,7 @@ def _check_status(response: httpx.Response) -> None:
     raise _Failure("http", label, status=status)
 
 
-def _read_body(
-    response: httpx.Response, cap: int, deadline: float, deadline_seconds: float
-) -> bytes:
+def _read_body(response: httpx.Response, cap: int, deadline: float, read_timeout: float) -> bytes:
     """Stream the body, decoding it ourselves so that the cap counts decoded bytes."""
     encoding = response.headers.get("content-encoding", "").strip().lower()
     declared = response.headers.get("content-length", "")
@@ -254,11 +260,7 @@ def _read_body(
                     raise _Failure("too_large", f"decoded body is over the {cap:,}-byte cap")
                 parts.append(piece)
             if time.monotonic() > deadline:
-                raise _Failure(
-                    "timeout",
-                    f"deadline of {deadline_seconds:.1f} s passed while reading "
-                    f"({size:,} bytes so far)",
-                )
+                raise _Failure("timeout", f"deadline passed while reading ({size:,} bytes so far)")
         for piece in decoder.flush():
             size += len(piece)
             if size > cap:
@@ -266,7 +268,7 @@ def _read_body(
             parts.append(piece)
     except httpx.TimeoutException as e:
         raise _Failure(
-            "timeout", f"{type(e).__name__} while reading ({size:,} bytes so far)"
+            "timeout", f"{type(e).__name__} after {read_timeout:.1f} s ({size:,} bytes so far)"
         ) from e
     except (httpx.RemoteProtocolError, httpx.NetworkError) as e:
         raise _Failure("connection", f"{type(e).__name__} while reading body: {e}") from e

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import sys
 import threading
 import zlib
 from collections import Counter
@@ -54,8 +55,7 @@ class FeedServer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.hits: list[Hit] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), _handler_for(self))
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -124,10 +124,12 @@ class FeedServer:
 
     def gzip_bomb(self, path: str, decoded_size: int) -> str:
         """A small gzip body that decodes to ``decoded_size`` zero bytes."""
-        compressed = gzip_zeros(decoded_size)
+        return self.encoded(path, gzip_zeros(decoded_size), "gzip")
+
+    def encoded(self, path: str, data: bytes, encoding: str) -> str:
+        """Send ``data`` as is, labelled with ``Content-Encoding: encoding``."""
         return self.route(
-            path,
-            Reply(stream=lambda: iter([compressed]), length=len(compressed), raw_encoding="gzip"),
+            path, Reply(stream=lambda: iter([data]), length=len(data), raw_encoding=encoding)
         )
 
     # -- what happened ----------------------------------------------------------------------------
@@ -156,6 +158,15 @@ class FeedServer:
     def _record(self, hit: Hit) -> None:
         with self._lock:
             self.hits.append(hit)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default 5 drops SYNs under a concurrent burst (a 1 s stall)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # a client hanging up is expected
 
 
 def gzip_zeros(size: int) -> bytes:
