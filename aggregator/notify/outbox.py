@@ -64,6 +64,7 @@ class _Unit:
     channel: str
     rows: list[OutboxRow]
     digest_label: str | None = None
+    message: Message | None = None  # one part of a digest, rendered when the queue was built
 
 
 class Outbox:
@@ -143,7 +144,11 @@ class Outbox:
                 continue
             queues.setdefault(row.alert.channel, deque()).append(_Unit(row.alert.channel, [row]))
         for (channel, label), rows in digests.items():
-            queues.setdefault(channel, deque()).append(_Unit(channel, rows, label or "digest"))
+            by_id = {r.alert.id: r for r in rows}
+            alerts = [r.alert for r in rows]
+            for part in render_digest(alerts, label=label or "digest", now=now):
+                unit = _Unit(channel, [by_id[i] for i in part.alert_ids], label or "digest", part)
+                queues.setdefault(channel, deque()).append(unit)
         outcomes.extend(self._drain(queues, deadline))
         return outcomes
 
@@ -207,15 +212,17 @@ class Outbox:
     def _deliver(self, unit: _Unit) -> list[DeliveryOutcome]:
         outcomes: list[DeliveryOutcome] = []
         rows = unit.rows
+        message = unit.message
         if any(r.payload.get(VERIFY) for r in rows):
             found, rows, failure = self._verify(unit.channel, rows)
+            message = None if found else message
             outcomes.extend(found)
             if failure is not None:
                 outcomes.extend(self._fail(unit.channel, rows, failure, counts=False))
                 return outcomes
             if not rows:
                 return outcomes
-        messages = self._messages(unit, rows)
+        messages = [(message, rows)] if message is not None else self._messages(unit, rows)
         for message, message_rows in messages:
             result = self._send(unit.channel, message, message_rows)
             outcomes.extend(result)
@@ -340,14 +347,14 @@ class Outbox:
         """Look for rows whose last send may have landed. Returns (found, still to send, error)."""
         outcomes: list[DeliveryOutcome] = []
         remaining: list[OutboxRow] = []
-        for row in rows:
+        for index, row in enumerate(rows):
             if not row.payload.get(VERIFY):
                 remaining.append(row)
                 continue
             try:
                 found = self._lookup(channel, row)
             except DeliveryError as e:
-                return outcomes, [r for r in rows if r not in remaining] + remaining, e
+                return outcomes, remaining + rows[index:], e
             if found is not None:
                 outcomes.extend(self._sent(channel, [row], found, "found in Slack history"))
             else:
