@@ -49,6 +49,7 @@ class GroupingParams:
     grace_hours: float = 6.0  # no time penalty this close together
     penalty_per_day: float = 0.2  # similarity lost per day apart beyond the grace period
     same_source_penalty: float = 0.2  # similarity lost when the outlet already covered the story
+    new_action_penalty: float = 0.1  # similarity lost when the title reports a new kind of action
     max_members: int = 20  # entries of a story compared (the most recent ones)
     max_candidates: int = 24  # stories scored in full per decision
 
@@ -58,6 +59,7 @@ class StoryFeatures:
     """What the decision knows about one entry: its word stems with weights, links, time, outlet."""
 
     weights: Mapping[str, float]  # stem -> squared weight (IDF^2, boosted in the title)
+    title_stems: frozenset[str]
     norm: float  # sqrt of the sum of the squared weights
     title: str
     source: str
@@ -96,10 +98,23 @@ def stem(token: str) -> str:
         if len(word) >= min_length and word.endswith(suffix):
             if suffix == "s" and word.endswith(("ss", "us", "is")):
                 break
+            if suffix == "es" and not word.endswith(("ses", "xes", "zes", "ches", "shes")):
+                continue  # "judges" loses only its "s" (and then its "e", below)
             word = word[: -len(suffix)] + replacement
             break
+    if len(word) > 3 and word.endswith("e") and not word.endswith("ee"):
+        word = word[:-1]  # "rule", "ruled", "ruling" meet at "rul"
     return word[:STEM_LENGTH]
 
+
+# Words that report what happened next. A title with one that the story never used is likely a new
+# development ("Judge blocks the order" after "Trump signs the order"), so it needs more similarity.
+ACTION_WORDS = (
+    "judge court ruling rules blocks halts overturns strikes appeals sues lawsuit injunction "
+    "vetoes indicted charged arrested convicted sentenced pleads guilty acquitted "
+    "resigns dismissed ousted impeached confirmed nominated votes passes approves rejects "
+    "signs withdraws reverses rescinds revokes pauses delays extends dies killed"
+)
 
 _SUFFIXES = (
     ("ies", "y", 5),
@@ -130,6 +145,7 @@ def features(
     links = (entry.link, entry.canonical_url, *entry.links)
     return StoryFeatures(
         weights=weights,
+        title_stems=frozenset(title_stems),
         norm=math.sqrt(sum(weights.values())),
         title=entry.title,
         source=entry.source,
@@ -223,6 +239,13 @@ def _score_story(
     if story is None or not story.members:
         return None
     members = story.members[-params.max_members :]
+    story_stems: set[str] = set()
+    story_actions: set[str] = set()
+    for member in members:
+        story_stems.update(member.weights)
+        story_actions.update(member.title_stems & ACTION_STEMS)
+    # An action other than the story's own; a story told without any action is not contradicted.
+    new_actions = sorted((feats.title_stems & ACTION_STEMS) - story_stems) if story_actions else []
     total = 0.0
     raw_total = 0.0
     shared_words: dict[str, None] = {}
@@ -235,6 +258,8 @@ def _score_story(
         if feats.source and member.source == feats.source:
             adjusted -= params.same_source_penalty
             same_source = True
+        if new_actions:
+            adjusted -= params.new_action_penalty
         total += adjusted
         raw_total += raw
         closest_hours = min(closest_hours, hours)
@@ -246,6 +271,10 @@ def _score_story(
         f"(mean over {len(members)} entr{'y' if len(members) == 1 else 'ies'}) on {words_shown}",
         f"{closest_hours:.1f} h from the nearest entry",
     ]
+    if new_actions:
+        reasons.append(
+            f"new action in the title: {', '.join(new_actions)} (-{params.new_action_penalty:.2f})"
+        )
     if same_source:
         reasons.append(f"{feats.source!r} already covered it (-{params.same_source_penalty:.2f})")
     reasons.append(f"story: {story.title!r}")
@@ -261,3 +290,6 @@ def _link_reasons(feats: StoryFeatures, members: Iterable[StoryFeatures]) -> lis
             link = min(shared)
             return [f"shares {link.split('/', 1)[0]} link {link}"]
     return []
+
+
+ACTION_STEMS = frozenset(stem(w) for w in ACTION_WORDS.split())

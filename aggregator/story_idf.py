@@ -44,755 +44,731 @@ _TABLE = """\
 1.9 at from has it
 2.0 new say trump
 2.1 after corona
-2.2 an but by have us
+2.2 an but by hav us
 2.3 be presid was
 2.4 about will year
-2.5 his more this
-2.6 how its over their what who
-2.7 he one people t
+2.5 his mor this
+2.6 her how its over their what who
+2.7 he one peopl stat t
 2.8 not they up
-2.9 been can first out said some
-3.0 americ could day into now report than
-3.1 covid nation two we week you
-3.2 19 califo govern offici other pandem state were world
-3.3 agains all back call countr dur get health help her may or show time when
-3.4 city death federa former had here no plan police work
-3.5 admini ai democr end home house kill last many millio month most protes test there why
-3.6 court down if just like look office stat them want war which white would
-3.7 000 1 being biden compan county electi find invest know leader make man need npr off old order
-3.7 public she still
-3.8 across amid attack before cas china contin do even family group histor i includ la law long
-3.8 politi republ right school since so start three try way while your
-3.9 2 accord announ author black claim com contro depart donald econom found genera israel life los
-3.9 made mak next open part re record reopen respon rul social suppor talk threat throug under unit
-3.9 where
-4.0 also around big case chang critic fac face fight friday high hit keep lockdo milita monday our
-4.0 power return russia see set take top turn uk use warn worker
-4.1 3 5 betwee busine change cnn commun congre deal died expert fire follow go him intern launch
-4.1 lead liv questi releas resear risk second secret servic should study tak tuesda win
-4.2 angel ask campai charg childr cut data don expect fund george hospit increa iran latest major
-4.2 media meet night number only outbre party protec push recent securi sign south sunday system
-4.2 team these thousa thursd vaccin video virus women won
-4.3 10 4 again agency allow anothe bill billio bring care center challe concer die effort europe
-4.3 far four google immigr least live member much nearly offer own pay person play policy produc
-4.3 remain saturd spread star stay studen suprem tell thing those today used wednes withou york
-4.4 2020 accus among appear arrest car crisis despit direct early fear five floyd free future
-4.4 global going grow happen head human job judge justic key left mean minist move near progra
-4.4 reside restri scient space story target tim vot voter
-4.5 act air apple area ban becaus become celebr come decisi develo did drug fall forc gaza good
-4.5 hold indust infect joe mark mask medica might money mov post put race run season seek senate
-4.5 severa shoot shot speak stop texa told too travel univer using violen washin watch
-4.6 6 action ago ahead any behind block both break build chief chines climat clos cost dead decad
-4.6 demand differ doctor doe due effect employ event execut experi fir food force game gett hear
-4.6 issu lawsui likely limit local market messag model online operat past patien popula positi
-4.6 proble provid rais reach requir reveal southe street strugg term think took ukrain user vote
-4.6 whethe woman young
-4.7 100 20 access activi age aid app attemp away best caus confir consid enforc englan ever feel
-4.7 final gam got gov harris hour hundre inside known learn led legal less miss moment morn my nasa
-4.7 north organi parent pass photo place point possib potent pric prison result review safety sery
-4.7 six small sport staff step sugges summer then trial vice visit weeken well
-4.8 2026 add alleg alread anti approv attorn battle begin better book border came close compet
-4.8 conven discus distri dozen emerge every explai fail few financ florid focus giv hard host
-4.8 impact join kid larges late lawmak lost lot men musk must never once park player prepar preven
-4.8 prime projec promis propos prosec real recove relati rise search shar soon surviv suspec tariff
-4.8 tech though train updat ve water went west worry
-4.9 2025 30 50 7 addres affect aim bas beach bigges cancel champi clear colleg commit comple contra
-4.9 creat danger deadly defens delay delive design diseas distan docume electr featur flight foreig
-4.9 friend full gop hand heat held hop ice import interv jr later league leav let level link little
-4.9 matter mayor olympi outsid pressu receiv region regula rocket runn san seen send specia statem
-4.9 strik third until very yet
+2.9 been can first out said som
+3.0 americ could day into now report than tim
+3.1 covid mak nation two we week you
+3.2 19 califo cas govern offici other pandem wer world
+3.3 agains all back call countr dur fac get health help hom may or plan show tak when
+3.4 chang city death federa former had hous no polic work
+3.5 admini ai com democr end kill last lik liv many millio month most protes test ther why
+3.6 court down if just look them want war which whit would
+3.7 000 1 being biden car compan county electi find fir invest know leader man need npr off old
+3.7 order public rul she still
+3.8 across amid attack befor china contin do even family group histor i includ la law long los mad
+3.8 mov politi republ right school sinc so start three try way whil your
+3.9 2 accord announ author black claim contro depart donald econom forc found genera israel lif
+3.9 next open part re record reopen respon social suppor talk threat throug under unit vot wher
+4.0 also around big charg clos critic fight friday gam high hit keep lockdo milita monday our power
+4.0 return russia see set top turn uk use warn worker
+4.1 3 5 becom betwee busine cnn commun congre deal died don expert follow go him intern issu launch
+4.1 lead questi releas resear risk second secret servic should study tuesda win
+4.2 angel ask campai childr cut data expect fund giv hospit increa iran judg latest major media
+4.2 meet night number office only outbre party protec push rac recent ris securi sign south sunday
+4.2 system team thes thousa thursd vaccin video virus women won
+4.3 10 4 accus again agency allow anothe bill billio bring caus center challe concer decad die
+4.3 effort far four georg googl immigr least leav member much nearly offer offic own pay person
+4.3 plac play policy pric produc remain saturd shar spac spread star stay studen suprem tell thing
+4.3 thos today used wednes withou york
+4.4 2020 among appear arrest crisis despit direct early fear fiv floyd free futur global going grow
+4.4 happen head hop human job justic key left mean minist near progra rais reside restri scient
+4.4 story strik target updat voter
+4.5 act air appl area ban becaus celebr creat decisi develo did drug fall gaza good hold indust
+4.5 infect joe mark mask medica might money nam post put run season seek senat severa shoot shot
+4.5 speak stop texa told too travel univer using violen washin watch
+4.6 6 action ago ahead aid any bas behind block both break build chief chines climat cost dead
+4.6 demand differ doctor doe due effect employ event execut experi food gett hear lawsui likely
+4.6 limit local market messag model onlin operat past patien popula positi proble provid rat reach
+4.6 requir reveal southe street strugg term think took ukrain user whethe woman young
+4.7 100 20 access activi age alleg app attemp away battl best cam confir consid driv enforc englan
+4.7 ever feel final got gov harris hour hundre known learn led legal less lin miss moment morn my
+4.7 nasa north organi parent pass photo point possib potent prim prison result review safety sav
+4.7 sery sit six small sport staff step sugges summer surg then trial vic visit weeken well
+4.8 2026 add alread anti approv attorn begin better book border compet conven discus distri dozen
+4.8 europ every explai fail few fil financ florid focus hard host impact insid join kid larges lat
+4.8 lawmak lost lot men musk must never onc park player prepar preven projec promis propos prosec
+4.8 real recove relati rol sam search soon surviv suspec tariff tech though trad train ve water
+4.8 went west worry
+4.9 2025 30 50 7 addres affect aim beach bigges cancel champi clear colleg commit comple contra
+4.9 damag danger deadly defens delay delive design diseas distan docume electr featur flight foreig
+4.9 friend full gop hand heat held ice import interv jr later leagu let level link littl lov matter
+4.9 mayor olympi outsid pressu receiv region regula remov rocket runn san seen send specia statem
+4.9 third until urg very wav yet
 5.0 11 15 2024 8 9 accoun africa agent almost analys believ body britis buy candid ceo condit crash
-5.0 curren custom defend detail doesn dr drop fan fil film gather german great hom identi india
-5.0 inform involv island isn john journa large loss low march massiv measur missio murder newsom
-5.0 origin owner perfor pick proces rare relat ris role safe same speech stand storm succes taken
-5.0 town track tv union victor wear
-5.1 12 ally answer austra beat became becom benefi board brief capita check cover d didn discov
-5.1 earlie educat elon eviden ex extrem firm fly front fuel give half july land leave light ll me
-5.1 micros mother nam networ northe openai plann poll press price pro rat scienc seem sell shift
-5.1 slow spacex spark spend surge surpri toll tool trade treatm urg victim view wave weathe wildfi
+5.0 crim curren custom defend detail doesn dr drop eas emerge fan film gather german great identi
+5.0 imag india inform involv island isn john journa larg loss low march massiv measur missio murder
+5.0 newsom origin owner perfor pick proces rar relat saf sal sourc speech stand stor storm succes
+5.0 taken town track tv union victor wear
+5.1 12 ally answer austra beat becam benefi board brief capita check cover d debat didn discov dog
+5.1 earlie educat elon europe eviden ex extrem firm fly front fuel half july land light ll me
+5.1 micros mother networ northe openai phon plann poll press pro scienc seem sell serv shift sid
+5.1 slow spacex spark spend surpri toll tool treatm victim view weathe wildfi
 5.2 appeal arm assaul avoid bad bank bbc began cdc centra child christ citize civil commen confli
-5.2 connec conser consti crew crimin crowd dc deny descri dollar driver each east energy enough
-5.2 facili fast fbi flood footba fox france franci georgi giant goe ground hope idea illega influe
-5.2 injur intell issue june lawyer legisl list lower manage mass mexico middle moveme music often
-5.2 oil palest plant primar privat pull rally ready really red replac save seriou share shut shutdo
-5.2 single son strate strike strong such sue toward unders violat wait
-5.3 14 25 advoca allege along approa art burn carry church class conten cultur cup debate demons
-5.3 deport earth era expand finall goal grant guard hama hav holida improv indian intere johnso
-5.3 line longer michae minnea multip name neighb nomine partic peace plus pm powerf previo progre
-5.3 prompt quaran racial reason recall reject repres robert roll rule sea self senato senior sent
-5.3 seven sexual signif site statio supply techno togeth troop un vehicl whose window word
-5.4 16 18 40 500 advanc advise agre agreem airlin allega amazon aren artist atlant attend award
-5.4 baby boost briefi brough budget career caroli cause ceasef centur chance coast collec consum
-5.4 contai count crime daily declar driv drive elect emerg enter enviro everyt explos extend father
-5.4 form gun halt hous hurric imag indepe instea intens korea lift london love mental migran mike
-5.4 mil nomina nuclea orange plac predic presen profes rac rate reflec remark rememb remov resign
-5.4 restau rfk road round sal screen sen sex short sit someth spent stock survey tax teen tensio
-5.4 tie tiktok tip tradit traffi transp treat virtua walk weapon winn x
-5.5 200 2021 24 able aborti abuse actor actual afghan assist astron athlet ballot bann bar bid
-5.5 canada cancer captur charge chicag cit club common compli convic counci create david deadli
-5.5 declin deploy destro detain devast disast displa disrup doing door draw dropp engine ev eye
-5.5 fact fix fraud furthe gain gas girl given higher highes highli honor huge incide initia instit
-5.5 jam kamala kind lin m minnes mr normal novemb obama opinio option phone pictur platfo practi
-5.5 premie promot quarte racism rep reques scott seat senten serv settle sherif ship source store
-5.5 stream suffer suspen tesla total transf trip troubl twitte uncert update venezu versio vetera
-5.5 vulner wind worst wrong
-5.6 13 17 60 accept additi animal april associ attent availa batter beij beyond blue boy brazil
-5.6 built campus caught chip classi collap column commis compla conver counte cross damag damage
-5.6 daught de decade deep deputy diffic disapp dog doj dream eas eight entire eu evacua factor
-5.6 false fcc fda fed fill forwar french gave gavin gold gone guilty heart hill hong hurt ii inspir
-5.6 irania isolat japan kenned king kong lack lapd lebano letter mail majori maker mandat match
-5.6 michig modern moon myster negoti ongo opposi paid paper paris partne path photog physic podcas
-5.6 publis quickl realit relief rival rock satell sav schedu severe shock signal sound spain spoke
-5.6 stage struck sweep temper tempor ten touris virgin weigh wester wing within worse
-5.7 adult afford airpor alarm alway annive appare army arriv august blast brain britai broadc
-5.7 brothe brutal camp capito card catch certai chain chatgp clash closur co commer comput conspi
-5.7 cop corres crackd dismis disput drone e earthq eat episod escala everyo explor expres failur
-5.7 field firefi flu hall handl hasn heavy himsel hollyw hot husban jail jump kick labor lady
-5.7 legacy loom lose machin met meta missil mix non novel ocean passen percen pope prince probe r
-5.7 raise recomm refus remote reserv restor room saw shorta side softwa soldie spot standa stopp
-5.7 surg switch task teache terror theory tour trust tweet viral vow wall welcom wife wild winner
-5.7 winter worth writer
-5.8 2019 300 ad ads advice annual ars bird boris boss brand broke camera cast clean coach confer
-5.8 confro contac covera dark debut decid defeat determ digita diplom domina done ease easy email
-5.8 epstei expos facebo fake farm fauci female frustr gen grand green homela homele hotel injury
-5.8 italy korean lov manche map martin memori movie nfl packag pakist panel pentag plane planet
-5.8 port proper putin racist react recogn reduce remove repeat resist resume revers scale scruti
-5.8 select shop spe speake starli steve stor suit super techni teenag thank themse title tom traile
-5.8 unempl unlike unveil valley voice wake willia wiscon wound
-5.9 0 2022 2023 26 80 accide admin agree andrew androi anthon apolog appoin arizon assass automa
-5.9 battl bay bear beginn birthd bit blam boat box bridge calif canadi cash chair chao civili
-5.9 combat comman compar contri cooper couple course credit custod decide detect devic dnc doge
-5.9 domest dramat drink easter elimin else especi estima expens fatal felt figur founde fourth
-5.9 freedo greate hack image immedi itself januar kept label lake leak legend licens listen memory
-5.9 michel minut mount museum netfli newly nine nurs paul paymen pennsy plead priori quiz radio
-5.9 rain read reform rely rescue rest river robot rural sale santa scanda separa septem sid simila
-5.9 sky slam soar sold someon someti song sought sourc spike status strang stress swing taylor
-5.9 tough trend truck unprec unrest volunt wasn wide withdr
-6.0 2016 23 250 90 abilit achiev active alex am ancien anthro anyone argu asia backla behavi birth
-6.0 boe bomb born ceremo chairm charac charit chat chatbo choice chris clinic closer code color
-6.0 colora confus constr contes creati depend divers double dron edge el embrac emotio endors
-6.0 essent examin f fee festiv figure fine flag foreca fresh fun gemini gradua guidel hacker harder
-6.0 hardwa harm heard hostag illnes indict infras instag instal introd jan jersey jet jon jury
-6.0 langua largel manufa mar meant medal mind mistak mom monito mostly mounta natura navy noth
-6.0 octobe older opport overse pacifi pain perfec pop privac profil profit range rank reduc renew
-6.0 retail retir riot row sancti scor sectio serve shelte soccer sponso starsh strict stuck subscr
-6.0 sure sympto syria takeaw territ ticket tiny trigge true truth underw unusua visito watchd
-6.0 widesp witnes
-6.1 22 400 agenda aircra airstr al alone altern anger apply argume assess barr base beirut blame
-6.1 blood blow boom breach cannot carrie cloud cold conduc confid corrup crim crypto cutt daniel
-6.1 date detent dhs diagno discri divisi doubt duty easier editor encour eric exchan exist exploi
-6.1 famili famous faster favori fell fewer fin finish fish forest fully gang gender growth guide
-6.1 hate hezbol impos income inflat insura intel invasi jeffre joint journe kim lab latino lay
-6.1 lesson loan longti main master mid nvidia object observ ohio org overha overwh pack paint
-6.1 parlia pc penalt per period phase pilot pollut portla pos pregna prize promin putt ramp reacti
-6.1 religi remind root rush scramb secure sense shield simple singer size smart solar soluti specy
-6.1 st steal streng style suicid surfac surrou tactic taiwan text therap tied transi unique upgrad
-6.1 ventur vest via vision warm warnin weight wonder writ younge youtub
-6.2 21 27 28 abando academ adopt aftern aggres alexan alive amount artemi artifi asian attrac
-6.2 bigger bowl broken bus c cautio channe condem conseq cool crack creato crucia curb decemb defy
-6.2 disney divid driven dying earn effici electo empty englis establ exerci farmer fashio fatall
-6.2 fossil gap garden gear grappl happy headli hero hidden highly hir housto humani hunt ignor ill
-6.2 indica inspec instru interf interi italia japane knew libera lie locati lock magnit materi max
-6.2 melani minori minute mobile native nba netany nhs nyc o offens oppone overni overtu peacef phon
-6.2 pledg poor portra preser probab punish purpos raid ran restar revenu richar scheme sett shopp
-6.2 sick situat spokes spy stepp strait stunn sudden sued summit teach termin throw trad tribut
-6.2 unexpe upend v vp websit whole widely zealan
-6.3 29 35 600 70 75 above abroad acknow acr addict adviso alabam alaska alert ambiti anxiet apart
-6.3 applic bankru bipart brac breath brian brown buildi bureau capaci captai cell chemic climb
-6.3 consul dat debt destru disabi disinf downto draft dry eligib equipm error escape evs exclus
-6.3 exit explod extra f1 fair feed footag ford funera gift golden grew guidan hormuz iconic immuni
-6.3 indivi indoor inquir ios iphone islami jordan joy judg kit landma layoff lewis librar louisi
-6.3 mac mainta manag mary massac mate meal medici milest moscow nature newspa ny odd oldest oppos
-6.3 orbit oregon outdoo outrag pair pause perman peter poison presum prov queen quit rag rapid
-6.3 rather reelec refuge regard remova resour retali retire revolu rich rnc rose royal saudi scene
-6.3 shap shape simon sister societ spanis split spr square staffe statue strain suing symbol taliba
-6.3 tear thoma tonigh touch tourna tout trac transg twice unclea underg upcom utah vance vast
-6.3 villag vladim web wrote youth zero
+5.2 connec conser consti crew crimin crowd dc decid deny descri dollar driver each east emerg
+5.2 energy enough facili fast fbi flood footba fox franc franci georgi giant goe ground idea illega
+5.2 influe injur intell jun lawyer legisl list lower mass mexico mil moveme music often oil palest
+5.2 plant pop primar privat pull rally ready really red reduc replac seriou shut shutdo singl son
+5.2 strate strong such sue toward unders violat wait
+5.3 14 25 abus advoca along approa arriv art blam burn carry church class conten cultur cup demons
+5.3 deport dron earth era expand figur finall goal grant guard hama holida improv indian intere
+5.3 johnso longer manage michae middl minnea multip neighb nomine partic peac plus pm powerf previo
+5.3 progre prompt quaran racial reason recall reject repres robert roll sea self senato senior sent
+5.3 seven sexual signif stag statio supply techno togeth troop un vehicl whos window word
+5.4 16 18 40 500 advanc advise agree agreem airlin allega amazon aren artist atlant attend award
+5.4 baby bar boost briefi brough budget career caroli ceasef centur coast collec consum contai cop
+5.4 count daily declar elect enter enviro everyt explos extend father fin form gun halt handl hug
+5.4 hurric indepe instea intens korea lift london mental migran mik minut nomina nuclea orang
+5.4 predic presen profes reflec remark rememb resign restau resum rfk road round screen sen sex
+5.4 short someth spent stock survey tax teen tensio tie tiktok tip tradit traffi transp treat
+5.4 virtua voic walk weapon winn x
+5.5 200 2021 24 abl aborti actor actual afghan allege assist astron athlet ballot bann bid blu
+5.5 canada cancer captur chanc chicag cit club cod common compli convic counci david deadli declin
+5.5 deploy destro detain devast devic disast displa disrup doing door doubl draw dropp ev eye fact
+5.5 fix fraud furthe gain gas girl given higher highes highli honor incide initia instit jam kamala
+5.5 kind m minnes mr non normal novemb nurs obama opinio option pictur platfo practi premie prob
+5.5 promot quarte racism refus rep reques rescu scal scott seat senten sherif ship stream suffer
+5.5 suspen tesla titl total transf trip troubl twitte uncert venezu versio vetera vulner wind worst
+5.5 wrong
+5.6 13 17 60 accept additi animal april associ attent availa batter beij beyond boy brazil built
+5.6 campus caught chip classi collap column commis compla conver counte coupl cross dat daught de
+5.6 deep deputy diffic disapp doj dream eight eu evacua factor fals fcc fda fed fill forwar french
+5.6 gav gavin gen gold gon guilty heart hill hong hurt ii inspir irania isolat japan kenned king
+5.6 kong lack lapd lebano letter mail main majori maker mandat match michig modern moon myster
+5.6 negoti ongo opposi paid paper paris partne path photog physic podcas publis quickl rang realit
+5.6 relief rival rock satell schedu sever shap shock signal sound spain spik spok struck sweep
+5.6 temper tempor ten touris virgin weigh wester wing within wors
+5.7 adult afford agr airpor alarm alway annive appare argu army august blast brain britai broadc
+5.7 brothe brutal camp capito card cast catch certai chain chatgp choic clash closur co commer
+5.7 comput conspi corres crackd dismis disput divid e earthq eat episod escala everyo explor expos
+5.7 expres failur fak field firefi flu grand green hall hasn heavy himsel hollyw hot husban impos
+5.7 incom jail jump kick labor lady legacy loom machin met meta missil mix novel ocean passen
+5.7 percen prov quit r read recomm reserv restor room saw scen secur shorta softwa soldie spot
+5.7 standa stopp switch task teache terror theory tour trust tweet viral vow wak wall welcom wif
+5.7 wild winner winter worth writ writer
+5.8 2019 300 ad ads advic annual ars bird bit boris boss brand brok camera clean coach confer
+5.8 confro contac cours covera dark debut defeat determ digita diplom domina easy email epstei
+5.8 facebo farm fauci femal frustr guid hat homela homele hotel ignor injury italy korean lak
+5.8 manche map martin memori movi nfl packag pag pakist panel paus pentag pet planet pledg port pos
+5.8 proper putin racist react recogn repeat resist retir revers rid scor scruti select settle shop
+5.8 siz spe speake starli stev suit super techni teenag thank themse tom traile unempl unveil
+5.8 valley willia wiscon wound
+5.9 0 2022 2023 26 80 accide admin andrew androi anthon apolog appoin arizon assass automa bay bear
+5.9 beginn birthd boat born box bridg calif canadi cash chair chao civili combat comman compar
+5.9 contri cooper credit custod detect dnc domest dramat drink easter edg elimin els entir escap
+5.9 especi estima expens fatal felt founde fourth freedo greate hack hir immedi itself jan januar
+5.9 kept label leak legend licens listen memory michel mount museum netfli newly nin paul paymen
+5.9 pennsy phas plead priori priz quiz radio rag rain reform rely remot rest river robot row rural
+5.9 santa scanda separa septem settl simila sky slam soar sold someon someti song sought statu
+5.9 status strang stress styl swing taylor tough trend truck unprec unrest volunt wasn wid withdr
+6.0 2016 23 250 90 abilit achiev alex am ancien anthro anyon asia backla behavi birth boe bomb brac
+6.0 ceremo chairm charac charit chat chatbo chris clinic closer color colora confus constr contes
+6.0 creati depend divers el embrac emotio endors engine essent examin f fee festiv flag foreca
+6.0 fresh fun gemini gradua guidel hacker harder hardwa harm heard hostag illnes indict infras
+6.0 instag instal introd jersey jet jon jury langua largel manag manufa mar meant medal mind mistak
+6.0 mom monito mostly mounta natura navy noth octobe older opport oppos overse pacifi pain perfec
+6.0 princ privac profil profit rank rap renew retail riot sancti sectio sens shelte soccer sponso
+6.0 stak starsh strict stuck subscr sur sympto syria tackl takeaw territ ticket tiny trac tree
+6.0 trigge tru truth underw unusua visito watchd widesp witnes
+6.1 22 400 agenda aircra airstr al alon altern anger apply argume assess barr beirut blood blow
+6.1 boom breach cannot cap cloud cold conduc confid corrup crypto cutt danc daniel detent dhs
+6.1 diagno discri divisi doubt duty easier editor encour engin eric exchan exist exploi fam famili
+6.1 famous faster favori fell fewer finish fish forest fully gang gender growth hezbol hid inflat
+6.1 insura intel invasi iphon jeffre joint journe kim lab latino lay lesson loan longti marin
+6.1 master mat mid nativ nvidia object observ ohio org overha overwh pack paint parlia pc penalt
+6.1 per period piec pilot pollut portla prais pregna promin putt ramp reacti religi remind root
+6.1 rush schem scramb seiz shield simon singer smart solar soluti solv specy st steal streng suicid
+6.1 surfac surrou tactic taiwan text therap tied transi upgrad valu ventur vest via vision warm
+6.1 warnin weight wonder younge youtub
+6.2 21 27 28 abando academ acr activ adopt aftern aggres alexan aliv amount artemi artifi asian
+6.2 attrac bigger bowl broken bus c carrie cautio channe choos condem conseq cool crack creato
+6.2 crucia curb decemb defy disney driven dying earn effici electo empty englis ensur establ exerci
+6.2 farmer fashio fat fatall fossil gap garden gear grappl happy headli hero hidden highly housto
+6.2 humani hunt ill indica inmat inspec instru interf interi italia japane knew libera lie locati
+6.2 lock magnit materi max melani minori mobil mod nba netany nhs nyc o offens oppone overni overtu
+6.2 peacef poor portra preser probab punish purpos raid ran restar revenu richar royal sett shopp
+6.2 sick simpl situat smok spokes spy stepp strait stunn sudden sued summit teach termin throw
+6.2 tribut typ unexpe uniqu upend v vp websit whol widely zealan
+6.3 29 35 600 70 75 abov abroad acknow addict adviso alabam alaska alert ambiti anxiet apart applic
+6.3 bankru bipart breath brian brown buildi bureau capaci captai cell chemic climb consul cruis dad
+6.3 debt degree destru disabi disinf downto draft dry eligib elit equipm error evs exclus exit
+6.3 explod extra f1 fair feed flee footag ford funera gift golden grew guidan hik hormuz iconic
+6.3 immuni indivi indoor inquir ios islami jordan joy kit landma layoff lewis librar louis louisi
+6.3 mac mainta mary massac meal medici milest min moscow natur newspa notic ny odd oldest orbit
+6.3 oregon outag outdoo outrag pair perman peter poison presum queen rapid rather reelec regard
+6.3 remova resour retali reviv revolu rich rnc ros saudi sister societ spanis split spr squar
+6.3 staffe strain suing symbol taliba tear thoma tonigh touch tourna tout transg twic unclea underg
+6.3 unlike upcom utah vanc vast villag vladim wag wast web wrot youth zero zon
 6.4 150 31 45 accele accusa adam admitt advert amendm anders antibo anyth assemb auto averag b
-6.4 balanc band basket bet brexit bright cap charli cheape closel cod colomb columb combin confed
-6.4 corpor couldn cruise dad doubl dress ed editio elite endang enjoy erupt estate exactl except
-6.4 extens extrao fallou februa fighte fled flee flynn foot formul grocer gulf hair hang harry
-6.4 haven hid hitt hybrid integr intend jackso kentuc killer laid laptop larger liverp loot lunar
-6.4 luxury marine measl miscon muslim narrow naviga nigeri obtain oust oversi page peak pet pitch
-6.4 pompeo postpo purcha qualit rape reader recess redist rent rescu resum ride ring scam scen seiz
-6.4 shoote smalle smith smoke spirit spotli steam stick stretc struct studio subjec suburb superm
-6.4 suppos testif theate tokyo trail transm treasu trilli voic vs waste worldw worsen yes
-6.5 2017 2018 3d 700 800 adapt admit ambass anchor arab archit arrive auctio audien await ball
-6.5 beauti bed belov ben benjam booste broad cabine cat catast cathol cheap childh clinto coalit
-6.5 consol cook dance delta device diego disabl disclo divide dna drama drew egg either entry epa
-6.5 epic exam exampl excit export faith fate favor feet flash formal fought ftc glass handle harass
-6.5 harvar height helico indige insist jacob jewish jimmy joseph judici llm maduro maine metal
-6.5 method mexica midter migrat minor misinf missis missou mode nancy negati ninten occupy occurr
-6.5 oct offic onto pag partia patter paus pcs pence persis pete pharma piece polic pool postal
-6.5 prais prospe quake quite radica rapidl refund regist reshap resolu rid routin safely scotus
-6.5 scrap sensit sessio settl shadow sheet shooti sight slash snow stag stall startu stolen straig
-6.5 strand strip substa sun suspic suv swift tackle telesc televi tennes tennis testim toxic trick
-6.5 turkey twin u underm usa van visa wal wav wealth wedd zelens zoo
-6.6 aboard abrupt accura aged alcoho allian alter angry antici apartm arabia argent asylum autono
-6.6 aviati baltim baseba begun below bike boston bought boycot buyer carbon charl chart chelse
-6.6 classr collea comeba conclu counse deeply desert desper disman drove elizab emissi encoun enemy
-6.6 ensure entert everyw exempt expans fallen fifth flaw floor founda freque garcet geneti golf
-6.6 greenl grown guest hereby highwa hint housem hub illino implem imposs impres inch inmat invent
-6.6 iowa irelan jeff jose kansa kelly kevin las laura lee leo lgbtq libert maco maryla maybe meanwh
-6.6 miami mislea modera monume mourn movy ms musici narrat nato necess nevada nonpro nurse oklaho
-6.6 op optimi orlean oscar partis patrol philad philip pionee pixel plasti plea plot pois pound pre
-6.6 proof prove qualif rail rebuil reckon regime reinst relax repair resort rivers salon scotla
-6.6 seal sharp shoppe shortl shrink shutte silenc skepti slamm sleep spacec specif specta spik
-6.6 spill stabb stadiu stak statew subsid superv surger surpas survei sustai syrian tehran thrill
-6.6 tighte tornad toughe tre tree tropic type ultima ultra unless value vega warran wash weekly
-6.6 whistl xi yester zone zoom
-6.7 1970 2027 2nd 33 abus accomp actres advant affair affirm aide album amd antitr anyway assert
-6.7 atmosp barack basic beauty belaru blake bob borrow broade bug catego chroni claude cloth consen
-6.7 cope copyri corner correc crown cry dedica defund denoun dept dictat disagr discou egypt elsewh
-6.7 empire engag epidem escap excess fame fatali fellow file fit flock flow foreve forgot foster
-6.7 gay geolog globe gossip grid gunman hail hardes heavil hegset hole househ hunter imagin implic
-6.7 impose inaugu innova isp item j jack jd jim jong justin k kenosh kidnap killin kingdo knee
-6.7 larry lean litera lowest male marath marria marry matt meat memo merger mile mock nearby net
-6.7 nicola nightm nobel opt outcom pace pardon patch permit pill plenty previe psycho quick ram
-6.7 rapper rebel recons reel reliab rol ryan safer sam schola sean seattl sector shatte silico
-6.7 silver sing skill skin snap solv solve sony southw stake stephe stimul sudan supers tap ted
-6.7 theft timeli titl tower tran trapp trauma typica uc urge vietna vital walz weaken wheel wildli
-6.7 wish workfo wouldn yourse
-6.8 1980 1st 2015 32 34 48 absolu accuse acquir admiss advis afterm aging agricu alongs articl
-6.8 aside assad autism bail barcel barrie bot broadb bullet busy capabi caribb cease censor certif
-6.8 chapte cheat chicke choose chrome client coal coasta collin comedi comfor comply concep convin
-6.8 core coveri cruz cuomo curfew defin defini dei delet depres destin din dinner donor dragon
-6.8 drough ebola elemen endur ethic ethnic falcon fastes fi fierce fifa fre frozen galaxy ghost
-6.8 glenn glimps grab greeti grim grok gym heal hersel hiv horrif horror icon id immune incred
-6.8 inject inskee intent intera interc kirk knock kyiv landsc latin lebane leg lifeti lightn linux
-6.8 longes louis magic mall manhat math midwes min monopo motion motor musica neck newest northw
-6.8 notice ok outage paraly pelosi porn povert prescr print protoc pupil quantu quest rang rap
-6.8 ravag ray recrea recrui reddit refere resolv respec rethin reviv rip roughl rubio saint samsun
-6.8 scar secur sharpl signat sir slight slowly sort spac specul speed spur stance storag swimm
-6.8 table takeov tank theme tiger tight tony toss twist unable unknow upon urban usual usuall utd
-6.8 va vatica viewer visual wag whom wilson wood workpl z
-6.9 1990 38 84 900 911 99 adjust advent affili airpla algori althou analyz antise argue arsena
-6.9 audio bell belong berlin bizarr bond bottom breakt bury bust cargo carter choic circul cluste
-6.9 coffee collis comic commem compro congo contem copy crush dalla databa debat degree delega dem
-6.9 dinosa dire dispar ditch donat donati doom dos drawn drill dump eclips edit emirat enact entrep
-6.9 equity exhibi extinc faa fam felony fictio filmma float fortun framew frank freeze functi
-6.9 furlou garcia gm god gotten grad grandm grief grip guaran guy hawaii helene hhs hike housea
-6.9 housej hunger hungry ideolo iii imperi inclus info invit ipad iraq jake justif kremli labour
-6.9 landsl limbo load magazi marco margin mcdona mechan memoir meteor mideas mini mps multi nick
-6.9 nobody note offend outlet overal overlo parade paramo pastor patrio pbs pickup pledge pose
-6.9 prelim premiu pretty pride procee prohib provin quiet quietl rage ransom rarely regret renewa
-6.9 reunit rhetor risky ron rumor sacram salvad sander scal sept server shark shed shipp shown
-6.9 silent spectr spott squad stabil statu steer stone stuff subpoe surgeo tackl talent teaser
-6.9 thaila tier ton tracke trash turmoi uncons uncove unleas unlock useful utilit vacati valve
-6.9 vandal varian variet verdic vessel weird weren wrapp writte wuhan
-7.0 120 2000 2014 36 46 ahmaud alien andy arbery archiv arctic ash badly bag bangla bett bia biolog
-7.0 blacko bolson branch briefl broker buck bypass cable calm casual chaoti chef choos circle
-7.0 circui circum coloni comedy commut consec consta coupl cuba cycle dakota danc decry deeper
-7.0 deepfa degre depict derail deskto dev discon distin domini downlo drag easily emmy enabl enthus
-7.0 equal eventu everyd evolut evolv exposu falsel finali findin firewo flam forget frontl gat gene
-7.0 gpt graham gupta hat headqu hearin holy hopefu howeve hundr idaho ignore impeac incom inflam
-7.0 injust instan interp jinp kitche kristi legall length lett lifeli lion loosen madrid malici
-7.0 malwar matthe meghan mentio messi mine moore motiva nazi newbor newsle none notic nowher oc
-7.0 outag overco palace panic patric perhap peru phenom phil plain plug pour prayer prior proced
-7.0 realiz restra revisi revok rob roboti runner sarah scan seed setbac simula singap sitt sixth
-7.0 siz slump smartp smuggl solida spring stable stando starr statis steep stood str superc superi
-7.0 susan sweden swept tally tense topic traged transl twenty unfold unity upper urgent vanish
-7.0 variou wareho warner weak whatev wider worshi write wwii
-7.1 2012 37 39 42 65 79 90s abc aerial ag altman alzhei anonym anthem anxiou arriva assign astero
-7.1 ayesha belgiu bernar bezo birthr blaze blind blocka bold bolste bondi brick bro browse bubble
-7.1 burden bush button capabl carlso carr cbs census chas chase cheer chose cia clock compre con
-7.1 consis coordi cpus creatu cricke curtai dan debris deck deepen defama delibe denmar descen
-7.1 disord dissen donate drasti dutch dynami echo elevat encryp engage enroll equali evicti exec
-7.1 existe fema fever finger firing fitnes flip franch fundra gambl gpus graphi habit haiti hampsh
-7.1 handfu haunt heartb herita hik hillar hostil hungar incumb infant inmate insure jar jeopar
-7.1 kenya knowle ladyfi lincol linger lionel lying mainst martia mccart mcconn meetin meliss merced
-7.1 mess milan milk milwau monthl morgan nail nether nih norm norway obesit obsess overdo pad
-7.1 painfu palm passwo peer permis piec plagu please plumme plung pocket powell praise precau
-7.1 prefer propag pub rafah reputa resurg revive rioter roger route rugby ruin rwanda sanjay sat
-7.1 shak shake sicken skyroc smash spell splash spray stamp stem stole submit suppre swap syndro
-7.1 tara thin threw toilet topp toy triple tucker typ ucla undocu uphold usaid valu ventil vet
-7.1 visibl volcan volody w ward widen wip wrestl xai yemen zucker
+6.4 balanc band basket bet bik brexit bright charli cheape closel colomb columb combin confed
+6.4 corpor couldn defin delet donat dos dress ed editio endang engag enjoy erupt estat exactl
+6.4 except extens extrao fallou februa fighte fled flynn foot formul freez grad grocer gulf hair
+6.4 hang harry haven hitt hol hybrid integr intend jackso kentuc killer laid laptop larger liverp
+6.4 loot lunar luxury measl miscon muslim narrow naviga nigeri obtain oust oversi pac peak pitch
+6.4 pompeo pool postpo purcha quak qualit reader recess redist rent ring rout scam shak shoote
+6.4 smalle smith spirit spotli steam stick stretc struct studio subjec suburb superm suppos tap
+6.4 testif theate tokyo ton trail transm treasu trilli vs worldw worsen yes
+6.5 2017 2018 3d 700 800 adapt admit ambass anchor arab archit auctio audien await ball beauti bed
+6.5 belov ben benjam blaz booste broad cabine cat catast cathol chas cheap childh clinto coalit
+6.5 consol cook cycl delta diego disabl disclo dna drama drew drov egg either endur entry epa epic
+6.5 exam exampl excit export faith favor feet flash formal fought ftc glass harass harvar height
+6.5 helico indige insist jacob jewish jimmy jos joseph judici knee llm maduro metal method mexica
+6.5 midter migrat minor misinf missis missou nancy negati ninten occupy occurr oct onto partia
+6.5 patter pcs penc persis pharma postal prospe radica rapidl refuge refund regist reshap resolu
+6.5 revok routin safely scar scotus scrap sensit sessio shadow sheet shooti sight slash snow stall
+6.5 startu stolen straig strand strip substa sun suspic suv swift telesc televi tennes tennis
+6.5 testim toxic trick turkey twin u underm usa van visa wal wealth wedd zelens zoo
+6.6 aboard abrupt accura advis aged alcoho allian alter angry antici apartm arabia argent asylum
+6.6 autono aviati baltim baseba begun below boston bought boycot buyer carbon charl chart chelse
+6.6 classr collea comeba conclu cor counse deeply desert desper disman elizab emissi enabl encoun
+6.6 enemy entert everyw exempt expans fallen fifth flaw floor founda freque garcet geneti glob golf
+6.6 greenl grown guest hereby highwa hint housem hub illino implem imposs impres inch invent invit
+6.6 iowa irelan jeff kansa kelly kevin las laura lee leo lgbtq libert maco mal maryla mayb meanwh
+6.6 miami mislea modera monume mourn movy ms musici narrat nato necess nevada nonpro oklaho op
+6.6 optimi orlean oscar partis patrol philad philip pionee pixel plagu plasti plea plot pois pound
+6.6 pre proof pursu qualif rail rebuil reckon regim reinst relax repair resort retire rivers salon
+6.6 scotla seal sharp shoppe shortl shrink shutte silenc skepti slamm sleep spacec specif specta
+6.6 spill stabb stadiu statew subsid superv surger surpas survei sustai syrian tabl tehran thrill
+6.6 tighte tornad toughe tropic ultima ultra unless vega warran wash weekly whistl xi yester zoom
+6.7 1970 2027 2nd 33 accomp actres advant affair affirm album amd antitr anyway asid assert atmosp
+6.7 barack basic battle beauty belaru blak bob borrow broade bubbl bug catego ceas chance chroni
+6.7 circl cloth consen copyri corner correc crown cry dam dedica defund denoun dept dictat din
+6.7 disagr discou egypt elsewh empir epidem excess fatali fellow fit flock flow foreve forgot
+6.7 foster gat gay geolog gossip grid grim gunman hail hardes heavil hegset helen hiv househ hunter
+6.7 imagin implic inaugu innova isp item j jack jd jim jok jong justin k kenosh kidnap killin
+6.7 kingdo larry lean litera lowest mall marath marria marry matt meat memo merger mock nearby net
+6.7 nicola nightm nobel opt outcom parad pardon patch permit pill plenty plung previe psycho quick
+6.7 ram rapper ravag rebel recons reel reliab ryan safer saint schola sean seattl sector shatte
+6.7 silico silver sing skill skin snap sony southw stanc stephe stimul stok ston sudan supers ted
+6.7 theft timeli tower tran trapp trauma typica uc vietna vital walz weaken wheel wildli wip wish
+6.7 workfo wouldn yourse
+6.8 1980 1st 2015 32 34 48 absolu acquir admiss afterm aging agricu alongs articl assad autism bail
+6.8 barcel barrie bot broadb bullet busy cabl capabi caribb censor certif chapte cheat chicke claud
+6.8 client coal coasta collin comedi comfor comply concep convin coveri cruz cuomo curfew defini
+6.8 dei depres destin dinner donor dragon drough ebola elemen ethic ethnic evolv expir falcon
+6.8 fastes fi fifa frozen galaxy gambl ghost glenn glimps grab greeti grok gym heal hersel horrif
+6.8 horror icon id immun incred inject inskee intent intera interc kirk knock kyiv landsc latin
+6.8 lebane leg lifeti lightn linux longes magic manhat math midwes monopo motion motor musica neck
+6.8 newest northw ok paraly pelosi porn povert prescr prid print protoc pupil quantu quest ray
+6.8 recrea recrui reddit refere resolv respec rethin rip roughl rubio samsun sharpl signat sir
+6.8 slight slowly sort specul speed spur storag swimm takeov tank tiger tight tony toss twist unabl
+6.8 unknow unlik upon urban usual usuall utd va vatica venu viewer visual whom wilson wood workpl z
+6.9 1990 38 84 900 911 99 adjust advent affili airpla algori althou analyz antise arsena audio bell
+6.9 belong berlin bett bizarr bon bond bottom breakt bury bust cargo carter circul cluste coffee
+6.9 collis comic commem compro congo contem copy crush cur dalla databa delega dem dinosa dir
+6.9 dispar ditch div donati doom drawn drill dump eclips edit emirat enact entrep equity exhibi
+6.9 extinc faa felony fictio filmma flam float fortun framew frank fre functi furlou garcia gm god
+6.9 gotten grandm grief grip guaran guy hawaii hhs housea housej hunger hungry hurdl ideolo iii
+6.9 imperi inclus info inside ipad iraq jak justif kremli labour landsl limbo load magazi marco
+6.9 margin mcdona mechan memoir meteor mideas mini moor mps multi nick nobody offend outlet overal
+6.9 overlo palm paramo pastor patrio pbs pickup pleas pol prelim premiu pretty prince procee prohib
+6.9 provin puzzl quiet quietl ransom rarely rebuk regret renewa reunit rhetor risky rob ron rumor
+6.9 sacram salvad sampl sander sept server sham shark shed shipp shor shown silent spectr spott
+6.9 squad stabil steer stuff subpoe surgeo tal talent teaser thaila tier toppl tracke trash tripl
+6.9 turmoi uncons uncove unleas unlock useful utilit vacati valv vandal varian variet verdic vessel
+6.9 weird weren wrapp writte wuhan
+7.0 120 2000 2014 36 46 ahmaud alien andy arbery archiv arctic ash badly bag bangla bia biolog
+7.0 blacko bolson branch briefl broker buck bypass calm carr casual chaoti chef chrom circui circum
+7.0 clu coloni comedy commut consec consta cuba dakota dan decry deeper deepfa depict derail deskto
+7.0 dev discon distin domini downlo drag easily emmy enthus entire equal eventu everyd evolut
+7.0 exposu falsel fierc finali findin firewo forget fram frontl gpt graham gupta headqu hearin holy
+7.0 hopefu hors howeve hundr hyp idaho impeac inflam injust instan interp jinp kitche kristi legall
+7.0 length lett lifeli lion loosen madrid malici malwar matthe meghan mentio messi moral motiva
+7.0 nazi newbor newsle nowher oc overco palac panic patric perhap peru phenom phil plain plug pour
+7.0 prayer prior proced realiz recip restra revisi roboti runner sarah scan seed setbac shin simula
+7.0 singap sitt sixth slump smartp smuggl solida spar spat spring stando starr statis steep stood
+7.0 str superc superi susan sweden swept tally tens thriv topic traged transl trib tun twenty
+7.0 unfold unity upper urgent vanish variou wareho warner weak whatev wider worshi wwii
+7.1 2012 37 39 42 65 79 90s abc aerial ag altman alzhei ann anonym anthem anxiou arriva assign
+7.1 astero ayesha belgiu bernar bezo birthr blind blocka bold bolste bondi brick bro burden bush
+7.1 button caf capabl carlso cbs census centr cheer chos cia clock compre con consis coordi coup
+7.1 cpus creatu cricke curtai debris deck deepen defama delibe denmar descen disord dissen drasti
+7.1 dutch dynami echo elevat encryp enroll equali evicti exec existe fad fema fever finger firing
+7.1 fitnes flip franch fundra gpus graphi habit haiti hampsh handfu haunt heartb herita hillar
+7.1 hostil hungar incumb infant insure invad jar jeopar kenya knowle ladyfi lincol linger lionel
+7.1 lying mainst martia mccart mcconn meetin meliss mem merced mess milan milk milwau monthl morgan
+7.1 nail nether nih norm norway obesit obsess overdo pad painfu passwo pav peer permis pil plumme
+7.1 pocket powell precau prefer propag pub rafah reputa resurg rioter roger rugby ruin rwanda
+7.1 sanjay sat sicken skyroc slat smash spell splash spray stabl stamp stem stol submit suppre swap
+7.1 syndro tara tast thin threw toilet topp toy tucker ucla undocu uphold usaid ventil vet visibl
+7.1 volcan volody w ward whal widen wolf wrestl xai yemen zucker
 7.2 1960 2008 2028 2030 350 43 51 55 73 76 91 95 aca advers ali align amy ana antoni anymor archae
-7.2 asset backdo backgr bacter barbar barely bashar basis beef bernie beta bitter blaz bloc bon
-7.2 boot brace bre brenda brink brush bull burst camero cannab captiv caregi cartel chanc chill
-7.2 cinema clearl click clu coin collid colorf compen compou contex copilo corp costly coup cow
-7.2 craft crazy cris cure davis debunk defaul defian defici del dement demoli deserv desk detroi
-7.2 detrow diary diet discip distur doc dodger doug edward elderl embass emphas engin enhanc enormo
-7.2 et fantas feud firear fleet flower fold format fragil freewa freez greece greg gunfir hamilt
-7.2 hazard hbo herd hip hire holder homeow hometo hotspo housed hype icu illust indy inequa inland
-7.2 insigh inters iphon irish iron jair jason jay jobles jok jonath juana katie landfa lawthe lemon
-7.2 lethal liquid lisa livest louise macboo manipu mariju marin marsha memora meter mlb modify
-7.2 monste montan moral mortga mum munich navaln nbc nc ncaa neutra numero nypd obstac offsho
-7.2 opioid oppose otherw outlin owners passpo pepper petiti pipeli piracy pivot pole portug preced
-7.2 predat prob protot punch pursu pushba qatar rascoe reade recipi reduct refuse relian rental
-7.2 renter rescin resili respir retrac ripp rocky rollou roman ronald rout runoff ruth sacrif
-7.2 safegu sail sailor saving score scotti seemin sevent shipme shorte shower sideli simply sink
-7.2 ski stack stagge starme steady stok sulliv swath tag tale taxpay terrib terrif theatr thomps
-7.2 thriv thunde tipp tone toppl tore tortur totten trace treaty tvs ula unanim underc unify unlawf
-7.2 ups uptick usc usda uss vmware vulcan walker withho wolf wrap xiv yield yorker
+7.2 asset backdo backgr bacter barbar barely bashar basis beef berni beta bitter bloc boot brenda
+7.2 brink brook browse brush bull burst camero cannab captiv caregi cartel chil chill cinema clearl
+7.2 click coin collid colorf compen compou contex copilo corp costly cow craft crazy cris davis
+7.2 debunk defaul defian defici del dement demoli deserv desk detroi detrow diary diet discip
+7.2 distur doc dodger doug edward elderl embass emphas enhanc enormo eras et fantas feud firear
+7.2 flar fleet flower fold format fragil freewa greec greg gunfir hamilt hazard hbo herd hip holder
+7.2 homeow hometo hotspo housed icu illust indy inequa inland insigh inters invok irish iron jair
+7.2 jason jay jobles jonath juana kati lan landfa lawth lemon lethal liquid lisa livest locat
+7.2 macboo manipu mariju marsha memora merg meter mlb modify monste montan mortga mosqu motiv mum
+7.2 munich navaln nbc nc ncaa neutra numero nypd obstac offsho opioid otherw outlin owners passpo
+7.2 pepper petiti pin pipeli piracy pirat pivot portug preced predat protot punch pushba qatar
+7.2 rasco rattl recipi reduct relian remak rental renter rescin resili respir retrac ripp rocky
+7.2 rollou roman ronald runoff ruth sacrif safegu sail sailor saving scotti seemin sevent shipme
+7.2 shorte shower sideli simply sink ski slav stack stagge starme steady sulliv swath tag taxpay
+7.2 teas terrib terrif theatr thomps thunde tipp tir tor tortur totten treaty tvs ula unanim underc
+7.2 unify unlawf ups uptick usc usda uss vmwar vulcan walker withho wrap xiv yield yorker
 7.3 130 1993 250th 78 83 86 87 88 92 97 abduct absent afraid amaz anywhe approp arkans awaren
-7.3 backlo ballis barrag bat bayern benchm bitcoi boast botch bound bounda breonn buffal bully
-7.3 calcul cape casino cemete charlo charte chile chosen closes cocain collab contag cortez costa
-7.3 cough creden crop curiou cyber cybers cycl da dame dawn deem define delawa denver desant dig
-7.3 digit dispro divorc dose dot downpl drain duches dust earnin ecosys elder elepha embatt emulat
-7.3 ensur envoy epicen evalua expir fat fault feelin fertil fisher fort fronti fulfil fundam fury g
-7.3 galler ginsbu glitch gpu grammy haitia hallow hamper hell hide homici honda hook horse hr
-7.3 huawei huntin hush impris indefi interr invad isis iss joshua junete kabul karen keilar keir
-7.3 kneel knife landlo leices levera lik lindse lobby longst looter lung macron maga mammal metro
-7.3 midnig millen minera mob mp n nascar naval neglec neithe notabl notori ocasio os outcry outloo
-7.3 oval parame parasi pav payche pend perpet perspe pfizer phas phoeni pivota playof portio postma
-7.3 princi prix pursui ramada ranger rebuke recap recoun recycl refres releva reloca reprod reusab
-7.3 revoke reward riches runway s2 salmon sampl scamme scrapp sculpt seize seoul sham shore slave
-7.3 slur smell smiths smooth soil solid soul sovere soviet spin spotif spurr stark stepha streak
-7.3 surren sway sweet tablet tapp teas tend thanks thrown tick tir titan todd torn trader tragic
-7.3 transc troll tweak uganda upset usp vary vendor verifi verizo wage walmar warshi wary wi wright
-7.3 xbox yard
-7.4 101 44 4th 59 67 72 77 81 82 89 acquis alan alike ancest angela animat anna annoy antarc artifa
-7.4 aug austin austri aware backya balloo barber bargai barrel bee beer belief bend beneat bishop
-7.4 blanke bolton bonus breakd breast brew briann brook brookl bump calend capsul cardin centre
-7.4 clarif clemen cognit comb compas compel compon conced concen contam cpu crysta cybera cyclis
-7.4 dam dana dancer dash delete demo disgra distre dive drown dual eager ecuado egypti elusiv
-7.4 emmanu enable encamp enrich espion espn ethica evan eve expedi expire explan facial fad fak
-7.4 fentan fernan ferrar fiance filter fiscal flat flung folk footpr fractu fruit gabrie gasoli
-7.4 genero goodby grace grade gray guid guitar gunsho gymnas harbor harsh haul headac hol horizo
-7.4 housef howard hurdl inaccu indone induc inevit ingrah ingred ink insult invisi jackie jerry
-7.4 joke juan junk kate khan kiss labora lash lauren layer leap legali len lied log lori loser luck
-7.4 luis m4 mad maria marvel matern meanin melt metrop midfie midst militi miller mitch mobili mod
-7.4 mood mouse mumbai nebras nickna noise nor nostal notebo nov nutrit oaklan obviou occupa occur
-7.4 onside openly orbita ordina organ orion output overru oxford oxygen pact pam pediat persua pil
-7.4 pirat pizza plague poland polari ppe pray precis priest protei proud provis puerto pump pursue
-7.4 rattl raw reassu reboun referr reign reluct renova replic retain retrea revamp revela reveng
-7.4 rewrit rider robota robust ryzen sabota sad salary salt sand scream sequel sequoi severi shapir
-7.4 showca shutt siblin slaver snl soft somali sorry span spat spider spiral sprint squeez steven
-7.4 storyc sub submar sugar supple surf swim sworn synthe taste taught teeth teleco tomorr tribal
-7.4 tricky triump trophy truly tsunam turnou uae ugly unfair uniden unprov venu venue verify warfar
-7.4 warren wartim waymo wine woe woke workou worn wreck wyom zon
-7.5 1994 2004 41 52 54 66 737 98 aaron allerg amplif ap apprec arena ari arson artwor audi autops
-7.5 avenue bannon beaten betray blu bombar bounty brad briber bundes cambri carefu carlo cattle
-7.5 chad chambe chant clarit cliff compos confin cox crippl crude cummin damasc daythe dealer
-7.5 defect deligh depth desire dish distra domain dome eddie eighth embarr engulf entran euro
-7.5 evange evil exclud explic fa falter fare fergus genoci geopol girlfr grande groom guess gut
-7.5 hammer handcu hannit harmfu havoc henry holoca hottes hp hydrox imager incarc invok jab jamie
-7.5 jean jennif jesse jessic ken kushne laugh litiga liveli liz lopez lord loyalt lt lukash magnet
-7.5 mamdan maximu maxwel mediat medite merkel minimu mirror modi mogul mohamm monica mortal mph
-7.5 myanma myth neil nervou newsro noem oh ore parole passag patent pier pin plaint poorer populi
-7.5 posses pot prey privil priz profou prolif prolon propel proven puzzle rachel rainfa reacto
-7.5 reagan realis reboot recipe reclai rein relent remake renown repeal resemb resurf rick rico rio
-7.5 robber roosev rough roundu scenar sci scorch sec seeker seller semi sensat sensor settin sewage
-7.5 shaky shirt shuttl somewh sow spree steel stella stewar sydney tampa tanker tape tel toddle
-7.5 trek unifor unmask unvacc vermon villan vocal volati wellne widow wisdom wnba y
-7.6 19th 2001 2013 49 57 58 62 7th 94 abbott adopti adrian airspa albert allen anne apocal array
-7.6 autumn aviv backfi bader bailou baker bash bicycl birx bloody bmw bolt boulev brady breakf
-7.6 brett brilli bronze butter buzz cal canyon centri charm cheese chess cleane clip cohen coinci
-7.6 colony consci countl cream cuban dairy dear derek diabet dimini dispat div dock dougla downtu
-7.6 duke ear en endles erin erupti exceed exhaus famer famine farewe feb fiber fiery flagsh flexib
-7.6 flout fluid flush forgiv foul fracti fuller furiou gadget gallon ghisla glov gps grands greenh
-7.6 grill gutt halluc hancoc handhe harves hernan hug huizar humano ignit immine incent infamo
-7.6 influx infrin injunc inner insect intrig ipo ivan jesus jew kenyan lak lander laser laundr
-7.6 lausd lavish lawn le lebron liken lineup locall locat louisv luther malays mann manual mario
-7.6 mega meme memphi milton miracl mo monarc monkey motorc mrna mural muscle nerve newcas nightc
-7.6 obliga overti overvi paradi parall pasade passio percei peril philos pig pittsb poet postca
-7.6 predec prep presti printe proce prop proxy puzzl q qanon recipr redesi rev revis roam robins
-7.6 rodrig roil rome rover ruling sacr saga saniti scary scath semico semiti shell siege sierra
-7.6 slat sls soap solo sooner spar sports starva stir stirr strick stroke stumbl stunt stupid succe
-7.6 summar superh swimme swirl swiss switze tattoo tea telegr tenant tentat tenure thwart torren
-7.6 travis trib tyson unarm unite unoffi upheav usage vacanc vw whale worm wrongf
+7.3 backlo bak ballis barrag bat bayern benchm bitcoi boast botch bound bounda breonn buffal bully
+7.3 calcul casino cemete charlo charte chosen closes cocain collab contag cortez costa cough creden
+7.3 crop curiou cyber cybers da dawn deem delawa denver desant dig digit dispro divorc dom dot
+7.3 downpl drain duches dust earnin ecosys elder elepha embatt emulat envoy epicen evalua fault
+7.3 feelin fenc fertil fisher fort fronti fulfil fundam fury g galler ginsbu glitch gpu grac grammy
+7.3 haitia hallow hamper hell homici honda hook hr huawei huntin hush impris indefi interr isis iss
+7.3 joshua junete kabul karen keilar keir kneel knif landlo leices levera lindse lobby longst
+7.3 looter lung lur macron maga mammal metro midnig millen minera mob mp muscl n nascar naval
+7.3 neglec neithe nic nois notabl notori nud ocasio os outcry outloo oval parame parasi payche pend
+7.3 perpet perspe pfizer phoeni pivota playof portio postma princi prix pursui ramada ranger recap
+7.3 recoun recycl refres releva reloca remote renam reprod reusab reward riches runway s2 salmon
+7.3 scamme scrapp sculpt seoul severe slid slur smell smiths smooth soil solid soul sovere soviet
+7.3 spin spotif spurr stark steel stepha streak strike strok surren sway sweet tablet tapp tend
+7.3 thanks thrown tick titan todd torn trader tragic transc troll tweak uganda upset usp vary
+7.3 vendor verifi verizo walmar warshi wary wi wright xbox yard
+7.4 101 44 4th 59 67 72 77 81 82 89 acquis alan alik ancest andr angela animat anna annoy antarc
+7.4 artifa aug austin austri awar backya balloo barber bargai barrel bee beer belief bend beneat
+7.4 bishop blanke bolton bonus bor bre breakd breast brew briann brookl bump calend capsul cardin
+7.4 charge clarif clark clemen cognit comb compas compel compon conced concen contam cpu crysta
+7.4 cybera cyclis dana dancer dar dash demo disgra distre drown dual eager ecuado egypti elusiv
+7.4 emmanu encamp enrich espion espn ethica evan eve expedi explan facial fentan fernan ferrar
+7.4 filter fiscal flat flung folk footpr forg fractu fruit gabrie gasoli genero glov goodby grav
+7.4 gray guitar gunsho gymnas harbor harsh haul headac horizo housef howard ignit inaccu indone
+7.4 induc inevit ingrah ingred ink insult invisi jacki jerry juan junk kat khan kiss labora lash
+7.4 lauren layer leap leas legali len lied log lord lori loser luck luis m4 maria marvel matern
+7.4 meanin melt metrop midfie midst militi miller mitch mobili mood mous mumbai nebras nickna nor
+7.4 nostal notebo nov nutrit oaklan obviou occupa occur onside openly orbita ordina organ orion
+7.4 output overru oxford oxygen pact pam pediat persua phras pizza poland polari ppe pray precis
+7.4 priest protei proud provis puerto pump purg raw reassu reboun referr reign reluct renova replic
+7.4 retain retrea reus revamp revela reveng revis rewrit rider robota robust rom ryzen sabota sad
+7.4 salary salt sand scream sequel sequoi severi shapir showca shutt siblin slaver snak snl soft
+7.4 somali sorry span spider spiral sprint squeez steven storyc sub submar sugar supple surf swim
+7.4 sworn synthe taught teeth teleco tomorr tribal tricky triump trophy truly tsunam tumbl turnou
+7.4 uae ugly unfair uniden unprov verify vib wad warfar warren wartim waymo wis woe wok workou worn
+7.4 wreck wyom
+7.5 1994 2004 41 52 54 66 737 98 aaron active allerg amplif ap apprec arena ari arson artwor assum
+7.5 audi autops avenu bannon beaten betray bombar bounty brad brak brav briber bronz bundes cambri
+7.5 carefu carlo cattl cav chad chambe chant chok clarit cliff compos confin cox crippl crud cummin
+7.5 curs damasc dayth dealer defect deligh depth desir dish distra domain eddi eighth embarr engulf
+7.5 entran erod euro evange evil exclud explic fa falter famin fergus genoci geopol girlfr griev
+7.5 grill groom guess gut hammer handcu hannit harmfu havoc henry hing holoca hottes hp hydrox
+7.5 imager incarc jab jami jean jennif jess jessic ken kushne laps laugh litiga liveli liz lopez
+7.5 loyalt lt lukash magnet mamdan maximu maxwel mediat medite merkel mic minimu mirror modi mogul
+7.5 mohamm monica mortal mph myanma myth neil nerv nervou newsro noem oh ore parol passag patent
+7.5 pier plaint poorer populi posses pot prey privil profou prolif prolon propel proven rachel
+7.5 rainfa reacto reagan realis reboot reclai rein relent renown repeal resemb resurf rick rico rio
+7.5 robber roosev rough roundu scenar sci scorch sec seeker seller semi sensat sensor settin sewag
+7.5 shaky shelv shirt shuttl slop smil somewh sow spree stella stewar sydney tampa tanker tel tenur
+7.5 toddle trek turtl unifor unmask unvacc vermon villan vocal volati wellne widow wir wisdom wnba
+7.5 y
+7.6 19th 2001 2013 49 57 58 62 7th 94 abbott adopti adrian airspa albert allen angl apocal array
+7.6 autumn aviv backfi bader bailou baker bash bicycl birx bloody bmw bolt bottl boulev brady
+7.6 breakf brett brilli butt butter buzz cal canyon centri charm chess cleane clip clon cohen
+7.6 coinci col colony consci countl cream cuban dairy dear derek diabet dimini dispat dock dodg
+7.6 dougla downtu duk eagl ear en endles erin erupti exceed exhaus famer farewe feb fiber fiery
+7.6 flagsh flexib flout fluid flush forgiv foul fracti fuller furiou gadget gallon gcs ghisla gps
+7.6 grands greenh gutt halluc hancoc handhe harves hernan huizar humano immine incent infamo influx
+7.6 infrin injunc inner insect intrig ipo ivan jesus jew kenyan lander laser laundr lausd lavish
+7.6 lawn le lebron liken lineup locall louisv luther malays mann manual mario mega memphi milton
+7.6 miracl mo monarc monkey motorc mrna mural newcas nightc obliga overti overvi paradi parall
+7.6 pasade passio percei peril philos pig pittsb poet postca predec prep presti printe proc prop
+7.6 proxy q qanon quot recipr redesi rev ric roam robins rodrig roil rover ruling sacr saga saniti
+7.6 scary scath scop semico semiti shell sieg sierra sls soap solo sooner sports starva stir stirr
+7.6 strick stumbl stunt stupid succ summar superh swimme swirl swiss switze tattoo tea telegr
+7.6 tenant tentat thwart torren travis tyson unarm unoffi upheav usag vacanc vw worm wrongf
 7.7 100th 10th 160 1989 1996 1m 2006 2009 2010 2011 20th 47 53 56 5g 5th 61 63 64 68 71 74 80s 85
-7.7 abrego absenc activa adapta adequa aerosp afloat alexei andr angele angle aoc arrang aspect bak
-7.7 balcon ballro banana bare basele bathro baton belgia bench berkel berman beverl bible bik
-7.7 billbo bin birmin bliste blockb bomber booker bor bow brak bristo bryant bunch bunker byteda
-7.7 cabin caf canal candy carmak cartoo cathed caucus chadwi chauvi chemis chest cincin clark claw
-7.7 clevel cockta coma concea coral courag cours courth courtr cowboy crater crowds crumbl cyclon
-7.7 dar darkne dave dealt dean decept decora deepmi deepse defrau deposi deteri diamon dilemm dirty
-7.7 disc discha discor disper disres dolphi downsi dragg drunk duck duo durham edg embedd emily
-7.7 empowe enterp er erase ethiop europa eurovi everto everyb extrac faithf falsif farthe fascin
-7.7 fascis fatigu faulty favour feedba femini fend fifty filing fitt fixtur fla flagg flew flown
-7.7 foil forg fortni fram frame fray funny g7 gala gamble gatewa germai glow glp gonzal grass grave
-7.7 greek greene greet gretch griev grieva guthri h habita hardsh harvey heir heist hitler hockey
-7.7 houthi hulu hurdle hyunda ian ideal implan inflic insecu insurr ipado irs iv jamaic jazz jerusa
-7.7 joaqui julian jupite juveni kalshi keith keyboa kimmel lag lago lane leagu leed legiti leila
-7.7 lend liabil lifelo lifesa lifest linda lithiu logo loopho loud madele madnes maha malari mammot
-7.7 mangio mansio marc mat meadow mediev menu mercur merg messy minimi morato mosque mosqui msnbc
-7.7 murray nak neande neo nest newpor nhl nice nightl nissan noaa noncit notify nude nyt obamac
-7.7 occasi oral orban ouster outdat outer outfit outsiz oversh overth p pa panama parami partly
-7.7 payloa payout pen petito pi playbo playst polar polish polyma pontif popp porsch portab portal
-7.7 preten prevai probat procla psg pulitz pundit quell rack radar random ration raysha rebell
-7.7 reconc reef refer reigni reinve reliev remdes renam resona restru retro reuse rice ridley risen
-7.7 ritual rivera roar rogue romant roof rookie ross router rtx rubber rubble sack sample samuel
-7.7 sancho sanctu satisf sc scope scratc segreg semest semifi sever shame sheep shelv shin shine
-7.7 shout sidewa sim skateb skater skelet sketch skip skipp skull slip slop slower smok sophis
-7.7 spear stanfo stelte stoke storyt stubbo stun subway succee sudane supern sussex swarm swell
-7.7 swiftl tahoe takedo tapper telehe thiev thrust tory touchd toyota traffo transa trudea tsa tun
-7.7 tune turbul turtle typhoo uber unacco unauth uncomf underl underp uneart unexpl united unpaid
-7.7 unpred unrave usher valuab venice verge veto vigila vogue void volksw volvo vouche voyage wade
-7.7 waiver wallac wallet weed whal wick willin wow wreak wrongl yellow zohran
-7.8 1965 1968 50th 69 75th 93 96 absurd acclai airbnb amess ant antifa apollo arbitr ariane aston
-7.8 atomic attrib audit backup blanch blasio bless blizza blown bosema boyfri brave busies cafe
-7.8 cambod carer carpet chuck circl cleare comet comey conste crook crossi damn debora dioxid disk
-7.8 dissol diverg diy eagl embark endure evict excite fadel falseh fence firefl flavor fool forth
-7.8 forum frenzy ga gabby gamer gary gestur glacie gmail grandf gripp hantav harnes hassan hatch
-7.8 heatwa hotter improp inacti inappr inequi ins insurg intima intimi irresp jerome kanye kardas
-7.8 katrin kaylei knight ky l lego levy liam logist loose lover lucky lynch m5 madiso mansla marcus
-7.8 marist mccann mcenan midair miguel milky misl motive murky murphy mutual nasty nazis neural
-7.8 neuros newer nichol nj ntsb offlin opener orthod owe painti pathog pedest penn pga pierre plott
-7.8 plunge psychi rampag rand rating reckle regain reimag reinfo renee reviva ridicu rift rigg
-7.8 russel sanche scare se seismi seizur sequen sheffi shook showdo slide slipp southa staple
-7.8 starbu starv string stripp subseq suffic superb sympat synago thread toront totall trailb tribe
-7.8 tsmc tulsa tumult turkis ufo unfort unsett vacuum viktor watchl weddin whatsa wicket wilder
-7.8 wirele
-7.9 110 13th 140 170 180 1998 1b 2005 20s 3rd 750 abraha abu accomm aclu acquit adhere ail airbor
-7.9 alice alloca alpha altitu alumin amanda ambula ann arch arling atla attach attitu authen avert
-7.9 awkwar azerba banksy bass bean behalf belt beryl bias bleak bloom bloomb bobcat bogus bone
-7.9 bottle bout boxer breaku breed bridg briton broadl broadw bruce brunt bubbl butler bystan
-7.9 camper cave cellph cement chavez cheney chevro chipma chocol cigare clap clergy clinch cloudf
-7.9 coastl colber compat compil compto congra corone cosmet credib creek creep critiq crosso cruis
-7.9 crunch cult cur czar czech daca dale dazzl decent dejoy despai diner disban discre distru dj
-7.9 dortmu drugma dumb dystop elabor energi entity eras erod exacer exact excell excuse extern
-7.9 extrad facult farmwo filipi flare flesh flex fluori flurry forbid forcib frankl fraudu fred
-7.9 fright fry garbag gate gentle grabb gravit guanta guardi guinea gunmen harden hashta hawk
-7.9 heavyw heel helpfu heroic hesita ho holm honest hood hopkin hormon hubble icelan icy index
-7.9 innoce invite isaacm jadon jeanne jeremy jewel johann josh judgme kari karla keynot khalil
-7.9 khamen kilmar kimber kindne kyle lancas lance launde leas lighte lotter lucrat luigi lunch lure
-7.9 lynn lyric ma mafia maher maneuv marian markle mayora megan mentor mercha mice microp mifepr
-7.9 mild minima mitiga modest moo morris mosqu motiv motori mouth mpox mull multib murdoc myself
-7.9 n95 nixon noah norfol norweg notre nova nun obscur odysse omar orches oursel outpac overcr
-7.9 overta panda parker paso patchw paula payrol peek pengui penins perple pg philan phrase pillar
-7.9 pit pitt platne pod poop poores poster potter powerh premat pricey prone pronou provoc ps5
-7.9 pummel purge purpor quanti raspbe ratche ratcli readin recept recip redund reiter relega remedy
-7.9 reset resurr revolt rhode rishi rivalr robb roller romanc ronnie s3 satiri scarce schem segmen
-7.9 serena shady shor siberi silva simmer simpso sitcom skat skelto skier skyscr snak snapp soften
-7.9 soup spare spoken stalem stanle startl stealt stemm stereo stigma sting styl suffra sum suppli
-7.9 surfer surrea swapp t20 taint teamma tent thai theori topple trap truce tumbl tyler ufc uninsu
-7.9 unnece unsafe unseat unsolv uproar upscal upside vague valent vault vett vibe vigil vpn warmer
-7.9 wayne weakne webb whitme wield wildly wipe wire wis ww2 yale yoon
+7.7 abrego absenc activa adapta adequa aerosp afloat alexei angele ant aoc arrang aspect balcon
+7.7 ballro banana basele bathro baton belgia bench berkel berman beverl bibl billbo bin birmin
+7.7 bliste blockb bomber booker bounc bow bristo bryant bunch bundl bunker byteda cabin canal candy
+7.7 carmak cartoo cathed caucus chadwi chauvi chees chemis chest cincin claw clevel cockta coma
+7.7 concea coral courag courth courtr cowboy crater crowds crumbl cub cyclon darkne dav dazzl dealt
+7.7 dean decept decora deepmi deepse defrau deposi deteri diamon dilemm dirty disc discha discor
+7.7 disper disres dolphi downsi dragg drunk duck duo durham embedd emily empowe engage enterp er
+7.7 ethiop europa eurovi everto everyb excus exil extrac faithf falsif farthe fascin fascis fatigu
+7.7 faulty favour feedba femini fend fifty filing fitt fixtur fla flagg flew flown foil fortni fray
+7.7 funny g7 gala gatewa germai glow glp gonzal grass greek greet gretch grieva guthri h habita
+7.7 hardsh harvey heir heist hitler hobbl hockey houthi hulu hyunda ian ideal implan inflic insecu
+7.7 insurr ipado irs iv jamaic jazz jerusa joaqui julian jupite juveni kalshi keith keyboa kimmel
+7.7 lag lago leed legiti leila lend liabil lifelo lifesa lifest linda lithiu logo loopho loud
+7.7 madele madnes maha malari mammot mangio mansio marc meadow mediev menu mercur messy minimi
+7.7 morato mosqui msnbc murray nak neande neo nest newpor nhl nightl nissan noaa noncit notify nyt
+7.7 obamac occasi oral orban ouster outdat outer outfit outsiz oversh overth p pa panama parami
+7.7 partly payloa payout pen petito pi pip playbo playst polar polish polyma pontif popp porsch
+7.7 portab portal preten prevai probat procla psg pulitz pundit quell rack radar rand random ration
+7.7 raysha rebell reconc reef refer refug reigni reinve reliev remdes resona restru retro rhod
+7.7 ridley rippl risen ritual rivera roar rogu romant roof rooki ross router rtx rubber rubbl sack
+7.7 samuel sancho sanctu satisf sc scratc segreg semest semifi sheep shout sidewa sim skat skateb
+7.7 skater skelet sketch skip skipp skull slip slower sophis spear stanfo stapl starv stelte storyt
+7.7 stubbo stun subway succee sudane supern sussex swarm swell swiftl taho takedo tapper telehe
+7.7 thiev thrust tory touchd toyota traffo transa trudea tsa turbul typhoo uber unacco unauth
+7.7 uncomf underl underp uneart unexpl united unpaid unpred unrave usher valuab venic verg veto
+7.7 vigila vogu void volksw volvo vouche waiver wallac wallet weed wick willin wow wreak wrongl
+7.7 yellow zohran
+7.8 1965 1968 50th 69 75th 93 96 absurd acclai airbnb amess antifa apollo arbitr arian aston atomic
+7.8 attrib audit backup blanch blasio bless blizza blown bosema boyfri brib busies cambod carer
+7.8 carol carpet chuck cleare comet comey conste crook crossi dal damn debora dioxid disk dissol
+7.8 diverg diy embark evad evict fadel falseh firefl flavor fool forth forum frenzy fring ga gabby
+7.8 gamer gary genr gestur glacie gmail grandf gripp hantav harnes hassan hatch heatwa hotter humbl
+7.8 improp inacti inappr inequi ins insurg intima intimi irresp jerom kany kardas katrin kaylei
+7.8 knight ky l lego levy liam lodg logist loos lover lucky lynch m5 madiso mansla marcus marist
+7.8 mccann mcenan midair miguel milky misl murky murphy mutual nasty nazis neural neuros newer
+7.8 nichol nj ntsb offlin opener orthod owe painti pathog pedest penn pga pierr plat plott pron
+7.8 psychi rampag rating reckle regain reimag reinfo renee reviva ridicu rift rigg russel sanche se
+7.8 seismi seizur sequen sheffi sho shook showdo slipp southa spous starbu string stripp subseq
+7.8 suffic superb sympat synago tat thread toront totall trailb tsmc tub tulsa tumult turkis ufo
+7.8 unfort unsett upsid vacuum viktor watchl weddin whatsa wicket wilder wirele
+7.9 110 13th 140 170 180 1998 1b 2005 20s 3rd 750 abraha abu accomm accuse aclu acquit ail airbor
+7.9 alic alloca alpha altitu alumin amanda ambula arch arling atla attach attitu authen avert
+7.9 awkwar azerba bam banksy bass bean behalf belt beryl bias bing bleak bloom bloomb bobcat bogus
+7.9 bout boxer breaku breed briton broadl broadw bruc brunt butler bystan camper cellph cement
+7.9 chavez cheney chevro chipma chocol cigare clap clergy clinch cloudf coastl colber compat compil
+7.9 compto congra corone cosmet credib creek creep critiq crosso crunch cult curv czar czech daca
+7.9 decent dejoy despai diner disban discre distru dj dortmu drugma dumb dystop elabor energi
+7.9 entity exacer exact excell excite extern extrad facult farmwo filipi flesh flex fluori flurry
+7.9 forbid forcib frankl fraudu fred fright fry garbag genom grabb gravit guanta guardi guinea
+7.9 gunmen harden hashta hawk heavyw heel helpfu heroic hesita ho holm honest hood hopkin hormon
+7.9 hubbl icelan icy index innoce irvin isaacm isl jadon jeann jeremy jewel johann josh judgme kari
+7.9 karla keynot khalil khamen kilmar kimber kindne kyl lanc lancas launde lighte lit lotter lucrat
+7.9 luigi lunch lynn lyric ma mafia maher maneuv marian markl mayora meddl megan mentor mercha
+7.9 microp mifepr mild minima mitiga modest moo morris motori mouth mpox mull multib murdoc myself
+7.9 n95 nixon noah norfol norweg notr nova nun obscur odysse omar orches oursel outpac overcr
+7.9 overta panda parker paso patchw paula payrol peek pengui penins perple pg philan pillar pit
+7.9 pitt platne pod poop poores poster potter powerh premat pricey pronou provoc ps5 pummel purpor
+7.9 quanti queu raspbe ratche ratcli readin recept redund reiter relega remedy reset resurr revolt
+7.9 rifl rishi rivalr robb roller romanc ronni s3 salut satiri segmen serena shady siberi silva
+7.9 simmer simpso sitcom skelto skier skyscr snapp soften sol soup spoken stalem stanle startl
+7.9 stealt stemm stereo stigma sting suffra sum suppli surfer surrea swapp t20 taint teamma templ
+7.9 tent thai theori trap truc tyler ufc uninsu unnece unsaf unseat unsolv uproar upscal vacat vagu
+7.9 valent vap vault vett vigil volum vpn warmer wayn weakne webb whitme wield wildly wor ww2 yal
+7.9 yankee yoon
 8.0 102 11th 17th 1930 1950 1984 1992 1995 1999 2007 21st 230 450 4k 5m 8gb aaa abound abusiv
-8.0 acosta acre agenti aggrav ailsa airway alexa amateu amber amend amster anomal api assail assump
-8.0 astoni asus asympt atop atty avalan avatar axed backer baldwi bame bang banner barca batch beg
-8.0 bevera beyonc bind bite blackb blackl blank bleach blew blog blowba bluepr bobby boo boruss
-8.0 bottl brazen bread bride britne buffet burial burrow buttig caitli cam cannon carney casey
-8.0 cather celtic cfpb chican chok churn clara cleanu clerk coat codex coloss compul concre confes
-8.0 corrid cortin cosmic cousin craig crawl crossh crossr cruel csam cue culmin cumbia curl curs
-8.0 curve cyberc danish danny dec decrea deepes delhi demogr denial dentis derby dialog diana
-8.0 disqua dissid distor divert dorm downgr dubb eaton eleven endowm enlist enslav envisi episco
-8.0 equiva esper essay exotic expose extent feast firest flar flashp forecl fork fugiti gachet gaga
-8.0 galact gcse geforc germ gig github giulia glorio graffi grassr gratef gravel grind guilt gunn
-8.0 h5n1 haircu hannah harrow helm hemmer hepati hijack hilton himala hindu hispan hln hoax homer
-8.0 hondur hors humble hygien hypers impair impass impers inadeq incomp incurs inn instab intrus
-8.0 invita ire irvine iterat jamal jill johnny julia jurass kashin kashmi kemp knocko kobe lacey
-8.0 laguna lambor lan lap laurea lawren lax leftis lister litter lobbyi longev loop loyal mainla
-8.0 malcol manuel mapp marjor marque marr mason matchu mathem maveri mayo med medic meltdo metoo
-8.0 mill milley miner misste mistre misund mit mitche mnuchi monter montht morocc mourne muelle
-8.0 muhamm mushro mutati napoli narend natgeo nepal neuron nicara nicole ninth nix nolan norman
-8.0 northa noveli onboar opera oppres orland overdu overhe overre oz pac panthe pat patel pedal
+8.0 acosta adher agenti aggrav ailsa airway alexa amateu amber amend amster anomal api arcad assail
+8.0 assump astoni asus asympt atop atty avalan avatar axed backer baldwi bang banner barca batch
+8.0 beg bevera beyonc bind blackb blackl blank bleach blew blog blowba bluepr bobby boo boruss
+8.0 brazen bread brid britne buffet burial burrow bustl buttig caitli cak cannon carney casey
+8.0 cather celtic cfpb chican churn clara claus cleanu clerk coat codex coloss compul concre confes
+8.0 corrid cortin cosmic cousin craig crawl crossh crossr cruel csam cue culmin cumbia curl cyberc
+8.0 danish danny dec decrea deepes defac delhi demogr denial dentis derby dialog diana disqua
+8.0 dissid distor divert dorm downgr dubb eaton eleven endowm enlist enslav envisi episco equiva
+8.0 esper essay exotic extent feast fiance firest flashp forecl fork fugiti gachet gaga galact
+8.0 garag geforc george germ gig github giulia glorio graffi grassr gratef gravel grind guilt gunn
+8.0 h5n1 haircu hannah harrow helm hemmer hepati hey hijack hilton himala hindu hispan hln hoax
+8.0 homer hondur hygien hypers impair impass impers inadeq incomp incurs inn instab intrus invita
+8.0 ire iterat jamal jill johnny julia jungl jurass kashin kashmi kemp knocko kob lacey laguna
+8.0 lambor lap laurea lawren lax leftis lister litter lobbyi longev loop loyal mainla malcol manuel
+8.0 mapp marjor marque marr mason matchu mathem maveri mayo med medic meltdo metoo mill milley
+8.0 miner misste mistre misund mit mitche mnuchi monter montht morocc mourne muelle muhamm mushro
+8.0 mutati napoli narend natgeo nepal neuron nicara nicol nil ninth nix nolan norman northa nos
+8.0 noveli onboar opera oppres oracl orland overdu overhe overre oz panthe par pat patel pedal
 8.0 pedro pensio perilo perry persia philli phish photoj pilgri pink pinn plasma pneumo poem polest
-8.0 pollst populo pornog propul provok pure queu quirky quitt racket radiat railwa rainbo rainfo
-8.0 ralph rampan ranch ranche reasse rebecc rebuff rebuk redefi redraw refine refocu reimpo renais
-8.0 reorga respit retrib reunio reverb rivian roadbl roe routh royalt rpg ruben rust salman salvag
-8.0 sandwi scout screw scrub seafoo sebast sedan sentim serial servan shaken shakeu shortc shov
-8.0 sighti simpli siren siri slate slew smile snooke sober soda songwr sono sonoma soundt spa spawn
-8.0 spinn spous spywar stalk steadi steamo stefan stockp stomac stormy stump submer suck suk summon
-8.0 sunak superp swear sweat tall terry tester theodo thermo thirty thorou throat titani tolera
-8.0 tommy tuitio turnar twelve tyleno uefa unacce unansw undere undete undo unhapp uninte unrele
-8.0 unseal unsucc upheld usb vegeta viewpo villa vivid volume vr waterw watson wegovy weinst wikipe
-8.0 windso withst woodwa wore yanke yeol
-8.1 104 12th 14th 18th 1986 270 80th adobe airwav alejan alp alpine amass amusem andrea appall
-8.1 applau appreh approx ashley automo awful ballet barn beachg beast beleag billie biogra blend
-8.1 blitz boil bounc brib brien bryan builde burger burgla campbe carniv castle cbp centr ces
-8.1 chapel checkp cherry chimpa chokeh cite cleara clever cling clon co2 cole conges conque copper
-8.1 cory costum cub cybert decima defac depriv digest dignit dip disgui djokov doll dynast eid
-8.1 embody empath entitl eradic extort eyewit fabric fearfu fedex fenc fiasco flatte forcef freak
-8.1 fringe furnit gaetz garage gb glorif gordon grader gross guatem hadn helmet hemisp hinder hinge
-8.1 hobbl hornet horrib hugh hydrog icc illusi incorp infilt infota invali iraqi isle ivanka jackpo
-8.1 jane jaw jogg jurisd kidney lagg laps lately lease lgbt li liable libya lieute limb liver logic
-8.1 lone loyali lucy lyon m3 mali mem mercy merit methan microb mud mystic nashvi newcom ni nile
-8.1 nina nose oath obstru octopu offset oracle outnum overca overri pagean palisa paperw parcel
-8.1 percep peruvi peters piano plow poultr powert prof prosti psyche purg purple qualco quote
-8.1 rashfo reiner rename render resump retrie ridgec rifle roast roku rotati roy rudy scann scatte
-8.1 senega sergea sgt shareh sho shooto sidest singh sleuth snake snapch sole sora spacef spaces
-8.1 spacew spann spate spence sri stoppa stylis substi subtle superf surplu swelte sync tail taxi
-8.1 temple till toe tradem traine trait trespa tunnel uncle uneven unfoun unlimi unwant upload
-8.1 urgenc vap vii vintag von walsh warp warrio waterm wbd wearab welfar wheelc wholes wimble wolv
-8.1 wooden wrench wrongd zombie
-8.2 1972 1982 1988 2003 25th 2m abby aberde abolis absorb abunda acute ain ala alliga ambush amidst
-8.2 ammuni analog anarch arcade ascend assum assume autopi ayatol backpa baptis barric basica beam
-8.2 beatl begg bennet benny billy biotec birthp blair blatan blinke blunt bollyw bookst botnet
-8.2 bourne bowler brewer brusse buccan bundl butte byd cent charle chick chunk civic clone costco
-8.2 countd covert crow damon daylig diarrh diddy digg disgus dispen dixie doomsd dop dow downwa
-8.2 dread drift dubiou dye ecolog enclos energe entren erdoga erosio everes evolve exopla fairly fc
-8.2 felon firmwa flor flouri foam foldab forthc franti fraugh frog futur futuri garner generi
-8.2 geogra gerrym glance glasgo golfer gown gp greatl guardr ham handwr headse heavie hefty hello
-8.2 hey hing hobbyi honour hud humili hyp hypoth illici incons incorr indie infowa inhabi invade
-8.2 irreve islama ivf janet jewelr kennet kent kernel kerr kne kuwait lamar latter lesser likene
-8.2 loneli louvre lur malfun manner marie maurit mcilro medali meddl medium megabi merge microc
-8.2 molecu mt munici muscl naacp napa needle newark nigel nightt nikki novak novich nud nudify
-8.2 nugget obitua oem oliver olivia onion outgo packer painte palmda par penali persec pic pipe
-8.2 plate plaza pogba predom preord ptsd pyrami quash quicke reaffi rebran reed reev refusa remnan
-8.2 repara reply reprie repurp resett retwee rex rhythm richmo rife sadnes sally sank santo schume
-8.2 scoote scotia scrape sexist sikh simone singl skylin sneak solemn sox spacep sperm studd sunshi
-8.2 surrog swedis tanzan tate tee texan therma thrive tobacc tooth torch toxin tracti trickl trove
-8.2 tycoon unheal unilat unpack unpopu uphill uraniu vacat valid veo wager wak walkou wast watche
-8.2 waterf watfor wendy wet xinjia yell yo
-8.3 00 100m 16gb 1918 1945 1981 2002 200m 2029 24h2 4o 599 5b 60s 6th 747 abba abdul abide abram ac
-8.3 accent ace acid admira afflic agi ais akin alamed alexey algae alito alphab alterc amanpo
-8.3 amputa anahei annex annexa antibi antivi anytim aparth appala appeti aquari arc archbi ariana
-8.3 armor ashevi aubame autocr avenge avian awaken azar backdr backst backtr backwa badge baffl
-8.3 bahama bailey bait bake bakery bale bangko barret baseme behnke benz betsy bikini bil bionte
-8.3 blackf blm blower blowou blueto boar bolivi bookin boomer boredo borne bother botox boulde
-8.3 bounce bragg bronco bronx brooke bucket buddy buggy buildu bulk buoy bustl butt ca cabl cache
-8.3 cadet cadill cairo cake caller calory canary cann canvas capp capt cardia cardio carl carrol
-8.3 carson caselo cav caveat checke chimp chino choir choke climbe cockro coli colin colone colour
-8.3 comcas commod condo coney connor consor cooky cor covet cowork croati crossf crusad crypti
-8.3 cuisin cull culpri curbsi curios curric curse cutbac cyclos dampen darkes daunt deaf debby
-8.3 deceas deceiv declas deferr deflec degrad delica dell delusi dennis dense densit deplet depot
-8.3 derric destab deter deterr detona devo devot diaspo dick diffus dijon disadv dispos disreg
-8.3 dissat dmca dns dodg dodge drake drc dreame drople dubai duel durst dutert dwarf dwindl dysfun
-8.3 ea eaten ebay edinbu edmund eerie effica efl elijah elit emma enclav erect essex eterna exagge
-8.3 excava exce exil exile exodus expel expell extrav eyebro fade fairfa falwel fancy fann favora
-8.3 feat ferry fetal fiftee finale finlan flipp floren foe fog forese fortif fragme franke frater
-8.3 freder freema freshm fresno froze ftx furor fusion gantz gardne gareth garlan gascon gem geneva
-8.3 genius genome genre gerard ghana gigant gimme glamor glory goalke goat goldma gore grandd
-8.3 grandp grasp gregor grey griffi gruel guadal guarda gubern guinne hairdr haley handgu happie
-8.3 happin hardly harper hay headwi heartl heaven heed helen helium hiker hobby hogan hollow homage
-8.3 homan homegr homoph honey honora hoop horn hospic hotlin hover hue hugely hugg humor hung
-8.3 hurley hypocr ibm ids ignora immens immers imperf imply inbox inc incit indire infini ing
-8.3 ingest inning input insane insert insuff intact intuit invoke ion ioniq ip jaguar jeanin jeep
-8.3 jimene jockey juggl jungle juror kaitla karl karoli kash kather katy keen khasho kia kickof
-8.3 kickst kizzee klan knelt knowl kriste kw lanka lapse laud leaf lectur legion leipzi leisur leon
-8.3 leonar lesoth letiti lg libel limita lindsa lit lloyd locate lodg logan logg lonely lou loudly
-8.3 luke mach machad magica magnif maguir mahmou mainly makesh makeup manhun manife marche margar
-8.3 mariti mas maui maya mcfarl mclare mcmaho melros menopa mere mesa meth metric mia mighty mishap
-8.3 mistru modula mongol montre moonsh morale motel motoro mtv muddy mullin multit mummy mytho nano
-8.3 naomi nasral naya neglig newsbe newsma nic nicoti nike noncom noon notifi nut oak ohtani ominou
+8.0 pollst populo pornog propul provok puls pur purpl quirky quitt racket radiat railwa rainbo
+8.0 rainfo ralph rampan ranch ranche reasse rebecc rebuff redefi redraw refine refocu reimpo renais
+8.0 reorga respit retrib reunio reverb rivian roadbl rod roe routh royalt rpg ruben rust salman
+8.0 salvag sandwi scarc scout screw scrub seafoo sebast sedan sentim serial servan shaken shakeu
+8.0 shortc shov sighti simpli siren siri slew snooke sober soda songwr sono sonoma soundt spa spawn
+8.0 spinn spywar stalk steadi steamo stefan stockp stomac stormy stump submer suck suk summon sunak
+8.0 superp swear sweat tall terry tester theodo thermo thirty thorou throat titani tolera tommy
+8.0 torr tuitio turnar tyleno uefa unacce unansw undere undete undo unhapp uninte unrele unseal
+8.0 unsucc upheld usb vegeta viewpo villa vivid vr walsh waterw watson wegovy weinst wikipe windso
+8.0 withst woodwa yeol
+8.1 104 12th 14th 18th 1986 270 80th abid adob airwav alejan alp alpin amass amusem andrea appall
+8.1 applau appreh approx ashley automo awful badg ballet barn beachg beast beleag billi biogra
+8.1 blend blitz boil brien bryan builde burger burgla campbe carniv castl cbp ces change chapel
+8.1 checkp cherry chimpa chokeh cleara clever cling co2 conges conque copper cory costum crav crow
+8.1 cybert decima depos depriv devot digest dignit dim dip disgui djokov doll dynast eid embody
+8.1 empath entitl eradic extort eyewit fabric fearfu fedex fianc fiasco flatte forcef freak furnit
+8.1 gaetz gb glanc glorif gordon grader gross guatem hadn helmet hemisp hinder hornet horrib hugh
+8.1 hydrog icc illusi incorp infilt infota invali iraqi ivanka jackpo jaw jogg jurisd kidney lagg
+8.1 lately leon lgbt li liabl libya lieute limb liver logic lon loyali lucy lyon m3 mali mercy
+8.1 merit methan microb misus mud mut mystic nashvi newcom ni nina oath obstru octopu offset outnum
+8.1 overca overri pagean palisa paperw parcel percep peruvi peters piano plow poultr powert prof
+8.1 prosti qualco rashfo rav reev reiner render resump retrie ridgec rif rit roast roku rotati roy
+8.1 rudy scann scatte senega sergea sgt shareh shooto sidest singh sleuth snapch sora spacef spaces
+8.1 spacew spann sri stoppa stylis substi superf surplu swelte sync tail taxi thick tid til till
+8.1 toe tradem traine trait trespa trov tunnel twelv uncl uneven unfoun unlimi unwant upload urgenc
+8.1 vii vintag von warp warrio waterm wbd wearab welfar wheelc wholes wimble wolv wooden wrench
+8.1 wrongd zombi
+8.2 1972 1982 1988 2003 25th 2m abby aberde abolis absorb abunda acut ain ala alliga ambush amidst
+8.2 ammuni analog anarch ascend assur autopi ayatol backpa bal baptis barric basica beam beatl begg
+8.2 bennet benny billy biotec birthp blair blatan blinke blunt bollyw bookst botnet bourne bowler
+8.2 brewer brusse buccan budd byd carri cent charle chick chunk civic costco countd covert damon
+8.2 daylig dell diarrh diddy digg disgus dispen dixi doomsd dop dow downwa dread drift dubiou dun
+8.2 dye ecolog enclos energe entren erdoga erosio everes exc exopla fairly fc felon firmwa flor
+8.2 flouri foam foldab forthc franti fraugh frog futuri garner gaug generi geogra gerrym glasgo
+8.2 golfer gor gown gp greatl guardr ham handwr headse heavie hefty hello hobbyi honour hud humili
+8.2 hypoth illici incons incorr indi infowa inhabi irreve islama ivf janet jewelr kennet kent
+8.2 kernel kerr knowl kuwait lamar latter lesser likene loneli louvr malfun manner mari maurit
+8.2 mcilro medali medium megabi microc molecu mt munici naacp napa newark nigel nightt nik nikki
+8.2 novak novich nudify nugget obitua oem oliver olivia onion outgo packer painte palmda penali
+8.2 persec pic plaza plum pogba predom preord ptsd pyrami quash quicke reaffi rebran reed refusa
+8.2 refut remnan repara reply reprie repurp resett retwee rex rhythm richmo sadnes sally sank santo
+8.2 schume scoote scotia sexist sikh skylin slim sneak solemn sox spacep sperm spit stav stifl
+8.2 studd subtl sunshi surrog swedis tam tanzan tee texan therma tobacc tooth torch toxin tracti
+8.2 trickl tycoon unheal unilat unique unpack unpopu uphill uraniu valid veo voyag wager waiv
+8.2 walkou watche waterf watfor wendy wet xinjia yell yo
+8.3 00 100m 16gb 1918 1945 1981 2002 200m 2029 24h2 4o 550 599 5b 60s 6th 747 abba abdul abram ac
+8.3 accent ace acid admir admira afflic agi ais aisl akin alamed alexey alga alito alphab alterc
+8.3 amanpo amputa anahei annex annexa antibi antivi anytim aparth appala appeti aquari arc archbi
+8.3 ariana armor ashevi aubame autocr avian awaken azar backdr backst backtr backwa baffl bahama
+8.3 bailey bait bakery bangko barret baseme behav behnke benz besid betsy bikini bil bionte blackf
+8.3 blm blower blowou blueto boar bolivi bookin boomer boon booz boredo bother botox boulde bragg
+8.3 bridge bronco bronx bucket buddy buggy buildu bulk buoy ca cach cadet cadill cag cairo caller
+8.3 calory canary cann canvas capp capt cardia cardio carl carrol carson carv caselo caveat checke
+8.3 chimp chino choir chrome climbe cockro coli colin colone colour comcas commod condo coney
+8.3 connor consor cooky covet cowork croati crossf crusad crypti cuisin cull culpri curbsi curios
+8.3 curric cutbac cyclos dampen darkes daunt deaf debby deceas deceiv declas decod deferr deflec
+8.3 degrad delica delusi dennis dens densit deplet depot derric destab deter deterr detona devis
+8.3 devo diaspo dick diffus dijon disadv dispos disreg dissat dmca dns drak drc dreame drople dubai
+8.3 duel dunn durst dutert dwarf dwindl dysfun ea eaten ebay edinbu edmund eeri effica efl elijah
+8.3 emma enclav ensu erect essex eterna exagge excava exodus expel expell extrav eyebro fairfa
+8.3 falwel fancy fann favora feat ferry fetal fiftee finlan flipp floren foe fog forese fortif
+8.3 fragme franke frater freder freema freshm fresno fridg froz ftx furor fusion gaff gantz gardne
+8.3 gareth garlan gascon gem geneva genius gerard ghana gigant gimm glamor glar glid glory goalke
+8.3 goat goldma grandd grandp grasp gregor grey griffi gruel guadal guarda gubern guinne hairdr
+8.3 haley handgu happie happin hardly harper hay headwi heartl heaven heed helium hiker hobby hogan
+8.3 hollow homag homan homegr homoph honey honora hoop horn hospic hotlin hover hue hugely hugg
+8.3 humor hung hurley hypocr ibm ids ignora immens immers imperf imply inbox inc incit indire
+8.3 infini ing ingest inning input insan insert insuff intact intuit ion ioniq ip jaguar jeanin
+8.3 jeep jimene jockey juggl juli juror kaitla karl karoli kash kather katy kean keen khasho kia
+8.3 kickof kickst kindl kizzee klan knelt kriste kw lam lanka laud leaf lectur legion leipzi leisur
+8.3 leonar lesoth letiti lg libel limita lindsa lloyd logan logg lonely lou loudly luk mach machad
+8.3 magica magnif maguir mahmou mainly makesh makeup manhun manife marche margar marine mariti mas
+8.3 maui maya mcfarl mclare mcmaho melros menopa mer mesa meth metric mia middle mighty mishap
+8.3 mistru modula mongol montre moonsh motel motoro mtv muddy mullin multit mummy mytho nano naomi
+8.3 nasral naya needl neglig newsbe newsma nicoti niec nod noncom noon notifi nut oak ohtani ominou
 8.3 onetim ons osaka outlaw outpos outrea outrig outspo overfl oversa overst owed ozempi pager
-8.3 palma papal parad parish pathwa patron peacoc peptid perez perk petrol pew photos phras ping
-8.3 pitche planne pleas pleitg plugg podium poetry pokemo pol polio ponder porter postwa preach
-8.3 precar precin prehis prejud pricie primat prom propon propor proudl pyongy python qaeda qubit
-8.3 queer quo quot racer radeon rankin rant rb rear reassi receip redire rehab reimbu reintr relaun
-8.3 relic remak reperc resche reuter rewind rey richer riley ripley ripple roadma robin roches rog
-8.3 romani romney roofto rory ruler rumour safari safest sahara saliva salute sandy sara saturn
-8.3 savann scarbo schmit schwar scroll scuffl selfie selfis selma shangh sharpe shipwr shockw
-8.3 shohei shortf shy sibl sidelo simult slain slap sled slid smear smil snack snapdr snapsh snatch
-8.3 sour spania sparkl sparse spinof spoil sponta ssd stab stagna stands starte steele steril stern
-8.3 steroi ston strapp stray stroll stuart sturge sunset swab swamp synony tabl tabloi tailor tal
-8.3 talles tamp tast tempt terrai thick throwb tianan tide tiffan til toast token torr trench trim
-8.3 trio trivia trumpe truste tub tumble turner turtl twitch uconn ui unbeli uncomm undeci underd
-8.3 undert unease unjust unrela unseen unstab unsung unsure unwind upstat urine uyghur vacant
-8.3 valuat vastly vent vera vertic vib vibran viciou vie vienna villai vincen vonn waiv walter
-8.3 waltz wander watter wechat weekth weir welsh westwo wh whispe willie winery winger winsto
-8.3 witkof woo woodla workho worksp worris wrecka wsj wwe yorksh yosemi zambia
-8.4 106 108 135 16th 190 1963 1979 1997 3m 40s 550 70s ablaze adapte adele adhd adopte adorab
-8.4 agitat aisle alexis alisyn amash amp ander annie appeas ar archer ariz armeni arthur ashore
-8.4 assur ate au aukus aurora axio ballad batman beckha bemoan berry besieg beth bidder bio biodiv
-8.4 birthe booze botani bracke bradfo brando brenna brit bulgar burnet burnou buyout canave capsiz
-8.4 carol carole cascad cataly ceil cesar childc chp chriss claus clown coache coder coffin col
-8.4 colsto combo compac conces copa cotton craze creepy cristi criter culver curry cute darfur
-8.4 daytim dca deadlo deer defenc degene demi demon dent depos diablo dictio dietar disarm disavo
-8.4 dist diver docket docuse dolly dorado duffy dug dune dustin dvd dylan ecb edgar eilish elegan
-8.4 embroi emhoff endura enigma ensu entang equipp erica erika ernst errati escort evad evade
-8.4 excori facto feathe fetch firmly fisa flux flyer fourte frauds freela freigh frigid frontr
-8.4 funnel gallup galvan gcs gdp genuin glasto glob goldbe gomez gonna goodma goodwi greenw grop
-8.4 grower gt halfti harmon hilari hillsi hippo hoard hopele housek huckab hugo humane hutchi
-8.4 hyperv ibrahi ig immort inclin inexpe inheri interm ipso irrepa irrita isaia istanb ivy jacket
-8.4 jeffry jk joel jogger jurgen juvent kangar keisha kenny kinder kindle kingpi kitten klopp klux
-8.4 kroger ku kurdis laden lafaye laker lassen lenovo liar liftof likeli lilly liquor listin lively
-8.4 llama loughl luca lyft majest makeov mateo mauric mayork mccain mcclai medita melbou merely
-8.4 metabo midlan midwif miniat misdem misman monsoo montgo motors multim multis murdau mustan mut
-8.4 nas nathan newt nhtsa nickel niece noness nonsen nottin nra nurtur oasis oblite oceani offeri
-8.4 optica ordeal orient orphan overla owen pan pant pantry parody paton peopl pfa philly philon
-8.4 pianis pie pile platea plight polo pompei posthu powerb precip prepp preval pristi pritzk
-8.4 prophe pulse puppet raf rafael ramm rash rattle rave raven recurr redisc redski refrai reid
-8.4 rejoin rekind repatr repeti replay repris res reus revel rever rippl rod rodney rowl rto s5
-8.4 sacha sadly samant sandov savvy scent screww seahaw sens seth shakes sherma shorel shroud
-8.4 shrunk sin slay slim slot slowdo smarte snoop snowst somber someho sophie soyuz spaghe speedy
-8.4 spook stacey stalli starkl stave sticke storyl strok subaru submis sunny surgic sutter taco
-8.4 takeof tam temp tenn thorny thresh timeta timoth tina tire tow tracer tract tribun turbo twilig
-8.4 tyrann ubiqui unchan unchec unconv unfini unicef unreal unthin unveri vaness vanity venus
-8.4 verbal verde versus vindic vista wad wagon warpla wastew waterg watt wemble werner wherea wight
-8.4 willis windy wise withhe wolver yacht yank yemeni zach
+8.3 palma papal parish pathwa patron peacoc peptid perez perk petrol pew photos ping pitche planne
+8.3 pleitg plugg podium poetry pokemo police polio ponder porter postwa preach precar precin prehis
+8.3 prejud pricie primat prom propon propor proudl psych pyongy python qaeda qubit queer quo racer
+8.3 radeon rak rankin rant rb rear reassi receip redire rehab reimbu reintr relaun relic reliv
+8.3 reperc resche rescue reuter rever rewind rey richer riddl riley ripley roadma robin roches rog
+8.3 romani romney roofto rop rory rotat ruler rumour safari safest sag sahara saliva sandy sara
+8.3 saturn savann scarbo schmit schwar scroll scuffl selfi selfis selma shangh sharpe shipwr shockw
+8.3 shohei shortf shy sibl sidelo simple simult sin slain slap sled smear snack snapdr snapsh
+8.3 snatch sour spania sparkl spence spinof spoil sponta ssd stab stagna stands starte steril stern
+8.3 steroi strapp stray stroll stuart sturge sunset swab swamp synony tabloi tailor talles tamp
+8.3 temp tempt terrai thron throwb tianan tiffan tissu toast token trench trim trio trivia trumpe
+8.3 truste turner twitch uconn ui unbeli uncomm undeci underd undert uneas unjust unrela unseen
+8.3 unstab unsung unsur unwind upstat urin uyghur vacant valuat vastly vent vera vertic vibran
+8.3 viciou vie vienna villai vincen vonn walter waltz wander watter wechat weekth weir welsh westwo
+8.3 wh whispe willi winery winger winsto witkof woo woodla workho worksp worris wrecka wsj wwe
+8.3 yorksh yosemi zambia
+8.4 106 108 135 16th 190 1963 1979 1997 3m 40s 70s ablaz adapte adel adhd adopte adorab agitat
+8.4 alexis alisyn amash amp ander anni appeas ar archer aris ariz armeni arthur ashor ate au aukus
+8.4 aurora axio ballad batman beckha beetl bemoan berry besieg beth bidder bio biodiv birthe booth
+8.4 botani bracke bradfo brando brenna brit bulgar burnet burnou buyout canave capsiz cascad cataly
+8.4 ced ceil cesar childc chp chriss clown coache coder coerc coffin colsto combo compac conces
+8.4 copa cotton couch craz creepy cristi criter culver curry darfur daytim dca deadlo decree deer
+8.4 defenc degene demi demon dent diablo dictio dietar disarm disavo dist diver docket docuse dolly
+8.4 dorado duffy dug dustin dvd dylan ecb edgar eilish elegan embroi emhoff endura enigma entang
+8.4 equipp erica erika ernst errati escort excori facto feathe fetch fierce firmly fisa flux flyer
+8.4 fourte frauds freela freigh frigid frontr funnel gallup galvan gdp gentle genuin glasto goldbe
+8.4 gomez gonna goodma goodwi greenw grop grower gt halfti harmon hedg hilari hillsi hippo hoard
+8.4 hopele housek huckab hugo hutchi hyperv ibrahi ig immort imped inclin inexpe inheri interm ipso
+8.4 irrepa irrita isaia istanb ivy jacket jeffry jk joel jogger jurgen juvent kangar keisha kenny
+8.4 kinder kingpi kitten klopp klux kroger ku kurdis laden lafaye laker lassen lenovo liar liftof
+8.4 likeli lilly liquor listin lively llama loughl luca lyft majest makeov mateo mauric mayork
+8.4 mccain mcclai medita melbou merely metabo midlan midwif miniat misdem misman modul monsoo
+8.4 montgo motors multim multis murdau mus mustan nas nathan newt nhtsa nickel noness nonsen noos
+8.4 nottin nra nurtur oasis oblite oceani offeri oliv optica ordeal orient orphan overla owen pan
+8.4 pant pantry parody paton pfa philly philon pianis pie platea plight polo pompei posthu powerb
+8.4 precip prepp preval pristi pritzk prophe puppet raf rafael ramm rash raven recurr redisc redski
+8.4 refrai reid rejoin rekind repatr repeti replay repris res revel rodney rowl rto s5 sacha sadly
+8.4 samant sandov savvy scent scrape screww seahaw seth shad shakes sherma shorel shroud shrunk
+8.4 sizzl slay slot slowdo smarte snoop snowst somber someho sophi soyuz spaghe speedy spic spook
+8.4 stacey stalli starkl sticke storyl striv subaru submis sunny surgic sutter taco takeof tenn
+8.4 thorny thresh timeta timoth tina tow tracer tract tribun trop turbo twilig tyrann ubiqui unchan
+8.4 unchec unconv unfini unicef unreal unthin unveri vaness vanity venus verbal verd versus vindic
+8.4 vista wagon wan warpla wastew waterg watt wemble werner wherea wight willis windy withhe wolver
+8.4 yacht yank yemeni zach
 8.5 125 132 145 165 175 187 1977 1978 240 30s 330 365 50s 702 9th adolf agea alcara algeri aliena
-8.5 alisal allegi altade amphib andre anfiel antelo antide antony appell archie ardern ascent
-8.5 asthma astro atroci autist awesom axe backbo baggag baghda balk baltic basin bearer bengal
-8.5 beware bing binge bitten blackm bleed bodyca bonker boon booth brake brandi buckin budape
-8.5 buddhi bulldo bungl burke burnha burr byron cage calvin camill camouf canva caraca cardif
-8.5 carjac cart carv cassid catalo cater celest champa charis cheris chevy chew chipp choles chop
-8.5 chorus cicada classm claudi clay coaste concor conde config conglo conund cookbo cookie cooler
-8.5 corey corn couch coward crocod ct cto cusp darker darren davo dea decode decree defore defunc
-8.5 delici der derbys devil devoti dhabi diaz diesel dimens dislik dobb doctri doroth dossie drawin
-8.5 drm drugg dublin dui dungeo dunn dwayne eater eco eerily eject eli ellen ellis elliso elvis
-8.5 embold emit erode estado evergr factio fec feline firepo flier forefr forgo fortre forty franc
-8.5 franco franki freddi gamest gauge gemma geofen geoffr getawa gil gingri glad glee glitte gofund
-8.5 gorill gospel grain grenel gridlo gustav hakeem hallma hampto hank hanukk harlem hart hasina
-8.5 hatr havert heck helpli hemorr hender herald heroin hiatus highla hirosh homema homesc homewo
-8.5 housew hq hudson humidi illumi immuno imped impend implos impuls indisc inelig inhuma insens
-8.5 insula involu islam jabbar jb jeffer jen jenkin jenner jfk jihadi julie junior karim kathry
-8.5 keeper kilome kitty kkk knit knowin kramer lac lai lava lender lifegu liga lightf linick liu
-8.5 lobste lodge login lucid mackli madaga maggot mahom mandal mandel marker martha marty martyr
-8.5 mascul mazda mccorm md meatpa menend menstr menus mercen meyer mic midsiz midway miley minaj
+8.5 alisal allegi altade amphib anfiel antelo antide antony appell archi ardern ascent asthma astro
+8.5 atroci autist avenge awesom axe backbo baggag baghda balk baltic basin bearer bengal bewar
+8.5 bitten blackm blad bleed bodyca bonker bottle brandi bree brows buckin budape buddhi budg
+8.5 bulldo bungl burk burnha burr byron calvin camill camouf canva caraca cardif carjac cart cassid
+8.5 catalo cater celest champa charis cheris chevy chew chipp choles chop chor chorus cicada classm
+8.5 claudi clay coaste concor cond config conglo conund cookbo cooki cooler corey corn coward
+8.5 crocod ct cto cusp darker darren davo dea defore defunc delici delug delv demis denis der
+8.5 derbys devil devoti dhabi diaz diesel dimens dislik dobb doctri donn doroth dossie drawin drm
+8.5 drugg dublin dud dui dungeo dwayn eater eco eerily eject eli ellen ellis elliso elvis embold
+8.5 emit estado evergr evok factio fec felin firepo flier forefr forgo fortre forty franco franki
+8.5 freddi fum gamest gemma gentl geofen geoffr getawa gil gingri glad glee glitte glu gofund
+8.5 gorill gospel grain grenel gridlo grov gustav hakeem hallma hampto hank hanukk harlem hart
+8.5 hasina hatr havert heck helpli hemorr hender herald heroin hiatus highla hirosh homema homesc
+8.5 homewo housew hq hudson hum humidi illumi immuno impend implos impuls indisc inelig inhuma
+8.5 insens insula involu islam jabbar jb jeffer jen jenkin jenner jfk jihadi junior karim kathry
+8.5 keeper kilome kitty kkk knit knowin kramer lac lai lava lender levin lifegu liga lightf linick
+8.5 liu lobste login lucid mackli madaga maggot mahom mandal mandel marker martha marty martyr
+8.5 mascul mazda mccorm md meatpa menac menend menstr menus mercen meyer midsiz midway miley minaj
 8.5 mindfu minn mishan mlk modoc moldov moneti mormon motd mourin muniti mvp mythol nac nast natash
-8.5 navarr nea needy nelson neutro nevill nicki niger nino nlrb nod nomad nonexi notion nullif
-8.5 obispo offspr oled olive outlie outrun overly ozone palme palmer pamela panhan parrot parton
-8.5 pasta paywal pearl pencil pepfar perime perish persev pervas pessim pfeiff phev pinch pirate
-8.5 pirro pistol plum poker pollin pr preemp presea pretti prim primet quadru quirk quota rabbit
-8.5 raptor raucou razor recapt recep redact redwoo refrig refut regent regina rejoic relay relive
-8.5 rematc remini repaym reposi reptil reshuf reunif revere revita reynol rhino rite ritten rodger
-8.5 roomma rooney rosa roster rotat rott rupert rx sach sang sanita scarle scoop scripp seasid
-8.5 secrec sevill shackl shanno sheikh shepar shrank shredd shrimp siegel silly sixtee skirt slav
-8.5 smoker sniff snowbo soak solici somebo sotheb spam spec spoof squadr squid starga stateh sticky
-8.5 stiff stifle stonew strawb sturgi stymy sucker suffoc suitca sunk swag swallo swat sweeps swung
-8.5 tab tandem taser tb teleph thee theore thief thrash thru thug toad tortoi totali touchs troope
-8.5 troy trucke ts tube tuberc tying unawar unbeat underr uneasy unioni unreli untold untouc upward
-8.5 usg valeri vampir variab veteri vex viable visibi vitami vu vulgar vying walt warsh weiss
-8.5 westmi whit wilmin witch wizard wong worksh worthy wrangl wray wwdc yuba zakari zepbou zip
+8.5 navarr nea needy nelson neutro nevill nicki niger nino nlrb nomad nonexi notion nullif obispo
+8.5 offspr oled outlie outrun overly ozon palmer pamela panhan parrot parton pasta paywal pearl
+8.5 pencil pepfar perime perish persev pervas pessim pfeiff phev pinch pirro pistol poker pollin pr
+8.5 preemp presea pretti primet prud psyche quadru quirk quota rabbit raptor raucou razor recapt
+8.5 recep redact redwoo refrig regent regina rehir rejoic relay rematc remini repaym reposi reptil
+8.5 reshuf reunif revita reynol rhino ritten rodger roomma rooney rosa roster rott rumbl rupert rx
+8.5 sach sang sanita sauc scarle scoop scripp seasid secrec sevill shackl shanno shav sheikh shepar
+8.5 shrank shredd shrimp siegel silly sixtee skirt sleev smoker sniff snowbo soak solici somebo
+8.5 sotheb spam spec spoof squadr squid starga stateh sticky stiff stonew strawb strid sturgi stymy
+8.5 sucker suffoc suitca sunk swag swallo swat sweeps swip swung tab tandem taser tb teleph thee
+8.5 theore thief thrash thru thug toad tortoi totali touchs troope troy trucke ts tuberc tussl
+8.5 tying unawar unbeat underr uneasy unioni unreli untold untouc upward usg valeri vampir variab
+8.5 veteri vex viabl visibi vitami voyage vu vulgar vying walt warsh weav weiss westmi wilmin witch
+8.5 wizard wong worksh worthy wrangl wray wwdc yuba zakari zepbou zip
 8.7 10m 114 115 138 1944 1974 1975 1976 1983 1s 299 39th 47th 484 500m 60th 787 8th abe abstra
 8.7 accust acutel ada adoles aesthe affini afro agony aileen airdro airlif airman airtag albuqu
 8.7 alcatr alley alum angeli anybod apis appren aragua archip arwa asphyx aspir assang astraz atm
 8.7 awe ba backpe bakers baller bandit barbec barren barrio barsto beacon beard beatri bedfor
 8.7 bedroo bentle berat bereav berksh bestse betty bhutan bieber bigot biomed blessi blocke blogge
-8.7 blunde blur bombsh bookse boyle brav brawl breake bribe bts bundle bunny burban burgeo burnle
-8.7 butch calhou cardbo carey carneg caroly catchy cd ceas ced cellul chairw chappe charr checko
-8.7 cheerl chengd chilea chloe chlori chopp cisco citati clemso clippe clive clue coca cockpi coco
-8.7 cody cola collar collus colon colt combus concla concus confou conjur conway cooles coop copenh
-8.7 cord cornwa corvet coutin cozy crave crimea culina cultiv cyrus dade dagger dare darken darlin
-8.7 darwin dashbo daybel dayton dealin deandr debbie decay defer delv demise deniso dental depp
-8.7 dermat devolv dial dim dimm dine dipp discar dishon disint dismal dismay distil dizzy dma dogg
-8.7 donn doorst dough dracon drum drumme dull earl earnes eighte emanue embezz emeric envelo esa
-8.7 escuch etique eureka eurozo evacue evapor exeter expend expira expone eyebal eyed factua fafsa
-8.7 fallon faq fearle feasib filibu fireba flashy fle flint floppy forge formid fotogr frack frey
-8.7 fricti fridg fsd fulton fungi fungus gaffe gallag gamepl garmen gasp genesi genr gentri gerald
-8.7 gianni glar glen goalsc greatn gregg gronko guam guilfo guille gusty gutfel haalan hajj harshe
-8.7 heap hearn heathe hemswo hms hobble homebu homini hoover hopp horsep huang hull icbm idol ilhan
-8.7 immora incend inconc indyca infrar ingenu inocul inroad inter intest ioc irony irrfan isaac itv
-8.7 jacind jamm juliet kaeper kart kathy kavana kazakh kelce kern ketami kharto klein klobuc knot
-8.7 knott knp kuiper kurtzl kyren kyung labore lah lament lanter lasso lavend lawful layout leavit
-8.7 lesbia leslie leukem lever lick liner locali lookou luftha lurk lysol macy maiden mainte maldiv
-8.7 malibu manila mantra maori marico markey markwa mattis mayhem mbappe mcbrid mclaug mdma merric
-8.7 mich mickey micro microd micron microw midwiv minsk mir miracu mirage misrep misus misuse mitt
-8.7 modifi mold mole moloto mona moneta morph mozill mus mustac naive nasal needl newton nitrog
-8.7 noisy nonbin northr norwic notch nuk oblivi octoge offloa oman oneplu onslau osbour outper
-8.7 outpou outsou overpr pann papua parsca pave paxton peanut penny perjur pestic pillow pine
-8.7 pinpoi pip piru planta plausi playab playgr playli playwr pleasu poach pomona pornhu postur
-8.7 potato potoma powder prank prasad precio presch prosth prude purdue q2 qb quak queens quenti
-8.7 raab racetr raisi rak ramifi rancho rapist rapp razr reappe reconn redemp reentr refuel regene
-8.7 regim rehabi reinfe remast retent rican rigoro rita rogan rohing rollba ruby sage salad salut
-8.7 sar sarcas satura sauce sb scarr scenic script scrubb semina sermon setup sheer shopli shun
-8.7 shunn sickne sinner sinwar skew skid skirmi slack slapp sleeve slogan slovak slowes slum snag
-8.7 snail sneake snowfa snowfl sophia sorori speeds spfl spice splurg spotty squeak stanc standb
-8.7 starba stardo steepe stillb stockt strid subcom suite sunbat sung suni sunlig sunris sunscr
-8.7 superg susie swalwe swan swimsu sword sycoph taboo tammy tamper tat taxis tayyip teeter teigen
-8.7 temu tenden textbo th thaw thinne thirst thirte thom ti tibeta tightl timely tirele tissue
-8.7 tomato tps trajec treach tremen tren trevor tur turbin turnov tyre undera undisc unesco unhous
-8.7 unido unmark uno unrepo unspec unwelc usable v8 valenc vander vengea viabil viking vj vma
-8.7 vocali wacky wan wang warmes wesley whipp whiten whoop wiper wir wordpr worklo wrough xavier
-8.7 yahya yang yearlo yearsl
+8.7 blunde blur bod bombsh bookse boyl brawl breake bts bunny burban burgeo burnle butch calhou
+8.7 cardbo carey carneg caroly catchy cd cellul chairw chappe charr checko cheerl chengd chilea
+8.7 chlo chlori chopp cisco citati clemso clippe cliv coca cockpi coco cody cola collar collus
+8.7 colon colt combus concla concus confou conjur conway cooles coop copenh cord cornwa corvet
+8.7 coutin cov cozy crimea cring culina cultiv cyrus dagger darken darlin darwin dashbo daybel
+8.7 dayton dealin deandr deb debbi decay defer deniso dental depp dermat devolv dial dimm dipp
+8.7 discar dishon disint dismal dismay distil dizzy dma dogg doorst dough dracon drum drumme dull
+8.7 dup earl earnes eighte emanue embezz emeric entic envelo esa escuch etique eureka eurozo evacue
+8.7 evapor exeter expend expira expone eyebal eyed fabl factua fafsa fallon faq fearle feasib
+8.7 filibu fireba flashy flint floppy formid fotogr frack frey fricti fsd fulton fungi fungus
+8.7 gallag gamepl garmen gasp genesi gentri gerald gianni glen goalsc grande grap greatn gregg
+8.7 gronko guam guilfo guille gusty gutfel haalan hajj handle harshe heap hearn heathe hemswo hms
+8.7 homebu homini hoover hopp horsep huang hull icbm idol ilhan immora incend inconc indyca infrar
+8.7 ingenu inocul inroad inter intest ioc irony irrfan isaac itv jacind jamm juliet kaeper kart
+8.7 kathy kavana kazakh kelc kern ketami kharto klein klobuc knot knott knp kuiper kurtzl kyren
+8.7 kyung labore lah lament lanter lasso lavend lawful layout leavit lesbia lesli leukem lever lick
+8.7 liner locali lookou luftha lurk lyl lysol macy maiden mainte maldiv malibu manila mantra maori
+8.7 marico markey markwa mattis mayhem mbapp mcbrid mclaug mdma merric mich mickey micro microd
+8.7 micron microw midwiv minsk mir miracu mirag misrep mitt modifi mol mold moloto mona moneta
+8.7 morgu morph mozill mustac naiv nasal needle nestl newton nitrog noisy nonbin northr norwic
+8.7 notch nuanc nuk oblivi octoge offloa oman oneplu onslau osbour outper outpou outsou overpr pann
+8.7 papua parsca paxton peanut peddl penny perjur pestic pillow pinpoi piru planta plaqu plausi
+8.7 playab playgr playli playwr pleasu poach pok pomona pornhu postur potato potoma powder prank
+8.7 prasad precio presch prosth purdu q2 qb queens quenti raab racetr raisi ramifi rancho rapist
+8.7 rapp razr reappe reconn redemp reentr refuel regene rehabi reinfe remast retent rican ridg
+8.7 rigoro rita rogan rohing rollba rov royc ruby salad sar sarcas satura sb scarr scenic script
+8.7 scrubb semina sermon setup shan sheer shopli shun shunn sickne sinner sinwar skew skid skirmi
+8.7 slack slapp slic slogan slovak slowes slum snag snail sneake snowfa snowfl sophia sorori speeds
+8.7 spfl splurg spotty squeak standb starba stardo steepe stillb stockt subcom sunbat sung suni
+8.7 sunlig sunris sunscr superg susi swalwe swan swimsu sword sycoph taboo tammy tamper taxis
+8.7 tayyip teeter teigen temu tenden textbo th thaw thinne thirst thirte thom thorn ti tibeta
+8.7 tightl timely tirele tomato tps trajec treach tremen tren trevor tur turbin turnov tyr undera
+8.7 undisc unesco unhous unido unmark uno unrepo unspec unwelc usabl v8 valenc vander vengea viabil
+8.7 vid viking vj vma vocali wacky wang warmes wesley whipp whiten whoop wiper wordpr worklo wrough
+8.7 xavier yahya yang yearlo yearsl
 8.8 103 105 111 113 118 128 129 133 139 1800 1991 2032 20m 225 23andm 260 360 3bn 42b 45th 499 49er
-8.8 4m 5070 50m 51st 549 650 6pm 950 abnorm abstai admir adulth affida afflec agatha ahm ahmad
-8.8 ailmen airbus airpod aka alana alarmi alec alibab allevi alt ammoni ample anesth anew anime
+8.8 4m 5070 50m 51st 549 650 6pm 950 abnorm abstai adhere adulth affida afflec agatha ahm ahmad
+8.8 ailmen airbus airpod aka alana alarmi alec alibab allevi alt ammoni ampl anesth anew anim
 8.8 annota antic antigo antiqu armstr arnold artisa asap ascot assura atf atleti auckla aunt autowo
-8.8 aws bald bankma barist baskin bath bayer beaumo becky beetl behav behold belich beret beside
-8.8 bethes bianca biblic biker binanc binary blade blazer blindn blitze bourbo bowen bowser bred
-8.8 brent britta bronch bryce btec bubba buboni budd budde buffy busier butche campgr cane carava
-8.8 carnag carpen carpla carria carrot castai cedric cerami chalk chapla charla chaser chemot chen
-8.8 chesap childb chilwe ching chord cindy circus clamor clamp clan clayto cleric coax cocoa codify
-8.8 colder coldes collat colo compri condol conn convey convoy corina cornel cov cpr cramm crank
-8.8 crav crissc crucib cube curtis cushio daisy dart darth davy deange deb debili decomp deduct
-8.8 deggan deja deluge demot denzel deregu deriv desali detrac devis devote diaper digiti dime
-8.8 dismem divest divulg djs dlc dmv dolby donkey doubtf doula downfa downhi dox dreaml dredg
-8.8 drench drinke drunke duran dwp eagle ebrahi eeoc eiffel einste elaine elena elton embarg emblem
-8.8 emmet encore endeav endemi enten epl equati erik ernest esport evasio evok excerp exert exoner
-8.8 expuls fanbas fasher federe ferrer fest feuer fiji firebo firefo fitbit flail flaunt flirt
-8.8 floodw flop flour flyby folklo forb forema forfei fragra fring frontm frost fsr fum fur g20
-8.8 gabbar galleg gao garret gass gauff gazan genoa genom geothe ghanai ghebre giuffr glide gloom
-8.8 godfat gogh golan goodal goya gran grandc grap grav grenad greta gritty guards gunpoi gust
-8.8 guterr hahn hairst hamlet hamstr harrie hater heartf herb herman hermos higgin hijab hitch hog
-8.8 homepa homo howe humpba husky hustle hz icus icymi impati implor indiff infuri infusi inhere
-8.8 insidi insomn interl intro iot ive jailbr jaime jama janice jarret javier jelly jennin jensen
-8.8 jessie jofra jolt joni jorge jugger jumpst kai kara karach kareem kawasa keane kendri knick
-8.8 kniv koreat kt kudlow labell lagoon lancet landin lara lawles learne leftov legg lenaca lessen
-8.8 leverk liaiso libyan lifesp lightw ligue lip litany locker loeffl logica logite louder lurch
-8.8 luz m2 macaqu macart madonn maggie magnus makary malnou malnut malone malta marcel marion
-8.8 mascot maskle massag matrix maximi maze mccona mcgreg mckenz megaco mendoz merc metall mint
-8.8 minus mis misera misogy mistri mls monaco months moreho mound mpg mrs mulan mundo muriel nadine
-8.8 nairob narco nassar naught nausea navajo negro neon nephew neutri newfou nexsta neymar niche
-8.8 nimble nippon nm noncon nonvio noose nordic norris notepa npm o1 oddity odi okinaw onlyfa
-8.8 opencl ops opus orwell otter outsta ozark ozzy paddle padill palant partyg passer passke patria
-8.8 paulin pearso pedoph pest petty pilfer pint plagia plat plugin pmq pok polyme pong poppy porch
-8.8 porten postpa pouch ppp premis prevos promo propri prosta proteg proxim punctu punk purity q3
-8.8 qatari quack quartz quiete quizz rabbis radioa raheem rahm rainy rambl ratify rcs rebirt reborn
-8.8 reconf redfie refill rehear rehir relata replen resale rescis resent revele rib ribbon ridge
-8.8 roadsi roboca rode rodent rop rosy rouge royce rsv rubin runawa ruptur rusesa rushmo rutte rv
-8.8 ryder sackle salama samari saudis scamm scanne schiff scot scourg scuttl sd seine seinfe selfy
-8.8 sensib serbia sexism shade shah shall shallo sharaa sharma sharpt shawn sheinb shinzo shortw
-8.8 shrine sidner silo sincla sistin sixty sizzl skit skype slater smog sms sneaky snub snubb sofi
-8.8 softba solano solsti sonia sonic sourdo soybea specim spit spite spitt splint splitt spoile
-8.8 spokan sponge sprawl sprink squar ss stampe stash statut staunc stayca steak stepie sterl
-8.8 stoneh storef subred subver sundan surcha suscep sussma swipe swoop syndic tasty tedro teleme
-8.8 telepr tham thankf thinke thro thron throng thrott tilt tit toledo tomb tormen torped torval
-8.8 townsh tracy trey tripl tron tumor turf tutor twain uaw uighur unaffo uncann undern unfit
-8.8 unforg unnoti unreso unwell upris upsett ursula usain useles utopia utter utterl vader valida
-8.8 vaugha veer venom vernon vicky vid videot vik vineya vinyl virolo vomit vortex vought watkin
-8.8 weaker weav webcam wed weeklo wetlan whammy wheele whenev whip whirlw whitne wikile wil wildla
-8.8 windfa wiv woeful womb woolly wrinkl yearly yogurt yoho zidane zverev
+8.8 aws bald bankma barist baskin bath bayer beaumo becky behold belich beret bethes bianca biblic
+8.8 biker binanc binary blazer blindn blitze bourbo bowen bowser bred brent britta bronch bryc btec
+8.8 bubba buboni buckl buffy busier butche cain campgr candl canin carava carnag carpen carpla
+8.8 carria carrot castai cedric cerami chalk chapla charla chaser chemot chen chesap childb chilwe
+8.8 ching chord cindy circus clair clamor clamp clan clayto cleric coax cocoa codify colder coldes
+8.8 collat colo compri condol conn convey convoy corina cornel coyot cpr cramm cran crank crissc
+8.8 crucib curtis cushio daisy dart darth davy deange debili decomp deduct deggan deja demot denzel
+8.8 deregu deriv desali detrac diaper digiti dismem divest divulg djs dlc dmv dolby donkey doubtf
+8.8 doula downfa downhi dox dreaml dredg drench drinke drunke duran dwp ebrahi eeoc eiffel einste
+8.8 elain elena elton embarg emblem emmet encor endeav endemi enten epl equati erik ernest esport
+8.8 evasio excerp exert exoner expuls fanbas fasher federe ferrer fest feuer fiji firebo firefo
+8.8 fitbit fizzl flail flaunt flirt floodw flop flour flyby folklo forb forema forfei fragra frontm
+8.8 frost fsr fur fus g20 gabbar galleg gao garret gass gauff gaz gazan genoa geothe ghanai ghebre
+8.8 giuffr gloom godfat gogh golan goodal goya gran grandc graz grenad greta gritty guards gunpoi
+8.8 gust guterr hahn hairst hamlet hamstr harrie hater heartf herb herman hermos higgin hijab hitch
+8.8 hodg hog homepa homo hon humpba husky hustl hz icus icymi idl impati implor indiff infuri
+8.8 infusi inhere insidi insomn interl intro iot ive jad jailbr jaim jama jarret javier jelly
+8.8 jennin jensen jessi jofra jolt joni jorg jugger jumpst kai kara karach kareem kawasa kendri
+8.8 knick kniv koreat kt kudlow labell lagoon lancet landin lara lawles learne leftov legg lenaca
+8.8 lessen leverk liaiso libyan lifesp lightw ligu lim lip litany locker loeffl logica logite
+8.8 louder lurch luz m2 macaqu macart madonn maggi magnus makary malnou malnut malta marcel marion
+8.8 mascot maskle massag matrix maximi maz mccona mcgreg mckenz megaco mendoz merc metall mint
+8.8 minus mis misera misogy mistri mls monaco months moreho mound mpg mri mrs muddl mulan mundo
+8.8 muriel nadin nairob narco nassar naught nausea navajo negro neon nephew neutri newfou nexsta
+8.8 neymar nich nimbl nippon nm nobl noncon nonvio noodl nordic norris notepa npm o1 oddity odi
+8.8 okinaw onlyfa opencl ops opus orwell otter outsta ozark ozzy padill palant partyg passer passke
+8.8 patria paulin pearso pedoph pep pest petty pilfer pint plagia plugin pmq polyme pong poppy
+8.8 porch porten postpa pouch ppp premis prevos promo propri prosta proteg proxim punctu punk
+8.8 purity q3 qatari quack quartz quiete quizz rabbis radioa raheem rahm rainy rambl ratify rcs
+8.8 rebirt reborn reconf redfie refill rehear relata replen resal rescis resent revele revere rib
+8.8 ribbon roadsi roboca rodent rosy roug rsv rubin runawa ruptur rusesa rushmo rutt rv ryder
+8.8 sackle salama samari saudis scamm scanne schiff scot scourg scuttl sd sein seinfe selfy sensib
+8.8 serbia sexism shah shall shallo sharaa sharma sharpt shawn sheinb shinzo shortw shrin sidner
+8.8 silo sincla sistin sixty skit skyp slater smog sms sneaky snub snubb sofi softba solano solsti
+8.8 sonia sonic sooth sourdo soybea specim spitt splint splitt spoile spokan sprawl sprink ss
+8.8 stampe stash statut staunc stayca steak stepie sterl stoneh storef subdu subred subver sundan
+8.8 surcha suscep sussma swoop syndic tangl tasty tedro teleme telepr tham thankf thinke thro
+8.8 throng thrott tilt tirad tit toledo tomb tormen torped torval townsh tracy trey tron tumor turf
+8.8 tutor twain uaw uighur unaffo uncann undern unfit unforg unnoti unreso unwell upris upsett
+8.8 ursula usain useles utopia utter utterl vader valida vaugha veer venom vernon vicky videot vik
+8.8 vin vineya vinyl virolo vomit vortex vought watkin weaker webcam wed weeklo wetlan whammy
+8.8 wheele whenev whip whirlw whitne wiggl wikile wil wildla windfa wiv woeful womb woolly wrinkl
+8.8 yearly yogurt yoho zidan zverev
 9.0 01 100k 1080p 10k 134 137 150m 16m 1700 177 1776 1865 1920 1939 1940 1957 1964 1966 1985 209
 9.0 215 25m 280 2b 2bn 30m 30th 349 400m 40th 4b 640 800m 82nd 850 9000 9070 abdull abigai aborig
-9.0 abort ach acl acolyt acoust acrony acura adhano adher adjour admire admoni aerody afd afrika
-9.0 afters afterw aggreg albane aleppo allan allotm altoge amc ame amir amnest anatom andean anglo
-9.0 angril ankara annihi antenn antima antira apache ape append archdi archeo arguab aris aroma
-9.0 arraig arroga arrow arseni arthri asahi asbest asleep aspen aspira astrop atalan athen atkin
-9.0 atom attire auburn audaci audiob averse avlon awd ax bachel badmin bali ballpa banger barger
-9.0 bark barry baseli basili bask batt beckst bedroc bedtim beetle bella belly benoit bent benzem
-9.0 berens beshea besid bespok bessen betelg bilate bilk biopic biscui blackp blackw bladde blinds
-9.0 blink bluff blurr boasbe boko boldly bombin bongin bonnie bono bore botta bouque bowman bracel
-9.0 bradle braine branso braver breako broil browar browns brows bruis buc buckle bud bueno buffer
-9.0 bugatt buildo bumpy burner burnt busari buster buttle byprod caesar caffei caine cak caleb
-9.0 candl cannib capitu careta carlse cartri castil catali catchp cathar cavity cctv cedar celeb
-9.0 celsiu centen centro cerebr cfo champ chan chapo char chatte cheng cheshi chimne chromo cla
-9.0 cladd claire clapp claren clarke clarks clause cleanl cli closet clout clovis cnbc cobra coerc
-9.0 cohere coke cologn colors conan concil conor coppol copyca coren cork cougar courte cpb cram
-9.0 cramp crawle cre crensh cretac crimso cringe cuccin cucumb cuoco cursor cutter cvs cylind cyril
-9.0 darede darl datase debacl decham deciph decod deesca delist demean demora dench dengue denier
-9.0 denis derang derid deroga desist desmon despic devin diane didier discla disco discom disenf
-9.0 disgru disloy disple dom donut dorman dorset doubte downst drawba drip drov du dummy dun dup
-9.0 duplic dwell eavesd ebb echost egregi eisenh elliot emanci embryo eminen enrag enshit enshri
-9.0 envy enzyme eoin equall equato equino equita erotic errone ers esque esther estran ethan etho
-9.0 eugene eva evergl evisce excel exempl explet fahren fairy farage fart feroci fiat fideli fjord
-9.0 flamin fledg fleisc flound focal font footho frankf freshe fridge friedm friedr fritz fubo
-9.0 funky fuzzy gag gal gallan gallbl galves gambit gaslig genie genita gently geomet ghostl giannu
-9.0 gibson gild gimmic girard glacia glucos goalsa goer gog gosl gowdy gra gracef granny graphe
-9.0 graz greali greav grenfe grimme grisha grogu grove grueso guild gus gush guzman gwen hague halv
-9.0 hambur hammon handy haram hardli harmle hashem hasten hathaw hayden hbcu hdd headph heathr hedg
-9.0 heinz hertz hi hick hollan hotly hsbc hulk humbl huraca hurl hussei hydrop hyper hyperc hypert
-9.0 icloud idiot idle ifixit il ilia impart impera imposi impost impove inabil increm ineffe infern
-9.0 infert inglew ingrai inques insuli interg intert intric intrud inunda ipod iris irrele ish isl
-9.0 iverme janeir jannik jasmin jazeer jia jj joey jolie jomana joyce joyful jubile jude judgem
-9.0 judi jumbo kaine kaley karads kasich kayak kean keita kendal kidd kindl kneeca knox kraft kurt
-9.0 kylian ladder lam lama lamber lame lamont lanark landfi landmi latina latitu laurie lawler
-9.0 lawson leafle legit leigh lettuc lewand leyen lid lieber lil limeli lindel lineag lineke linus
-9.0 lite lizard locust loosel lorry lotion lotus luckil lyriq macan machet malign malini manafo
-9.0 manchi mantle manusc marcia mardi marxis matchm mcgowa mclean mecca megaci melind menace mend
-9.0 mendoc merz messen mickel milei millis mindse minecr miniva mink miscal misery misgui mispla ml
-9.0 mmrv mocker modder module moistu molest moltbo monroe monrov morali mosaic mossim mri muddl
-9.0 mudsli mug muir multic mystif mythic nadal narcan nasdaq nazani neares neill nemesi neuter
-9.0 newsho ninete nitrat noble noel nondis nou nozzle npu nuanc nuisan nury nz o3 oddly odor offsea
-9.0 ohania oj oks ollie omaha omen onset onstag ontari oop oprah optic orbite ortiz ose outlas
-9.0 outliv outwei oven overch overpo overto overwo packet painki paleon palin palsy pancak panick
-9.0 parado parisi parry passiv pattin paulo pawn payday payne peacek peacem peat pebble peddl pee
-9.0 perfum periph perkin petro photon picass picker pigeon pinter pitfal placer pleasa plenti plex
-9.0 plumb pochet pointe pomp pond popcor portno portsm pragma preque primer procur prodig proton
-9.0 psa pseudo psiloc psych pullou puls puniti puppy purifi purse q1 qr quilt quinn r1 r2 racy rae
-9.0 raft raider railro ramaph ramasw randy rashid ratifi raul ravage realm reap reclas recoil reese
-9.0 reexam refin refurb reggie regres relish remix remors renega repay repost reprim repudi resold
-9.0 retake retell retrof retros revert revise revoca revolv rework rica ridden riddl riddle ridesh
-9.0 rig rigid rit riverb roach robbie rodeo roguel rope ros rosie rot rotten rounde roundt rumbl
-9.0 rundow ruthle salaza salesm sanae sandbo sandra sane sarace saver savior scant schism schizo
-9.0 schmid schnei scholz scold scour seafar sear seashe seawat sect seep semiau semis semitr sensel
-9.0 sergey serra sesame sewer sextor sexy shack shampo shane sharon shav shave shaw sheare sheila
-9.0 shein shelle shia shinaw shingl shoe shopke sickle sigh silk sincer singul siphon skate skinny
-9.0 skydiv slept sling slippe sloppy sloven smothe snapba snowba sodium solder solely solidi solskj
-9.0 somers sonnet sos spicy spinal spire spooky sporad sprout spun sr stambe stan stapl starry
-9.0 static steadf steale stew stitch stopga straw strife striki strive stung stunne stutte su subdu
-9.0 sublim succum sunder supt swam sweaty swolle symond synthi takaic takeou taller tangl taunt tcl
-9.0 td teamst tegna telco tencen teton thimer throne thunbe tijuan tillis timber tj tonn toples
-9.0 torque torran tos triath trimm trista trop truss truthf tuberv tubman tuck tuft tug tulsi
-9.0 turboc tussle ukiah ultium ultrap ultras uncens uncond uncont uncoun undefe undiag unencr
-9.0 unfett unfree unhing uni unment unreco unresp unscat unstop unsubs unsurp unsurv untrue unwarr
-9.0 upbeat vallej vallow vape vector veepst vein versat versta vettel vi vial vibrat vigoro vilify
-9.0 vinay vindma vivek voltag vt wagner walgre wallop warden wardro wasp waterl wb weary webste
-9.0 wedema wedge weirde wellin westmo wettes whelan wherev whipla whitew wiggle wikime wildca
-9.0 winles wolkof woody workar wto wyden x86 xl yat yearn yeast yep yoga youngs youthf zillow
-9.0 zimbab zoe zookee
+9.0 abort ach acl acolyt acoust acrony acura adhano adjour admoni aerody afd afrika afters afterw
+9.0 aggreg albane aleppo allan allotm altoge amc ame amir amnest anatom andean anglo angril ankara
+9.0 annihi antenn antima antira apach ape append archdi archeo arguab aroma arraig arroga arrow
+9.0 arseni arthri asahi asbest asleep aspen aspira astrop atalan athen atkin atom attir auburn
+9.0 audaci audiob avers avlon awd ax bab bachel badmin bali ballpa banger barger bark barry baseli
+9.0 basili bask batt beckst bedroc bedtim bella belly benoit bent benzem berens beshea bespok
+9.0 bessen betelg bilate bilk biopic biscui blackp blackw bladde blinds blink bluff blurr boasbe
+9.0 boko boldly bombin bongin bonni bono botta bouque bowman bracel bradle braine branso braver
+9.0 breako broil browar browns bruis buc bud bueno buffer bugatt buildo bulg bumpy burner burnt
+9.0 busari buster buttle byprod caesar caffei caleb cannib capitu careta carlse cartri castil
+9.0 catali catchp cathar cavity cctv cedar celeb celsiu centen centro cerebr cfo champ chan chapo
+9.0 char chatte cheng cheshi chimne chromo cla cladd clapp claren clarks cleanl cli closet clout
+9.0 clovis cnbc cobra cok cologn colors conan concil conor coppol copyca coren cork cougar courte
+9.0 cpb cram cramp crawle cre crensh cretac crimso cuccin cucumb cuoco curat cursor cutter cvs
+9.0 cylind cyril darede darl datase debacl decade decham decide deciph deesca defam defus delist
+9.0 demean demora dench dengu denier derang derid deroga desist desmon despic devin dian didier
+9.0 discla disco discom disenf disgru disloy disple donut dorman dorset doubte dov downst drawba
+9.0 drip du dub dummy duplic dwell eavesd ebb echost egregi eisenh elliot emanci embryo eminen
+9.0 enrag enshit enshri envy enzym eoin equall equato equino equita erotic errone ers esqu esther
+9.0 estran ethan etho eugen eva evergl evisce excel exempl explet fahren fairy farag fart feroci
+9.0 fiat fid fideli fjord flamin fledg fleisc flound focal font footho frankf freeze freshe friedm
+9.0 friedr fritz fubo funky fuzzy gag gal gallan gallbl galves gambit gaslig geni genita gently
+9.0 geomet ghostl giannu gibson gild gimmic girard glacia glucos goalsa goer gog gorg gosl gowdy
+9.0 gra gracef granny graphe greali greav grenfe grimme grisha grogu grueso guild gus gush guzman
+9.0 gwen hagu halv hambur hammon handy har haram hardli harmle hashem hasten hathaw hayden hbcu hdd
+9.0 headph heathr heinz hertz hi hick hollan hos hotly hsbc hulk huraca hurl hussei hydrop hyper
+9.0 hyperc hypert icloud idiot ifixit il ilia impart impera imposi impost impove inabil increm
+9.0 ineffe infern infert inglew ingrai inques insuli intak interg intert intric intrud inunda ipod
+9.0 iris irrele ish iverme janeir janic jannik jasmin jazeer jia jingl jj joey joli jomana joyc
+9.0 joyful jubile jud judgem judi jumbo kain kaley kan karads kasich kay kayak keita kendal kidd
+9.0 kneeca knox kraft kurt kylian ladder lama lamber lamont lanark landfi landmi latina latitu
+9.0 lauri lawler lawson leafle legit leigh lettuc lewand leyen lid lieber lil limeli lindel lineag
+9.0 lineke linus lizard locust loosel lorry lotion lotus luckil lyriq macan machet malign malini
+9.0 malon manafo manchi mantl manusc marbl marcia mardi marxis matchm mcgowa mclean mecca megaci
+9.0 melind mend mendoc merz messen metr mickel milei millis mindse minecr miniva mink miscal misery
+9.0 misgui mispla ml mmrv mocker modder moistu molest moltbo monro monrov morali mosaic mossim
+9.0 mudsli mug muir multic munro mystif mythic nadal narcan nasdaq nazani neares neill nemesi
+9.0 neuter newsho ninete nitrat noel nondis nou nozzl npu nuisan nury nz o3 oddly odor offsea
+9.0 ohania oj oks olli omaha omen onset onstag ontari oop oprah optic orbite ortiz ose outlas
+9.0 outliv outwei oven overch overpo overto overwo packet padr painki pal paleon palin palsy pancak
+9.0 panick parado parisi parry passiv pattin paulo pawn payday payn peacek peacem peat pee perfum
+9.0 periph perkin petro photon picass picker pigeon pik pinter pitfal placer pleasa plenti plex
+9.0 plumb pochet pomp pond popcor portno portsm pragma preque primer procur prodig proton psa
+9.0 pseudo psiloc pullou puniti puppy purifi purs q1 qr quilt quinn r1 r2 racy rae raft raider
+9.0 railro ramaph ramasw randy rashid ratifi raul realm reap reced reclas recoil rees reexam refin
+9.0 refurb reggi regres relish remix remors renega repay repost reprim repudi resold retell retrof
+9.0 retros revert revoca revolv rework rica ridden ridesh rig rigid riverb roach robbi robl rodeo
+9.0 roguel rosi rot rotten rounde roundt rundow ruthle saddl salaza salesm sana sandbo sandra
+9.0 sarace saver savior scant schism schizo schmid schnei scholz scold scour seafar sear seashe
+9.0 seawat sect seep semiau semis semitr sensel sergey serra sesam sewer sextor sexy shack shampo
+9.0 sharon shaw sheare sheila shein shelle shia shinaw shingl shopke sickl sigh silk sincer single
+9.0 singul siphon skinny skydiv slept sling slippe sloppy sloven smothe snapba sneez snowba sodium
+9.0 solder solely solidi solskj somers sonnet sos spars sparse spicy spinal spir spong spooky
+9.0 sporad sprout spun sr stambe stan starry static steadf steale stew stitch stopga stov straw
+9.0 strif striki stung stunne stutte su sublim succum sunder supt swam sweaty swolle symond synthi
+9.0 takaic takeou taller taunt tcl td teamst tegna telco tencen teton thimer thunbe tijuan tillis
+9.0 timber tj tonn toples torqu torran tos triath trimm trista truss truthf tuberv tubman tuck tuft
+9.0 tug tulsi turboc ukiah ultium ultrap ultras uncens uncond uncont uncoun undefe undiag unencr
+9.0 unfett unfree unhing uni unment unreco unresp unscat unstop unsubs unsurp unsurv untru unwarr
+9.0 upbeat vallej vallow vector veepst vein versat versta vettel vi vial vibrat vigoro vilify vinay
+9.0 vindma vivek voltag vt waffl wagner walgre wallop warden wardro wasp waterl wb weary webste
+9.0 wedema wedg weirde wellin westmo wettes whelan wherev whipla whitew wikime wildca winles wolkof
+9.0 woody workar wto wyden x86 xl yat yearn yeast yep yoga youngs youthf zillow zimbab zoe zookee
 """

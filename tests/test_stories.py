@@ -1,0 +1,289 @@
+"""The "same story?" decision and the window index behind it (pure: no clock, no I/O)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aggregator.models import Entry
+from aggregator.stories import (
+    GroupingParams,
+    StoryDecision,
+    decide,
+    primary_source_link,
+    similarity,
+    stem,
+    stems,
+)
+from aggregator.story_index import StoryIndex
+
+T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
+WH_LINK = (
+    "https://www.whitehouse.gov/presidential-actions/2026/03/protecting-american-lumber-mills/"
+)
+
+
+def entry(
+    title: str,
+    summary: str = "",
+    *,
+    source: str = "NPR",
+    hours: float = 0.0,
+    link: str = "",
+    links: tuple[str, ...] = (),
+) -> Entry:
+    link = link or f"https://{source.lower().replace(' ', '')}.example/{abs(hash(title))}"
+    return Entry(
+        feed_url=f"https://{source.lower().replace(' ', '')}.example/feed",
+        guid=link,
+        link=link,
+        canonical_url=link,
+        title=title,
+        summary=summary,
+        published=T0 + timedelta(hours=hours),
+        content_hash=title,
+        source=source,
+        links=links,
+    )
+
+
+class Grouper:
+    """Feeds entries through decide() and the index, as the pipeline does."""
+
+    def __init__(self, params: GroupingParams | None = None) -> None:
+        self.index = StoryIndex(params=params)
+        self.next_id = 100
+
+    def add(self, item: Entry) -> StoryDecision:
+        assert item.published is not None
+        now = item.published
+        self.index.expire(now - timedelta(hours=72))
+        feats = self.index.features(item, now)
+        decision = decide(feats, self.index, now, timedelta(hours=72), self.index.params)
+        story_id = decision.story_id
+        if story_id is None:
+            story_id = self.next_id
+            self.next_id += 1
+        self.index.add(story_id, feats)
+        return decision
+
+
+SIGNED = entry(
+    "Trump signs executive order imposing tariffs on Canadian lumber",
+    "President Trump signed an order on Monday placing a 25% tariff on softwood lumber imported "
+    "from Canada.",
+)
+SIGNED_ELSEWHERE = entry(
+    "Trump slaps 25% tariff on Canadian softwood lumber in new executive order",
+    "The order targets lumber imports from Canada, which the White House says hurt US mills.",
+    source="Ars Technica",
+    hours=2,
+)
+
+
+def test_same_event_from_another_outlet_joins_the_story() -> None:
+    g = Grouper()
+    first = g.add(SIGNED)
+    second = g.add(SIGNED_ELSEWHERE)
+    assert first.story_id is None
+    assert second.story_id == 100
+    assert second.score >= GroupingParams().threshold
+    text = second.explain()
+    assert "joins story 100" in text
+    assert "'lumber'" in text and "title+summary similarity" in text
+
+
+def test_new_development_is_a_new_story() -> None:
+    g = Grouper()
+    g.add(SIGNED)
+    g.add(SIGNED_ELSEWHERE)
+    ruling = g.add(
+        entry(
+            "Judge blocks Trump's tariff on Canadian lumber",
+            "A federal judge on Tuesday temporarily blocked the 25% lumber tariff, siding with "
+            "importers.",
+            source="BBC",
+            hours=30,
+        )
+    )
+    assert ruling.story_id is None
+    assert any("new action in the title" in r for r in ruling.reasons)
+    assert "starts a new story" in ruling.explain()
+
+
+def test_different_event_with_the_same_vocabulary_is_a_new_story() -> None:
+    g = Grouper()
+    g.add(SIGNED)
+    chips = g.add(
+        entry(
+            "Trump signs executive order on AI chip exports",
+            "President Trump signed an order on Monday tightening export rules for advanced AI "
+            "chips sold to China.",
+            source="BBC",
+            hours=1,
+        )
+    )
+    assert chips.story_id is None
+    assert chips.score < GroupingParams().threshold
+
+
+def test_same_outlet_needs_more_evidence_than_another_outlet() -> None:
+    first = entry("Wildfire forces evacuations near Boulder", "Thousands flee a fast-moving fire.")
+    follow = entry(
+        "Boulder wildfire evacuations expand",
+        "More neighbourhoods are told to flee the fire.",
+        hours=3,
+    )
+    scores = {}
+    for source in ("NPR", "CNN"):
+        g = Grouper()
+        g.add(first)
+        moved = Entry(**{**{f: getattr(follow, f) for f in Entry.__slots__}, "source": source})
+        scores[source] = g.add(moved).score
+    assert scores["CNN"] - scores["NPR"] == pytest.approx(GroupingParams().same_source_penalty)
+
+
+def test_a_shared_primary_source_link_joins_whatever_the_words() -> None:
+    g = Grouper()
+    g.add(
+        entry(
+            "Protecting American Lumber Mills",
+            "By the authority vested in me as President by the Constitution and the laws of the "
+            "United States of America, it is hereby ordered:",
+            source="whitehouse.gov",
+            link=WH_LINK,
+        )
+    )
+    news = g.add(
+        entry(
+            "What the new order means for home builders",
+            "Builders warn that prices will rise.",
+            source="CNN",
+            hours=5,
+            links=(WH_LINK.replace("https://www.", "http://"),),
+        )
+    )
+    assert news.story_id == 100
+    assert news.score == 1.0
+    assert any(r.startswith("shares whitehouse.gov link") for r in news.reasons)
+
+
+def test_a_shared_canonical_link_joins() -> None:
+    g = Grouper()
+    g.add(entry("Senate passes the budget", link="https://news.example/budget"))
+    again = g.add(
+        entry(
+            "Budget passes Senate, 51-49", source="AP", hours=1, link="https://news.example/budget"
+        )
+    )
+    assert again.story_id == 100
+    assert again.reasons[0] == "same canonical link https://news.example/budget"
+
+
+def test_stories_outside_the_window_are_not_joined_and_expire() -> None:
+    g = Grouper()
+    g.add(SIGNED)
+    late = Entry(
+        **{
+            **{f: getattr(SIGNED_ELSEWHERE, f) for f in Entry.__slots__},
+            "published": T0 + timedelta(hours=80),
+        }
+    )
+    assert g.add(late).story_id is None
+    assert g.index.story(100) is None  # expired when the late entry arrived
+    assert len(g.index) == 1
+
+
+def test_closeness_in_time_counts() -> None:
+    params = GroupingParams()
+    scores = []
+    for hours in (2, 30):
+        g = Grouper()
+        g.add(SIGNED)
+        moved = Entry(
+            **{
+                **{f: getattr(SIGNED_ELSEWHERE, f) for f in Entry.__slots__},
+                "published": T0 + timedelta(hours=hours),
+            }
+        )
+        scores.append(g.add(moved).score)
+    expected = params.penalty_per_day * (30 - params.grace_hours) / 24
+    assert scores[0] - scores[1] == pytest.approx(expected)
+
+
+def test_decide_does_not_change_the_index_and_uses_the_given_now() -> None:
+    index = StoryIndex()
+    feats = index.features(SIGNED, T0)
+    index.add(7, feats)
+    before = (len(index), list(index.story(7).members))  # type: ignore[union-attr]
+    future = Entry(**{**{f: getattr(SIGNED, f) for f in Entry.__slots__}, "published": None})
+    decision = decide(future, index, T0 + timedelta(hours=1))
+    assert decision.story_id == 7
+    assert (len(index), list(index.story(7).members)) == before  # type: ignore[union-attr]
+    # an entry without a date (or dated in the future) is placed at ``now``
+    assert index.features(future, T0 + timedelta(hours=1)).published == T0 + timedelta(hours=1)
+
+
+def test_rename_moves_a_provisional_story_to_its_database_id() -> None:
+    index = StoryIndex()
+    index.add(-1, index.features(SIGNED, T0))
+    index.rename(-1, 42)
+    assert index.story(-1) is None
+    found = decide(SIGNED_ELSEWHERE, index, T0 + timedelta(hours=2))
+    assert found.story_id == 42
+    assert index.expire(T0 + timedelta(days=10)) == 1
+    assert len(index) == 0
+
+
+def test_candidates_are_bounded_whatever_the_window() -> None:
+    index = StoryIndex()
+    for k in range(300):
+        item = entry(f"Lumber tariff story number {k} about Canadian mills", hours=k / 100)
+        index.add(k, index.features(item, item.published or T0))
+    decision = decide(SIGNED_ELSEWHERE, index, T0 + timedelta(hours=3))
+    assert decision.candidates <= GroupingParams().max_candidates
+
+
+def test_common_words_alone_never_make_a_story() -> None:
+    g = Grouper()
+    g.add(
+        entry("Trump says this will be the first", "People say the state will be first this year.")
+    )
+    other = g.add(entry("The president says this is the first", "People say it is new.", hours=1))
+    assert other.story_id is None
+    assert other.reasons == ("no recent story shares a rare word",)
+
+
+def test_stems_fold_inflections_and_cut_long_words() -> None:
+    assert stem("Blocks") == stem("blocked") == stem("block") == "block"
+    assert stem("tariffs") == "tariff"
+    assert stem("ruling") == stem("rules") == stem("ruled") == "rul"
+    assert stem("Grantmaking") == "grantm"  # cut to six letters
+    assert stem("U.S.") == "us"
+    assert stems("<b>Judges</b> rule") == ["judg", "rul"]
+
+
+def test_primary_source_links() -> None:
+    assert primary_source_link(WH_LINK) == (
+        "whitehouse.gov/presidential-actions/2026/03/protecting-american-lumber-mills"
+    )
+    assert primary_source_link("https://www.federalregister.gov/d/2026-01234") is not None
+    assert (
+        primary_source_link("https://www.congress.gov/bill/119th-congress/house-bill/1") is not None
+    )
+    assert primary_source_link("https://www.whitehouse.gov/") is None
+    assert primary_source_link("https://notwhitehouse.gov.example/x/y/z") is None
+    assert primary_source_link("not a url") is None
+
+
+def test_similarity_is_symmetric_and_bounded() -> None:
+    index = StoryIndex()
+    a = index.features(SIGNED, T0)
+    b = index.features(SIGNED_ELSEWHERE, T0)
+    ab, shared = similarity(a, b)
+    ba, _ = similarity(b, a)
+    assert ab == pytest.approx(ba)
+    assert 0 < ab < 1
+    assert similarity(a, a)[0] == pytest.approx(1.0)
+    assert "lumber" in shared
