@@ -630,12 +630,17 @@ def outbox_rows(store: Store, *states: str, ids: Sequence[int] = ()) -> list[Out
     return [_outbox_row(r) for r in rows]
 
 
-def outbox_next_due(store: Store) -> datetime | None:
-    """When the earliest waiting row falls due (None when nothing waits)."""
-    row = store.db.execute(
-        "SELECT min(next_attempt_at) FROM alerts WHERE state IN ('pending', 'failed', 'held')"
-    ).fetchone()
-    return from_iso(row[0]) if row and row[0] else None
+def outbox_waiting(store: Store) -> list[tuple[str, datetime, datetime | None, datetime | None]]:
+    """Per channel with rows waiting: (channel, earliest row due, paused until, last sent)."""
+    rows = store.db.execute(
+        "SELECT a.channel, min(a.next_attempt_at), c.paused_until, c.last_sent_at "
+        "FROM alerts a LEFT JOIN channel_state c ON c.channel = a.channel "
+        "WHERE a.state IN ('pending', 'failed', 'held') GROUP BY a.channel"
+    ).fetchall()
+    out = []
+    for channel, due, paused, last in rows:
+        out.append((str(channel), datetime.fromisoformat(due), from_iso(paused), from_iso(last)))
+    return out
 
 
 def claim_alerts(store: Store, rows: Sequence[OutboxRow], now: datetime) -> list[int]:
@@ -725,3 +730,37 @@ def insert_notice(
         [dedupe_key, channel, kind, iso(now), iso(now), iso(now), json.dumps({"text": text})],
     )
     return int(cursor.lastrowid) if cursor.rowcount == 1 and cursor.lastrowid else None
+
+
+# == story grouping helpers (owned by the story-grouping helper: aggregator/stories.py) ==========
+
+
+def recent_story_entries(store: Store, since: datetime) -> list[tuple[int, Entry]]:
+    """(story id, entry) for every entry of a story seen since ``since``, oldest first.
+
+    Warms the in-memory story index (:class:`aggregator.story_index.StoryIndex`) at start. An entry
+    without a published time is dated by when it was first seen. Uses ``stories_last_seen`` and
+    ``entries_story``, so the cost follows the window, not the table.
+    """
+    rows = store.db.query(
+        "SELECT e.*, coalesce(e.published, e.first_seen) AS at FROM entries e "
+        "WHERE e.story_id IN (SELECT id FROM stories WHERE last_seen >= ?) "
+        "ORDER BY at, e.id",
+        [iso(since)],
+    )
+    found: list[tuple[int, Entry]] = []
+    for row in rows:
+        entry = Entry(
+            feed_url=row["feed_url"],
+            guid=row["guid"],
+            link=row["link"],
+            canonical_url=row["canonical_url"],
+            title=row["title"],
+            summary=row["summary"],
+            published=from_iso(row["at"]),
+            content_hash=row["content_hash"],
+            source=row["source"],
+            links=tuple(json.loads(row["links"] or "[]")),
+        )
+        found.append((int(row["story_id"]), entry))
+    return found

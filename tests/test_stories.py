@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from aggregator.models import Entry
+from aggregator.store import NewEntry, Store, recent_story_entries
 from aggregator.stories import (
     GroupingParams,
     StoryDecision,
@@ -287,3 +289,27 @@ def test_similarity_is_symmetric_and_bounded() -> None:
     assert 0 < ab < 1
     assert similarity(a, a)[0] == pytest.approx(1.0)
     assert "lumber" in shared
+
+
+def test_index_warms_from_the_database_and_keeps_deciding(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "agg.db")
+    try:
+        now = T0 + timedelta(hours=1)
+        store.add_entries([NewEntry(SIGNED, (), ())], now)
+        story_id = recent_story_entries(store, now - timedelta(hours=72))[0][0]
+        old = entry("An old story about zeppelins", hours=-200)
+        store.add_entries([NewEntry(old, (), ())], T0 - timedelta(hours=200))
+
+        index = StoryIndex()
+        warm = recent_story_entries(store, now - timedelta(hours=72))
+        assert [(sid, e.title) for sid, e in warm] == [(story_id, SIGNED.title)]
+        for sid, stored in warm:
+            index.add(sid, index.features(stored, now))
+
+        decision = decide(SIGNED_ELSEWHERE, index, T0 + timedelta(hours=2))
+        assert decision.story_id == story_id
+        store.add_entries([NewEntry(SIGNED_ELSEWHERE, (), (), story_id=decision.story_id)], now)
+        members = recent_story_entries(store, now - timedelta(hours=72))
+        assert [sid for sid, _ in members] == [story_id, story_id]
+    finally:
+        store.close()
