@@ -630,17 +630,12 @@ def outbox_rows(store: Store, *states: str, ids: Sequence[int] = ()) -> list[Out
     return [_outbox_row(r) for r in rows]
 
 
-def outbox_waiting(store: Store) -> list[tuple[str, datetime, datetime | None, datetime | None]]:
-    """Per channel with rows waiting: (channel, earliest row due, paused until, last sent)."""
-    rows = store.db.execute(
-        "SELECT a.channel, min(a.next_attempt_at), c.paused_until, c.last_sent_at "
-        "FROM alerts a LEFT JOIN channel_state c ON c.channel = a.channel "
-        "WHERE a.state IN ('pending', 'failed', 'held') GROUP BY a.channel"
-    ).fetchall()
-    out = []
-    for channel, due, paused, last in rows:
-        out.append((str(channel), datetime.fromisoformat(due), from_iso(paused), from_iso(last)))
-    return out
+def outbox_next_due(store: Store) -> datetime | None:
+    """When the earliest waiting row falls due (None when nothing waits)."""
+    row = store.db.execute(
+        "SELECT min(next_attempt_at) FROM alerts WHERE state IN ('pending', 'failed', 'held')"
+    ).fetchone()
+    return from_iso(row[0]) if row and row[0] else None
 
 
 def claim_alerts(store: Store, rows: Sequence[OutboxRow], now: datetime) -> list[int]:
