@@ -38,8 +38,8 @@ from aggregator.store import (
     from_iso,
     known_channel_id,
     outbox_due,
-    outbox_next_due,
     outbox_rows,
+    outbox_waiting,
     set_alerts,
     set_channel_state,
 )
@@ -153,8 +153,12 @@ class Outbox:
         return outcomes
 
     def next_due(self) -> datetime | None:
-        """When something next needs the loop: the earliest row or the end of a channel pause."""
-        return outbox_next_due(self.store)
+        """When the loop next has something to send: rows due, past any pause and pacing slot."""
+        interval = timedelta(seconds=max(0.0, self.settings.per_channel_interval))
+        times = []
+        for _channel, due, paused, last in outbox_waiting(self.store):
+            times.append(max(due, paused or due, (last + interval) if last else due))
+        return min(times) if times else None
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -262,6 +266,9 @@ class Outbox:
         except DeliveryError as e:
             claimed_rows = [_attempted(r) for r in rows]
             return self._fail(channel, claimed_rows, e, counts=True)
+        finally:
+            # pace from the end of the call too, so a slow answer cannot squeeze the next send
+            set_channel_state(self.store, channel, last_sent_at=self._clock())
         return self._sent(channel, rows, posted, "")
 
     # -- outcomes --------------------------------------------------------------------------------
