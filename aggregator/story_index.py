@@ -25,6 +25,7 @@ from aggregator.stories import GroupingParams, StoryFeatures, features
 MIN_INDEXED_IDF = 3.0  # stems in more than ~5% of news items are too common to find a story by
 LOOKUP_STEMS = 10  # the rarest stems of a new entry used to find candidates
 MAX_STORED_MEMBERS = 50  # entries kept per story (the decision reads the latest ones)
+MAX_POSTINGS = 400  # a stem used by more stories than this in the window is not looked up
 
 
 @dataclass(slots=True)
@@ -142,8 +143,11 @@ class StoryIndex:
         rare = sorted(self._indexable(feats), key=lambda s: -feats.weights[s])[:LOOKUP_STEMS]
         overlap: dict[int, float] = {}
         for stem in rare:
+            ids = self._postings.get(stem, ())
+            if len(ids) > MAX_POSTINGS:
+                continue  # common in this window: finds no story the rarer stems miss
             weight = feats.weights[stem]
-            for story_id in self._postings.get(stem, ()):
+            for story_id in ids:
                 overlap[story_id] = overlap.get(story_id, 0.0) + weight
         ranked = sorted(overlap, key=lambda sid: -overlap[sid])
         found: list[int] = []
