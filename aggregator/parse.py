@@ -86,25 +86,29 @@ def _parse(feed_url: str, body: bytes, source: str, content_type: str) -> ParseO
         problem = f"{problem}; {note}" if problem else note
     feed = result.get("feed") or {}
     title = _text(feed.get("title", ""), feed.get("title_detail"), MAX_TITLE_CHARS)
-    if not raw_entries:
-        if not version and _HTML_START.search(body[:4096]):
+    if not raw_entries and not version:
+        if _HTML_START.search(body[:4096]):
             return error("this is an HTML page, not a feed")
         if problem:
             return error(f"no feed found: {problem}")
-        if not version:
-            return error("no feed found: no RSS, Atom or RDF document in the body")
-        return ParsedFeed(title=title, entries=(), warning="the feed has no entries")
+        return error("no feed found: no RSS, Atom or RDF document in the body")
     entries: list[Entry] = []
     seen: set[str] = set()
+    skipped = 0
     for raw in raw_entries:
         entry = _entry(feed_url, raw, source or title)
-        if entry is None or entry.guid in seen:
-            continue
-        seen.add(entry.guid)
-        entries.append(entry)
-    if not entries:
-        return error("no usable entries (every item lacks a title, a link and text)")
-    return ParsedFeed(title=title, entries=tuple(entries), warning=problem)
+        if entry is None:
+            skipped += 1
+        elif entry.guid not in seen:
+            seen.add(entry.guid)
+            entries.append(entry)
+    notes = [problem] if problem else []
+    if skipped:
+        notes.append(f"skipped {skipped} item(s) with no title, link or text")
+    if not raw_entries:
+        notes.append("the feed has no entries")
+    # A valid feed with nothing to show is not a failure: it is polled again as usual.
+    return ParsedFeed(title=title, entries=tuple(entries), warning="; ".join(notes) or None)
 
 
 def declares_entities(body: bytes) -> bool:

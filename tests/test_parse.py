@@ -158,7 +158,6 @@ def test_every_datetime_is_aware_utc() -> None:
         (b"<!DOCTYPE html><html><head><title>Hi</title></head><body>x</body></html>", "HTML page"),
         (b'{"version": "https://jsonfeed.org/version/1.1", "items": []}', "JSON Feed"),
         (bytes(range(256)) * 8, "no feed found"),
-        (b"<rss version='2.0'><channel><item><title>", "no usable entries"),
         (b"/etc/passwd", "no feed found"),  # bytes are never taken as a file name
     ],
 )
@@ -183,6 +182,19 @@ def test_valid_feed_without_entries_is_not_an_error() -> None:
     assert feed.entries == ()
     assert feed.title == "Quiet"
     assert feed.warning == "the feed has no entries"
+
+
+def test_items_with_nothing_to_show_are_skipped_with_a_warning() -> None:
+    body = b"<rss version='2.0'><channel><item><guid isPermaLink='false'>x</guid></item>"
+    feed = _feed(body + b"<item><title>Kept</title></item></channel></rss>")
+    assert [e.title for e in feed.entries] == ["Kept"]
+    assert feed.warning == "skipped 1 item(s) with no title, link or text"
+
+
+def test_broken_feed_without_entries_is_a_warning_not_an_error() -> None:
+    feed = _feed(b"<rss version='2.0'><channel><title>&nbsp;</title><item><title>")
+    assert feed.entries == ()
+    assert feed.warning is not None and "skipped 1 item" in feed.warning
 
 
 def test_bozo_feed_with_entries_keeps_them_with_a_warning() -> None:
