@@ -256,3 +256,11 @@ def bcubed_f1(gold: Mapping[str, Hashable], predicted: Mapping[str, Hashable]) -
 
 def _f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def eval_stories_output(
+    path: str | Path, *, as_json: bool = False, window_hours: float = 72
+) -> str:
+    """What ``aggregator eval-stories FILE [--json]`` prints. Raises :class:`StoryDataError`."""
+    report = evaluate_file(path, timedelta(hours=window_hours))
+    return json.dumps(report.as_json()) if as_json else report.text()

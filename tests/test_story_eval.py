@@ -10,6 +10,7 @@ import pytest
 from aggregator.story_eval import (
     StoryDataError,
     bcubed_f1,
+    eval_stories_output,
     evaluate_file,
     evaluate_items,
     group_items,
@@ -144,3 +145,12 @@ def test_dev_set_meets_the_targets() -> None:
     assert report.pairwise.gold_pairs == 366
     assert report.pairwise.precision >= 0.95, report.text()
     assert report.pairwise.recall >= 0.75, report.text()
+
+
+def test_eval_stories_output_json_shape(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    path.write_text(line() + "\n" + line(id="2", story="s2") + "\n")
+    shown = json.loads(eval_stories_output(path, as_json=True))
+    assert set(shown) == {"pairwise", "bcubed_f1"}
+    assert set(shown["pairwise"]) == {"precision", "recall", "f1"}
+    assert "B-cubed F1" in eval_stories_output(path)
