@@ -407,7 +407,10 @@ def _make_handler(server: SlackServer) -> type[BaseHTTPRequestHandler]:
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client died mid-call (the crash tests do that)
 
         def _drop(self) -> None:
             self.close_connection = True

@@ -400,3 +400,33 @@ def test_metadata_marks_every_post(store: Store, slack: SlackServer, clock: Fake
     [alert] = add_alerts(store, 1)
     outbox(store, slack, clock).deliver_due(clock())
     assert slack.posts()[0].metadata == metadata_for([alert])
+
+
+def test_ops_report_retry_and_slack_test(
+    store: Store, slack: SlackServer, clock: FakeClock
+) -> None:
+    from aggregator.notify.ops import format_checks, outbox_report, retry, slack_test
+
+    [dead] = add_alerts(store, 1)
+    [waiting] = add_alerts(store, 1, "#executive-orders", "executive-orders")
+    slack.script("chat.postMessage", Fault.error("not_in_channel"), Fault.status(503))
+    box = outbox(store, slack, clock)
+    box.deliver_due(clock())
+    report = outbox_report(store, clock())
+    assert f"#{dead} dead" in report and "the bot is not in #ai-policy: invite it" in report
+    assert f"#{waiting} failed" in report and "HTTP 503" in report
+    assert "channel #executive-orders paused" in report
+    assert retry(store, clock()) == "give alert ids or --dead"
+    assert retry(store, clock(), dead=True) == "re-queued 1 dead alert"
+    clock.advance(120)
+    drain(box, clock)
+    assert slack.alert_counts() == {dead: 1, waiting: 1}
+    assert "nothing is waiting" in outbox_report(store, clock())
+
+    slack.fail_channel("#ai-policy", "not_in_channel")
+    checks = slack_test(SlackSink(TOKEN, slack.url), TOPICS, clock())
+    text = format_checks(checks)
+    assert "#ai-policy: FAILED: not_in_channel: the bot is not in #ai-policy: invite it" in text
+    assert "#executive-orders: ok: posted as alertbot" in text
+    bad = slack_test(SlackSink("xoxb-wrong", slack.url), TOPICS, clock())
+    assert all(not c.ok and "Slack rejected the token" in c.message for c in bad)
