@@ -430,3 +430,17 @@ def test_ops_report_retry_and_slack_test(
     assert "#executive-orders: ok: posted as alertbot" in text
     bad = slack_test(SlackSink("xoxb-wrong", slack.url), TOPICS, clock())
     assert all(not c.ok and "Slack rejected the token" in c.message for c in bad)
+
+
+def test_stuck_sending_rows_are_settled_by_the_loop(
+    store: Store, slack: SlackServer, clock: FakeClock
+) -> None:
+    [alert] = add_alerts(store, 1)
+    claim_alerts(store, outbox_rows(store, "pending"), clock())  # a send that never finished
+    box = outbox(store, slack, clock)
+    clock.advance(30)
+    assert box.deliver_due(clock()) == []  # may still be in flight in another process
+    assert box.recover(clock(), older_than=120) == []
+    clock.advance(100)
+    box.deliver_due(clock())
+    assert slack.alert_counts() == {alert: 1}

@@ -47,7 +47,8 @@ from aggregator.store import (
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 900.0  # a 429 waits exactly Retry-After, but never more than 15 minutes
-HISTORY_MARGIN = timedelta(minutes=10)  # how far before the send to search the history
+HISTORY_MARGIN = timedelta(minutes=30)  # how far before the send to search the history
+STALE_SENDING = 120.0  # seconds: a live send ends long before this (the client times out at 15 s)
 VERIFY = "_verify"  # payload flag: Slack may have this message; look before sending again
 HOLD = "_hold"  # payload: "digest" or "quiet"
 DIGEST = "_digest"  # payload: the digest's label (its topics)
@@ -101,10 +102,19 @@ class Outbox:
 
     # -- public ----------------------------------------------------------------------------------
 
-    def recover(self, now: datetime) -> list[DeliveryOutcome]:
-        """Settle rows left in ``sending`` by a crash: sent if Slack has them, else due again."""
+    def recover(self, now: datetime, *, older_than: float = 0.0) -> list[DeliveryOutcome]:
+        """Settle rows left in ``sending`` by a crash: sent if Slack has them, else due again.
+
+        At start-up every such row belongs to a dead process (``older_than=0``). A process that
+        may run beside a live one (``poll --once``) passes ``older_than`` so it leaves the other's
+        in-flight send alone; :meth:`deliver_due` does that itself for rows stuck that long.
+        """
         outcomes: list[DeliveryOutcome] = []
+        cutoff = now - timedelta(seconds=older_than)
         for row in outbox_rows(self.store, "sending"):
+            since = from_iso(row.updated_at)
+            if older_than > 0 and since is not None and since > cutoff:
+                continue
             try:
                 outcomes.extend(self._recover_row(row, now))
             except DeliveryError as e:
@@ -123,7 +133,7 @@ class Outbox:
         ``deadline`` is a ``time.monotonic()`` value: no send starts, and no pacing wait runs,
         past it.
         """
-        outcomes: list[DeliveryOutcome] = []
+        outcomes = self.recover(now, older_than=STALE_SENDING)
         queues: OrderedDict[str, deque[_Unit]] = OrderedDict()
         digests: dict[tuple[str, str], list[OutboxRow]] = {}
         for row in outbox_due(self.store, now):
