@@ -759,3 +759,74 @@ def recent_story_entries(store: Store, since: datetime) -> list[tuple[int, Entry
         )
         found.append((int(row["story_id"]), entry))
     return found
+
+
+# == topic rule helpers (owned by the rules helper: `aggregator explain` / `aggregator backtest`) ==
+
+
+def _stored_entry(row: dict[str, Any], published: str | None) -> Entry:
+    return Entry(
+        feed_url=row["feed_url"],
+        guid=row["guid"],
+        link=row["link"],
+        canonical_url=row["canonical_url"],
+        title=row["title"],
+        summary=row["summary"],
+        published=from_iso(published),
+        content_hash=row["content_hash"],
+        source=row["source"],
+        links=tuple(json.loads(row["links"] or "[]")),
+    )
+
+
+def stored_entry(store: Store, ref: str, urls: Sequence[str] = ()) -> tuple[int, Entry] | None:
+    """(id, entry) for an entry id (``ref`` all digits), else the newest entry whose link or
+    canonical URL is ``ref`` or one of ``urls`` (pass the canonical form of a URL there)."""
+    if ref.strip().isdigit():
+        rows = list(store.db.query("SELECT * FROM entries WHERE id = ?", [int(ref)]))
+    else:
+        wanted = [ref, *urls]
+        marks = ",".join("?" * len(wanted))
+        rows = list(
+            store.db.query(
+                f"SELECT * FROM entries WHERE link IN ({marks}) OR canonical_url IN ({marks}) "  # noqa: S608
+                "ORDER BY first_seen DESC, id DESC LIMIT 1",
+                wanted + wanted,
+            )
+        )
+    if not rows:
+        return None
+    return int(rows[0]["id"]), _stored_entry(rows[0], rows[0]["published"])
+
+
+def count_stored_entries(store: Store, since: datetime | None = None) -> int:
+    """How many entries :func:`stored_entries` will yield (for a progress bar)."""
+    row = store.db.execute(
+        "SELECT count(*) FROM entries WHERE coalesce(published, first_seen) >= ?",
+        [iso(since) if since else ""],
+    ).fetchone()
+    return int(row[0])
+
+
+def stored_entries(
+    store: Store, since: datetime | None = None, page: int = 1000
+) -> Iterator[tuple[int, Entry]]:
+    """(id, entry) for every entry dated at or after ``since``, oldest first, read a page at a
+    time so a long history never sits in memory. An entry without a published time is dated by
+    when it was first seen."""
+    after_at, after_id = (iso(since) if since else ""), -1  # at >= since, to begin with
+    while True:
+        rows = list(
+            store.db.query(
+                "SELECT *, coalesce(published, first_seen) AS at FROM entries "
+                "WHERE coalesce(published, first_seen) > ? "
+                "OR (coalesce(published, first_seen) = ? AND id > ?) "
+                "ORDER BY at, id LIMIT ?",
+                [after_at, after_at, after_id, page],
+            )
+        )
+        for row in rows:
+            yield int(row["id"]), _stored_entry(row, row["at"])
+        if len(rows) < page:
+            return
+        after_at, after_id = rows[-1]["at"], int(rows[-1]["id"])
