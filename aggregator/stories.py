@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -173,15 +174,29 @@ def primary_source_link(url: str) -> str | None:
     return host + path
 
 
-def similarity(a: StoryFeatures, b: StoryFeatures) -> tuple[float, list[str]]:
-    """Weighted cosine of two entries' stems, and the shared stems, heaviest first."""
-    if not a.norm or not b.norm:
+def similarity(
+    a: StoryFeatures, b: StoryFeatures, ignore: AbstractSet[str] = frozenset()
+) -> tuple[float, list[str]]:
+    """Weighted cosine of two entries' stems, and the shared stems, heaviest first.
+
+    Stems in ``ignore`` (an outlet's boilerplate) count on neither side.
+    """
+    norm_a = _norm_without(a, ignore)
+    norm_b = _norm_without(b, ignore)
+    if not norm_a or not norm_b:
         return 0.0, []
     small, large = (a, b) if len(a.weights) <= len(b.weights) else (b, a)
-    shared = [s for s in small.weights if s in large.weights]
+    shared = [s for s in small.weights if s in large.weights and s not in ignore]
     dot = sum(math.sqrt(a.weights[s] * b.weights[s]) for s in shared)
     shared.sort(key=lambda s: -a.weights[s] * b.weights[s])
-    return dot / (a.norm * b.norm), shared
+    return dot / (norm_a * norm_b), shared
+
+
+def _norm_without(feats: StoryFeatures, ignore: AbstractSet[str]) -> float:
+    dropped = [feats.weights[s] for s in ignore if s in feats.weights]
+    if not dropped:
+        return feats.norm
+    return math.sqrt(max(0.0, feats.norm**2 - sum(dropped)))
 
 
 # -- the decision ---------------------------------------------------------------------------------
@@ -239,20 +254,20 @@ def _score_story(
     if story is None or not story.members:
         return None
     members = story.members[-params.max_members :]
-    story_stems: set[str] = set()
-    story_actions: set[str] = set()
-    for member in members:
-        story_stems.update(member.weights)
-        story_actions.update(member.title_stems & ACTION_STEMS)
     # An action other than the story's own; a story told without any action is not contradicted.
-    new_actions = sorted((feats.title_stems & ACTION_STEMS) - story_stems) if story_actions else []
+    new_actions: list[str] = []
+    own_actions = feats.title_stems & ACTION_STEMS
+    if own_actions and any(m.title_stems & ACTION_STEMS for m in members):
+        new_actions = sorted(a for a in own_actions if not any(a in m.weights for m in members))
     total = 0.0
     raw_total = 0.0
     shared_words: dict[str, None] = {}
     closest_hours = math.inf
     same_source = False
+    own_boilerplate = index.boilerplate(feats.source)
     for member in members:
-        raw, shared = similarity(feats, member)
+        ignore = own_boilerplate | index.boilerplate(member.source)
+        raw, shared = similarity(feats, member, ignore)
         hours = abs((feats.published - member.published).total_seconds()) / 3600
         adjusted = raw - params.penalty_per_day * max(0.0, hours - params.grace_hours) / 24
         if feats.source and member.source == feats.source:

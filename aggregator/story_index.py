@@ -26,6 +26,11 @@ MIN_INDEXED_IDF = 3.0  # stems in more than ~5% of news items are too common to 
 LOOKUP_STEMS = 10  # the rarest stems of a new entry used to find candidates
 MAX_STORED_MEMBERS = 50  # entries kept per story (the decision reads the latest ones)
 MAX_POSTINGS = 400  # a stem used by more stories than this in the window is not looked up
+# An outlet's boilerplate ("By the authority vested in me as President...", "The post ... appeared
+# first on ...") is a stem in at least this share of its items, once it has published enough.
+BOILERPLATE_SHARE = 0.6
+BOILERPLATE_MIN_ITEMS = 10
+SOURCE_MEMORY = 200  # per outlet, counts are halved past this many items: recent style counts
 
 
 @dataclass(slots=True)
@@ -61,6 +66,10 @@ class StoryIndex:
         self._postings: dict[str, set[int]] = {}
         self._by_link: dict[str, set[int]] = {}
         self._expiry: list[tuple[datetime, int]] = []  # (last_published, story), lazily pruned
+        self._source_items: dict[str, float] = {}
+        self._source_seen: dict[str, int] = {}
+        self._source_stems: dict[str, dict[str, float]] = {}
+        self._boilerplate: dict[str, frozenset[str]] = {}
 
     def __len__(self) -> int:
         return len(self._stories)
@@ -75,7 +84,34 @@ class StoryIndex:
     def story(self, story_id: int) -> IndexedStory | None:
         return self._stories.get(story_id)
 
+    def boilerplate(self, source: str) -> frozenset[str]:
+        """The stems that ``source`` puts in most of its items, which say nothing about a story."""
+        return self._boilerplate.get(source, frozenset())
+
     # -- changes ----------------------------------------------------------------------------------
+
+    def observe(self, feats: StoryFeatures) -> None:
+        """Learn an outlet's boilerplate from one of its items (:meth:`add` calls this)."""
+        if not feats.source:
+            return
+        items = self._source_items.get(feats.source, 0.0) + 1
+        counts = self._source_stems.setdefault(feats.source, {})
+        for stem in feats.weights:
+            counts[stem] = counts.get(stem, 0.0) + 1
+        if items > SOURCE_MEMORY:
+            items /= 2
+            for stem in list(counts):
+                counts[stem] /= 2
+                if counts[stem] < 0.5:
+                    del counts[stem]
+        self._source_items[feats.source] = items
+        seen = self._source_seen.get(feats.source, 0) + 1
+        self._source_seen[feats.source] = seen
+        if items >= BOILERPLATE_MIN_ITEMS and (seen <= 2 * BOILERPLATE_MIN_ITEMS or seen % 8 == 0):
+            floor = BOILERPLATE_SHARE * items
+            found = frozenset(s for s, n in counts.items() if n >= floor)
+            if found or feats.source in self._boilerplate:
+                self._boilerplate[feats.source] = found
 
     def add(self, story_id: int, feats: StoryFeatures, title: str | None = None) -> None:
         """Record that an entry with ``feats`` belongs to ``story_id`` (new or known)."""
@@ -83,6 +119,7 @@ class StoryIndex:
         if story is None:
             story = IndexedStory(story_id, title if title is not None else feats.title)
             self._stories[story_id] = story
+        self.observe(feats)
         story.members.append(feats)
         if len(story.members) > MAX_STORED_MEMBERS:
             del story.members[0]
@@ -140,7 +177,11 @@ class StoryIndex:
 
     def candidates(self, feats: StoryFeatures, since: datetime, limit: int) -> list[int]:
         """Up to ``limit`` stories active since ``since`` sharing the entry's rarest stems."""
-        rare = sorted(self._indexable(feats), key=lambda s: -feats.weights[s])[:LOOKUP_STEMS]
+        boilerplate = self.boilerplate(feats.source)
+        rare = sorted(
+            (s for s in self._indexable(feats) if s not in boilerplate),
+            key=lambda s: -feats.weights[s],
+        )[:LOOKUP_STEMS]
         overlap: dict[int, float] = {}
         for stem in rare:
             ids = self._postings.get(stem, ())
@@ -149,15 +190,13 @@ class StoryIndex:
             weight = feats.weights[stem]
             for story_id in ids:
                 overlap[story_id] = overlap.get(story_id, 0.0) + weight
-        ranked = sorted(overlap, key=lambda sid: -overlap[sid])
-        found: list[int] = []
-        for story_id in ranked:
-            last = self._stories[story_id].last_published
-            if last is not None and last >= since:
-                found.append(story_id)
-                if len(found) >= limit:
-                    break
-        return found
+        stories = self._stories
+        recent = [
+            sid
+            for sid in overlap
+            if (last := stories[sid].last_published) is not None and last >= since
+        ]
+        return heapq.nlargest(limit, recent, key=overlap.__getitem__)
 
     def stories_with_links(
         self, canonical_url: str, primary_links: Iterable[str], since: datetime

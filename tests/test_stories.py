@@ -313,3 +313,39 @@ def test_index_warms_from_the_database_and_keeps_deciding(tmp_path: Path) -> Non
         assert [sid for sid, _ in members] == [story_id, story_id]
     finally:
         store.close()
+
+
+PREAMBLE = (
+    "By the authority vested in me as President by the Constitution and the laws of the United "
+    "States of America, it is hereby ordered: Section 1. Purpose."
+)
+ORDER_TOPICS = (
+    "Restoring Gold Standard Science",
+    "Enabling Competition in the Commercial Space Industry",
+    "Reforming Accreditation of Universities",
+    "Modernizing Federal Grantmaking Oversight",
+    "Ending Subsidies for Public Broadcasting",
+    "Unleashing American Offshore Minerals",
+    "Improving Air Traffic Control Hiring",
+    "Establishing the Gold Card Visa",
+    "Protecting Coastal Fisheries",
+    "Streamlining Nuclear Reactor Permits",
+    "Promoting Domestic Shipbuilding",
+)
+
+
+def test_an_outlets_boilerplate_is_learned_and_ignored() -> None:
+    g = Grouper()
+    for k, title in enumerate(ORDER_TOPICS):
+        g.add(entry(title, PREAMBLE, source="White House", hours=k * 30))
+    assert {"vest", "hereby", "consti"} <= g.index.boilerplate("White House")
+    # A different order, on the same day, from another primary feed with the same preamble.
+    other = g.add(
+        entry(
+            "Securing Rare Earth Supply Chains",
+            PREAMBLE,
+            source="Federal Register",
+            hours=(len(ORDER_TOPICS) - 1) * 30 + 1,
+        )
+    )
+    assert other.story_id is None
