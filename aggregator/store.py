@@ -830,3 +830,22 @@ def stored_entries(
         if len(rows) < page:
             return
         after_at, after_id = rows[-1]["at"], int(rows[-1]["id"])
+
+
+# -- feed health (helper-4: `feeds status`) ------------------------------------------------------
+
+
+def feed_health_rows(store: Store, since: datetime) -> list[dict[str, Any]]:
+    """Every feed not removed, with ``recent_items`` (entries published or first seen since
+    ``since``) and ``avg_elapsed_ms`` over its fetch log."""
+    return list(
+        store.db.query(
+            "SELECT f.*, "
+            "(SELECT count(*) FROM entries e WHERE e.feed_url = f.url "
+            " AND coalesce(e.published, e.first_seen) >= ?) AS recent_items, "
+            "(SELECT avg(x.elapsed_ms) FROM fetches x WHERE x.feed_url = f.url "
+            " AND x.elapsed_ms IS NOT NULL) AS avg_elapsed_ms "
+            "FROM feeds f WHERE f.status != 'removed' ORDER BY f.status != 'active', f.name, f.url",
+            [iso(since)],
+        )
+    )

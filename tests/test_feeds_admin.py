@@ -1,0 +1,192 @@
+"""`aggregator feeds ...` logic: validated edits of a real config dir, the health table from a real
+SQLite file, and the validating fetch against a local server."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from aggregator.config import FeedConfig, Settings, load_config
+from aggregator.errors import ConfigError
+from aggregator.feeds_admin import (
+    add_to_config,
+    feed_health,
+    import_opml_file,
+    probe_feed,
+    remove_from_config,
+    render_list,
+    render_status,
+)
+from aggregator.models import Entry
+from aggregator.store import NewEntry, Store
+from tests.feedserver import FeedServer
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TOPICS = '[topics.ai-policy]\nchannel = "#ai-policy"\nquery = "AI"\n'
+FEEDS = '# my feeds\n\n[[feeds]]\nurl = "https://a.example/feed"  # keep me\nname = "A"\n'
+FEED = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>Local News</title>
+<item><title>One</title><link>https://local.example/1</link></item></channel></rss>"""
+SETTINGS = Settings(fetch_timeout=2.0, fetch_deadline=4.0)
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    (tmp_path / "topics.toml").write_text(TOPICS)
+    (tmp_path / "feeds.toml").write_text(FEEDS)
+    return tmp_path
+
+
+@pytest.fixture
+def server() -> Iterator[FeedServer]:
+    with FeedServer() as s:
+        yield s
+
+
+def test_add_validates_by_fetching_and_keeps_the_file(config_dir: Path, server: FeedServer) -> None:
+    url = server.serve("/feed", FEED)
+    probe = probe_feed(url, SETTINGS)
+    assert probe.ok and probe.title == "Local News" and probe.entries == 1
+    message = add_to_config(config_dir, url, topics=["ai-policy"], probe=probe)
+    assert "added" in message and "1 entries" in message
+    text = (config_dir / "feeds.toml").read_text()
+    assert text.startswith(FEEDS)
+    feeds = load_config(config_dir).feeds
+    assert feeds[-1] == FeedConfig(url=url, name="Local News", topics=("ai-policy",))
+
+
+def test_add_refuses_a_url_that_is_not_a_feed(config_dir: Path, server: FeedServer) -> None:
+    probe = probe_feed(server.status("/gone", 404), SETTINGS)
+    assert not probe.ok and "HTTP 404" in probe.message
+    with pytest.raises(ConfigError, match="not added: fetch failed"):
+        add_to_config(config_dir, server.url("/gone"), probe=probe)
+    html = probe_feed(server.serve("/page", b"<html><body>hi</body></html>"), SETTINGS)
+    assert not html.ok and "HTML page" in html.message
+    assert (config_dir / "feeds.toml").read_text() == FEEDS
+
+
+def test_add_follows_a_permanent_redirect(config_dir: Path, server: FeedServer) -> None:
+    server.redirect("/old", "/new", 301)
+    server.serve("/new", FEED)
+    probe = probe_feed(server.url("/old"), SETTINGS)
+    assert probe.moved_to == server.url("/new")
+    add_to_config(config_dir, server.url("/old"), probe=probe)
+    assert load_config(config_dir).feeds[-1].url == server.url("/new")
+
+
+def test_add_with_an_unknown_topic_leaves_the_file_alone(config_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown topic 'nope'"):
+        add_to_config(config_dir, "https://b.example/feed", topics=["nope"])
+    assert (config_dir / "feeds.toml").read_text() == FEEDS
+
+
+def test_add_creates_a_missing_feeds_file(tmp_path: Path) -> None:
+    (tmp_path / "topics.toml").write_text(TOPICS)
+    add_to_config(tmp_path, "https://b.example/feed", name="B", interval="10m")
+    feeds = load_config(tmp_path).feeds
+    assert [(f.url, f.name, f.interval) for f in feeds] == [("https://b.example/feed", "B", 600.0)]
+    assert (tmp_path / "feeds.toml").read_text().startswith("# The feeds the bot polls")
+
+
+def test_remove(config_dir: Path) -> None:
+    add_to_config(config_dir, "https://b.example/feed", name="B")
+    assert "removed https://a.example/feed" in remove_from_config(config_dir, "A")
+    text = (config_dir / "feeds.toml").read_text()
+    assert text.startswith("# my feeds")
+    assert [f["url"] for f in tomllib.loads(text)["feeds"]] == ["https://b.example/feed"]
+    with pytest.raises(ConfigError, match="no feed with url or name"):
+        remove_from_config(config_dir, "A")
+
+
+def test_import_opml(config_dir: Path) -> None:
+    opml = config_dir / "subs.opml"
+    opml.write_text(
+        '<opml version="2.0"><body>'
+        '<outline text="A" xmlUrl="https://a.example/feed"/>'
+        '<outline text="C" xmlUrl="https://c.example/rss"/>'
+        "</body></opml>"
+    )
+    message = import_opml_file(config_dir, opml)
+    assert message.startswith("imported 1 feed(s)") and "1 already present" in message
+    assert [f.url for f in load_config(config_dir).feeds] == [
+        "https://a.example/feed",
+        "https://c.example/rss",
+    ]
+
+
+def test_render_list() -> None:
+    text = render_list([FeedConfig("https://a.example/feed", "A", 600.0, ("ai-policy",))])
+    assert "A\n    https://a.example/feed  (every 600 s; topics: ai-policy)" in text
+    assert render_list([]) == "no feeds configured"
+
+
+def test_status_table_from_a_real_database(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db.sqlite")
+    feeds = [
+        FeedConfig("https://ok.example/feed", "Healthy"),
+        FeedConfig("https://bad.example/feed", "Broken"),
+        FeedConfig("https://gone.example/feed", "Gone"),
+    ]
+    store.sync_feeds(feeds, NOW - timedelta(days=10))
+    store.update_feed(
+        "https://ok.example/feed",
+        last_success_at=NOW - timedelta(minutes=3),
+        next_fetch_at=NOW + timedelta(minutes=2),
+    )
+    store.update_feed(
+        "https://bad.example/feed",
+        status="failing",
+        consecutive_errors=4,
+        last_error="fetch failed: 'https://bad.example/feed': ReadTimeout after 10.0 s",
+        last_error_at=NOW - timedelta(minutes=1),
+        next_fetch_at=NOW + timedelta(hours=1),
+    )
+    store.update_feed("https://gone.example/feed", status="gone", last_error="HTTP 410 Gone")
+    for ms in (0.1, 0.3):
+        store.log_fetch("https://ok.example/feed", NOW, "fetched", elapsed=ms)
+    entries = [
+        NewEntry(
+            Entry(
+                feed_url="https://ok.example/feed",
+                guid=f"g{i}",
+                link="",
+                canonical_url="",
+                title=f"t{i}",
+                summary="",
+                published=NOW - timedelta(days=i, hours=1),
+                content_hash=str(i),
+            ),
+            (),
+            (),
+        )
+        for i in range(10)  # 7 inside the 7-day window (days 0-6)
+    ]
+    store.add_entries(entries, NOW)
+    rows = {r.name: r for r in feed_health(store, NOW)}
+    store.close()
+    assert rows["Healthy"].items_per_day == pytest.approx(1.0)
+    assert rows["Healthy"].avg_latency_ms == pytest.approx(200.0)
+    assert rows["Broken"].consecutive_errors == 4
+    text = render_status(list(rows.values()), NOW)
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "STATE",
+        "FEED",
+        "LAST",
+        "SUCCESS",
+        "ERRORS",
+        "NEXT",
+        "FETCH",
+        "ITEMS/DAY",
+        "LATENCY",
+    ]
+    assert any(
+        line.startswith("active") and "3 min ago" in line and "200 ms" in line for line in lines
+    )
+    assert any(line.startswith("failing") and "in 60 min" in line for line in lines)
+    assert any(line.startswith("gone") and "never (gone)" in line for line in lines)
+    assert "Broken (60 s ago): fetch failed: 'https://bad.example/feed': ReadTimeout" in text
+    assert lines[-1] == "1 active, 1 failing, 1 gone"
