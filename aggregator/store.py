@@ -630,12 +630,17 @@ def outbox_rows(store: Store, *states: str, ids: Sequence[int] = ()) -> list[Out
     return [_outbox_row(r) for r in rows]
 
 
-def outbox_next_due(store: Store) -> datetime | None:
-    """When the earliest waiting row falls due (None when nothing waits)."""
-    row = store.db.execute(
-        "SELECT min(next_attempt_at) FROM alerts WHERE state IN ('pending', 'failed', 'held')"
-    ).fetchone()
-    return from_iso(row[0]) if row and row[0] else None
+def outbox_waiting(store: Store) -> list[tuple[str, datetime, datetime | None, datetime | None]]:
+    """Per channel with rows waiting: (channel, earliest row due, paused until, last sent)."""
+    rows = store.db.execute(
+        "SELECT a.channel, min(a.next_attempt_at), c.paused_until, c.last_sent_at "
+        "FROM alerts a LEFT JOIN channel_state c ON c.channel = a.channel "
+        "WHERE a.state IN ('pending', 'failed', 'held') GROUP BY a.channel"
+    ).fetchall()
+    out = []
+    for channel, due, paused, last in rows:
+        out.append((str(channel), datetime.fromisoformat(due), from_iso(paused), from_iso(last)))
+    return out
 
 
 def claim_alerts(store: Store, rows: Sequence[OutboxRow], now: datetime) -> list[int]:
@@ -724,6 +729,35 @@ def insert_notice(
         "created_at, updated_at, payload) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
         [dedupe_key, channel, kind, iso(now), iso(now), iso(now), json.dumps({"text": text})],
     )
+    return int(cursor.lastrowid) if cursor.rowcount == 1 and cursor.lastrowid else None
+
+
+def insert_followup(
+    store: Store,
+    parent_alert_id: int,
+    kind: str,
+    payload: dict[str, Any],
+    now: datetime,
+    dedupe_key: str,
+) -> int | None:
+    """Queue a thread reply or an edit of a posted alert (``kind`` is 'reply' or 'update').
+
+    The outbox sends it once the parent is sent, in the parent's channel and thread. ``payload``
+    is kept for the renderer (a reply's ``items``: source, title, link). None when the key exists.
+    """
+    parent = store.alert_row(parent_alert_id)
+    if parent is None:
+        return None
+    body = {**payload, "parent_alert_id": parent_alert_id}
+    cursor = store.db.execute(
+        "INSERT OR IGNORE INTO alerts (dedupe_key, story_id, entry_id, channel, kind, topics, "
+        "state, next_attempt_at, created_at, updated_at, payload) "
+        "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+        [
+            dedupe_key, parent["story_id"], parent["entry_id"], parent["channel"], kind,
+            parent["topics"], iso(now), iso(now), iso(now), json.dumps(body),
+        ],
+    )  # fmt: skip
     return int(cursor.lastrowid) if cursor.rowcount == 1 and cursor.lastrowid else None
 
 

@@ -125,7 +125,7 @@ class SlackServer:
         self.received: list[Received] = []
         self.calls: list[Call] = []
         self.lock = threading.Lock()
-        self._faults: dict[str, deque[Fault]] = defaultdict(deque)
+        self._faults: dict[str, deque[Fault | None]] = defaultdict(deque)
         self._channel_errors: dict[str, str] = {}
         self._channels: dict[str, _Channel] = {}
         self._last_ts = 0.0
@@ -161,8 +161,8 @@ class SlackServer:
 
     # -- scripting --------------------------------------------------------------------------------
 
-    def script(self, method: str, *faults: Fault) -> None:
-        """Queue faults for the next calls of ``method`` (one fault per call, in order)."""
+    def script(self, method: str, *faults: Fault | None) -> None:
+        """Queue faults for the next calls of ``method``, one per call; None answers normally."""
         with self.lock:
             self._faults[method].extend(faults)
 

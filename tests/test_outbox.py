@@ -444,3 +444,39 @@ def test_stuck_sending_rows_are_settled_by_the_loop(
     clock.advance(100)
     box.deliver_due(clock())
     assert slack.alert_counts() == {alert: 1}
+
+
+def test_thread_reply_and_edit_follow_their_parent(
+    store: Store, slack: SlackServer, clock: FakeClock
+) -> None:
+    from aggregator.store import insert_followup
+
+    [parent] = add_alerts(store, 1)
+    item = {"source": "Ars", "title": "Same story <!here>", "link": "https://a.example/1"}
+    items = {"items": [item]}
+    reply = insert_followup(store, parent, "reply", items, clock(), f"reply:{parent}:1")
+    edit = insert_followup(store, parent, "update", {}, clock(), f"update:{parent}:1")
+    assert reply is not None and edit is not None
+    assert insert_followup(store, parent, "reply", items, clock(), f"reply:{parent}:1") is None
+    slack.script("chat.postMessage", None, Fault.accept_then_drop())
+    box = outbox(store, slack, clock)
+    drain(box, clock)
+    [top, threaded] = slack.posts()
+    assert top.alert_ids == [parent] and threaded.alert_ids == [reply]
+    assert threaded.thread_ts == top.ts  # the lost reply was found in the thread, not re-sent
+    assert "Also covered by Ars" in threaded.text and "<!here>" not in threaded.text
+    [update] = slack.updates()
+    assert update.ts == top.ts and update.channel == top.channel_id
+    assert set(states(store).values()) == {"sent"}
+
+
+def test_reply_to_a_dead_parent_dies_too(
+    store: Store, slack: SlackServer, clock: FakeClock
+) -> None:
+    from aggregator.store import insert_followup
+
+    [parent] = add_alerts(store, 1)
+    reply = insert_followup(store, parent, "reply", {}, clock(), "r")
+    slack.script("chat.postMessage", Fault.error("is_archived"))
+    outbox(store, slack, clock).deliver_due(clock())
+    assert states(store) == {parent: "dead", reply: "dead"}

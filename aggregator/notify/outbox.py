@@ -227,6 +227,11 @@ class Outbox:
         outcomes: list[DeliveryOutcome] = []
         rows = unit.rows
         message = unit.message
+        if rows[0].alert.kind in ("reply", "update") and not rows[0].alert.thread_ts:
+            resolved = self._attach_parent(rows[0])
+            if isinstance(resolved, DeliveryOutcome):
+                return [resolved]
+            rows = [resolved]
         if any(r.payload.get(VERIFY) for r in rows):
             found, rows, failure = self._verify(unit.channel, rows)
             message = None if found else message
@@ -243,6 +248,27 @@ class Outbox:
             if any(o.state != "sent" for o in result):
                 break  # the channel is in trouble; the rest of a digest waits for the next pass
         return outcomes
+
+    def _attach_parent(self, row: OutboxRow) -> OutboxRow | DeliveryOutcome:
+        """A reply or edit names its parent alert (``payload.parent_alert_id``); use its ts.
+
+        The ts is stored on the row before any send, so a crash check looks in the right thread.
+        """
+        now = self._clock()
+        parent_id = row.payload.get("parent_alert_id")
+        parent = self.store.alert_row(int(parent_id)) if isinstance(parent_id, int) else None
+        if parent is None or parent["state"] == "dead":
+            reason = f"its parent alert {parent_id} was never posted"
+            set_alerts(self.store, [row.alert.id], now, state="dead", last_error=reason)
+            return self._outcome(row, "dead", reason)
+        if parent["state"] != "sent" or not parent["slack_ts"]:
+            until = now + timedelta(seconds=self.retry_base)
+            set_alerts(self.store, [row.alert.id], now, next_attempt_at=until)
+            return self._outcome(row, "held", f"waiting for parent alert {parent_id} to be posted")
+        set_alerts(self.store, [row.alert.id], now, thread_ts=parent["slack_ts"],
+                   slack_channel=parent["slack_channel"])  # fmt: skip
+        [fresh] = outbox_rows(self.store, ids=[row.alert.id])
+        return fresh
 
     def _messages(
         self, unit: _Unit, rows: list[OutboxRow]
@@ -269,7 +295,8 @@ class Outbox:
         alert = rows[0].alert
         try:
             if alert.kind == "update" and alert.thread_ts:
-                posted = self.sink.update(channel, alert.thread_ts, message)
+                where = rows[0].slack_channel or known_channel_id(self.store, channel) or channel
+                posted = self.sink.update(where, alert.thread_ts, message)
             else:
                 thread = alert.thread_ts if alert.kind == "reply" else None
                 posted = self.sink.post(channel, message, thread_ts=thread)
