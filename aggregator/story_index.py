@@ -16,11 +16,11 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from aggregator import story_idf
 from aggregator.models import Entry
-from aggregator.stories import GroupingParams, StoryFeatures, features
+from aggregator.stories import GroupingParams, StoryDecision, StoryFeatures, decide, features
 
 MIN_INDEXED_IDF = 3.0  # stems in more than ~5% of news items are too common to find a story by
 LOOKUP_STEMS = 10  # the rarest stems of a new entry used to find candidates
@@ -226,3 +226,27 @@ def _discard(mapping: dict[str, set[int]], key: str, story_id: int) -> None:
         ids.discard(story_id)
         if not ids:
             del mapping[key]
+
+
+def warm_index(index: StoryIndex, rows: Iterable[tuple[int, Entry]], now: datetime) -> StoryIndex:
+    """Add stored (story id, entry) rows, oldest first, e.g. from ``store.recent_story_entries``."""
+    for story_id, entry in rows:
+        index.add(story_id, index.features(entry, now))
+    return index
+
+
+def replay_decision(
+    entry: Entry,
+    earlier: Iterable[tuple[int, Entry]],
+    now: datetime,
+    window: timedelta,
+    params: GroupingParams | None = None,
+) -> StoryDecision:
+    """The decision for ``entry`` given the stored entries that came before it (for ``explain``).
+
+    ``earlier`` are (story id, entry) rows first seen before ``entry``, within ``window`` of it;
+    ``now`` is when ``entry`` was first seen.
+    """
+    index = warm_index(StoryIndex(params=params), earlier, now)
+    index.expire(now - window)
+    return decide(entry, index, now, window, index.params)

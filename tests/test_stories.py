@@ -18,7 +18,7 @@ from aggregator.stories import (
     stem,
     stems,
 )
-from aggregator.story_index import StoryIndex
+from aggregator.story_index import StoryIndex, replay_decision, warm_index
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 WH_LINK = (
@@ -349,3 +349,13 @@ def test_an_outlets_boilerplate_is_learned_and_ignored() -> None:
         )
     )
     assert other.story_id is None
+
+
+def test_replay_explains_a_stored_decision() -> None:
+    earlier = [(5, SIGNED)]
+    now = T0 + timedelta(hours=2)
+    decision = replay_decision(SIGNED_ELSEWHERE, earlier, now, timedelta(hours=72))
+    assert decision.story_id == 5
+    assert "joins story 5" in decision.explain()
+    warmed = warm_index(StoryIndex(), earlier, now)
+    assert warmed.story(5) is not None
