@@ -11,7 +11,10 @@ client beat ``AsyncClient`` by 5x for this workload (see DESIGN.md).
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -140,6 +143,7 @@ class Fetcher:
         hops = 0
         while True:
             response, read_timeout = self._send(url, headers, deadline)
+            watchdog = _arm_watchdog(response, deadline)
             try:
                 status = response.status_code
                 if status in REDIRECT_CODES:
@@ -196,6 +200,8 @@ class Fetcher:
                     content_type=response.headers.get("content-type", ""),
                 )
             finally:
+                if watchdog is not None:
+                    watchdog.cancel()
                 response.close()
 
     def _send(
@@ -271,10 +277,36 @@ def _read_body(response: httpx.Response, cap: int, deadline: float, read_timeout
             "timeout", f"{type(e).__name__} after {read_timeout:.1f} s ({size:,} bytes so far)"
         ) from e
     except (httpx.RemoteProtocolError, httpx.NetworkError) as e:
+        if time.monotonic() >= deadline:  # the watchdog cut the connection
+            raise _Failure(
+                "timeout", f"deadline passed while reading ({size:,} bytes so far)"
+            ) from e
         raise _Failure("connection", f"{type(e).__name__} while reading body: {e}") from e
     except zlib.error as e:
         raise _Failure("error", f"body is not valid {encoding}: {e}") from e
     return b"".join(parts)
+
+
+def _arm_watchdog(response: httpx.Response, deadline: float) -> threading.Timer | None:
+    """Cut the connection when the deadline passes, even inside a blocking read.
+
+    Each read is bounded by the read timeout, but a drip that sends a byte just before every
+    timeout would otherwise overrun the deadline by up to one read timeout.
+    """
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if not isinstance(sock, socket.socket):
+        return None  # a transport without a socket (tests' in-memory transports)
+    timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _cut, args=(sock,))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _cut(sock: socket.socket) -> None:
+    # socket.socket.shutdown, not SSLSocket.shutdown: wake the blocked reader, keep TLS state.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _Decoder:
