@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--fault-rate", type=float, default=0.25)
     parser.add_argument("--kill-rate", type=float, default=0.08)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--burst", action="store_true", help="queue every alert at the start")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-delivery-") as tmp:
         r = run_soak(
@@ -44,8 +45,9 @@ def main() -> int:
             kill_rate=args.kill_rate,
             seed=args.seed,
             drain_timeout=900,
+            burst=args.burst,
         )
-    print(f"alerts queued: {r.alerts}")
+    print(f"alerts queued: {r.alerts} ({'all at once' if args.burst else 'a batch per restart'})")
     print(f"SIGKILLs: {r.kills} ({r.kills_in_flight} during a post, {r.kills_at_random} at random)")
     print(f"worker starts: {r.restarts}")
     print(f"faults injected: {sum(r.faults.values())} {r.faults}")

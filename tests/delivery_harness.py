@@ -162,6 +162,7 @@ def run_soak(
     max_delay: float = 1.5,
     seed: int = 1,
     drain_timeout: float = 300.0,
+    burst: bool = False,
 ) -> SoakResult:
     """Run the crash-and-outage scenario and count what the server received."""
     rng = random.Random(seed)
@@ -178,7 +179,8 @@ def run_soak(
     started = time.monotonic()
     kills_at_random = 0
     restarts = 0
-    per_round = max(1, -(-alerts // max(1, kills)))
+    # a burst queues everything at once (the fastest producer); otherwise alerts trickle in
+    per_round = alerts if burst else max(1, -(-alerts // max(1, kills)))
     queued = 0
     with SlackServer(chaos=chaos) as server:
         for name in names:

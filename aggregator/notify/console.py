@@ -12,11 +12,13 @@ from aggregator.notify.render import Message
 from aggregator.notify.sink import Posted
 
 _LINK = re.compile(r"<([^|>]+)\|([^>]*)>")
+_DATE = re.compile(r"<!date\^[^|>]*\|([^>]*)>")
 
 
 def plain(mrkdwn: str) -> str:
     """Slack mrkdwn as a terminal reader wants it: links as 'label (url)', entities decoded."""
-    text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})", mrkdwn)
+    text = _DATE.sub(lambda m: m.group(1), mrkdwn)
+    text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})", text)
     return html.unescape(text)
 
 

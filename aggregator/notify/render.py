@@ -182,6 +182,14 @@ def format_published(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def slack_date(moment: datetime | None) -> str:
+    """A time each reader sees in their own time zone, with UTC text as the fallback."""
+    if moment is None:
+        return "time not given"
+    epoch = int(moment.timestamp())
+    return f"<!date^{epoch}^{{date_short_pretty}} at {{time}}|{format_published(moment)}>"
+
+
 def topics_line(topics: Sequence[TopicMatch]) -> str:
     parts = []
     for t in topics:
@@ -206,7 +214,7 @@ def render_alert(alert: Alert) -> Message:
     title = alert.title.strip() or "(untitled story)"
     blocks: list[Block] = [_header(title)]
     context = [f"*{escape_within(alert.source or 'unknown source', 200)}*"]
-    context.append(escape(format_published(alert.published)))
+    context.append(slack_date(alert.published))
     if alert.extra.get("primary"):
         context.append(":scroll: Official text")
     if alert.kind == "update":
