@@ -24,6 +24,7 @@ does I/O: ``now`` is passed in.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ def stem(token: str) -> str:
             break
     if len(word) > 3 and word.endswith("e") and not word.endswith("ee"):
         word = word[:-1]  # "rule", "ruled", "ruling" meet at "rul"
-    return word[:STEM_LENGTH]
+    return sys.intern(word[:STEM_LENGTH])  # one copy per stem across the whole window
 
 
 # Words that report what happened next. A title with one that the story never used is likely a new
