@@ -9,10 +9,8 @@ per-feed outcome in the fetch log. The counts are printed (``pytest -s``) so the
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -27,9 +25,8 @@ from aggregator.models import (
     FetchResult,
     NotModified,
     ParsedFeed,
-    ParseOutcome,
 )
-from aggregator.parse import parse_feed
+from aggregator.parse import ParseJob, ParsePool
 from aggregator.store import NewEntry, Store
 from tests.feedserver import FeedServer, Reply
 
@@ -85,11 +82,6 @@ def _reply(server: FeedServer, route: str, path: Path, body: bytes) -> Reply:
     return Reply(status=status, body=body, content_type=content_type, headers=headers)
 
 
-def _parse_job(job: tuple[str, bytes, str]) -> ParseOutcome:
-    url, body, content_type = job
-    return parse_feed(url, body, content_type=content_type)
-
-
 def test_every_corpus_file_is_ingested_or_recorded(tmp_path: Path) -> None:
     files = corpus_files()
     assert len(files) > 2000
@@ -110,12 +102,9 @@ def test_every_corpus_file_is_ingested_or_recorded(tmp_path: Path) -> None:
             outcomes = fetcher.fetch_many([FetchRequest(u) for u in urls])
 
     fetched = [o for o in outcomes if isinstance(o, FetchResult)]
-    jobs = [(o.url, o.body, o.content_type) for o in fetched]
-    workers = os.cpu_count() or 1
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        parsed = dict(
-            zip([o.url for o in fetched], pool.map(_parse_job, jobs, chunksize=32), strict=True)
-        )
+    jobs = [ParseJob(o.url, o.body, content_type=o.content_type) for o in fetched]
+    with ParsePool() as pool:  # every core, as the pipeline does
+        parsed = dict(zip([o.url for o in fetched], pool.parse_many(jobs), strict=True))
 
     batch: list[NewEntry] = []
     errors: list[str] = []

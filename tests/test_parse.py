@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
@@ -9,8 +10,15 @@ from datetime import UTC, datetime
 import pytest
 
 from aggregator.dedupe import content_hash
-from aggregator.models import Entry, ParsedFeed, ParseError
-from aggregator.parse import body_hash, declares_entities, parse_feed
+from aggregator.models import Entry, ParsedFeed, ParseError, ParseOutcome
+from aggregator.parse import (
+    ParseJob,
+    ParsePool,
+    body_hash,
+    declares_entities,
+    parse_feed,
+    run_job,
+)
 
 URL = "https://news.example.org/politics/rss"
 
@@ -232,3 +240,30 @@ def test_body_hash() -> None:
     assert body_hash(RSS) == body_hash(bytes(RSS))
     assert body_hash(RSS) != body_hash(RSS + b" ")
     assert len(body_hash(b"")) == 64
+
+
+def _die_on_request(job: ParseJob) -> ParseOutcome:
+    """A worker that dies on one body, as a crash in a C parser or the OOM killer would."""
+    if job.body == b"die":
+        os._exit(3)
+    return run_job(job)
+
+
+def test_parse_pool_matches_inline_parsing() -> None:
+    jobs = [ParseJob(f"{URL}/{i}", RSS if i % 3 else b"", source="S") for i in range(12)]
+    with ParsePool(workers=2) as pool:
+        pooled = pool.parse_many(jobs)
+        again = pool.parse_many(jobs[:2])  # below the threshold: parsed in-process
+    assert pooled == [run_job(j) for j in jobs]
+    assert again == pooled[:2]
+
+
+def test_a_dying_worker_costs_only_its_own_feed() -> None:
+    jobs = [ParseJob(f"{URL}/{i}", b"die" if i == 5 else RSS) for i in range(10)]
+    with ParsePool(workers=2, runner=_die_on_request) as pool:
+        results = pool.parse_many(jobs)
+        after = pool.parse_many(jobs[:6:2] + jobs[7:])  # the rebuilt pool keeps working
+    assert isinstance(results[5], ParseError)
+    assert "the parser process died" in results[5].reason
+    assert all(isinstance(r, ParsedFeed) for i, r in enumerate(results) if i != 5)
+    assert all(isinstance(r, ParsedFeed) for r in after)
