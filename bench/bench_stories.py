@@ -15,6 +15,7 @@ import argparse
 import csv
 import statistics
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aggregator.models import Entry  # noqa: E402
+from aggregator.store import NewEntry, Store, recent_story_entries  # noqa: E402
 from aggregator.stories import decide  # noqa: E402
 from aggregator.story_index import StoryIndex  # noqa: E402
 
@@ -100,10 +102,44 @@ def run(window_size: int, decisions: int, pool: list[Entry]) -> dict[str, float]
     }
 
 
+def store_warmup(pool: list[Entry], stored: int, recent: int) -> tuple[float, int]:
+    """Seconds to read the window's story entries from a database holding ``stored`` entries."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.open(Path(tmp) / "bench.db")
+        try:
+            old = END - timedelta(days=30)
+            fresh_at = END - timedelta(hours=1)
+            for first in range(0, stored, 5_000):
+                last = min(stored, first + 5_000)
+                for fresh in (False, True):
+                    when = fresh_at if fresh else old
+                    batch = [
+                        NewEntry(_copy(pool[k % len(pool)], k, when), (), ())
+                        for k in range(first, last)
+                        if (k >= stored - recent) == fresh
+                    ]
+                    store.add_entries(batch, when)
+            began = time.perf_counter()
+            rows = recent_story_entries(store, END - WINDOW)
+            return time.perf_counter() - began, len(rows)
+        finally:
+            store.close()
+
+
+def _copy(entry: Entry, k: int, when: datetime) -> Entry:
+    fields = {f: getattr(entry, f) for f in Entry.__slots__}
+    fields.update(guid=f"{entry.guid}-{k}", canonical_url=f"{entry.canonical_url}#{k}")
+    fields["published"] = when
+    return Entry(**fields)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--window", type=int, default=10_000)
     parser.add_argument("--decisions", type=int, default=1_000)
+    parser.add_argument(
+        "--store", action="store_true", help="also time the warm-up read at 1k and 100k stored"
+    )
     args = parser.parse_args()
     if not CORPUS.exists():
         sys.exit(f"{CORPUS} not found: the benchmark needs ../shared")
@@ -118,6 +154,13 @@ def main() -> None:
         )
     small, large = results
     print(f"mean cost ratio, 10x window: {large['mean_ms'] / small['mean_ms']:.2f}x")
+    if args.store:
+        for stored in (1_000, 100_000):
+            seconds, rows = store_warmup(pool, stored, 500)
+            print(
+                f"warm-up read with {stored:>7,} stored entries: {rows} window entries "
+                f"in {seconds * 1000:.1f} ms"
+            )
 
 
 if __name__ == "__main__":
