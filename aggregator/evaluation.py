@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.errors import AggregatorError
-from aggregator.match import TopicExplanation, TopicMatcher
+from aggregator.match import ClauseResult, TopicExplanation, TopicMatcher
 from aggregator.models import Document
 
 Progress = Callable[[int], None]  # called with the number of items just processed
@@ -350,12 +350,35 @@ def highlight(text: str, spans: Sequence[tuple[int, int]], mark: Callable[[str],
     return "".join(out)
 
 
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+
+
+def _clause_line(clause: ClauseResult, indent: str) -> str:
+    tick = "yes" if clause.matched else "no "
+    text = _short(clause.text, 50 if clause.label else 90)
+    what = f"{_short(clause.label, 60)}: {text}" if clause.label else text
+    found = f"   <- {', '.join(clause.terms)}" if clause.terms else ""
+    return f"{indent}{tick}  {what}{found}"
+
+
+def _clause_lines(clause: ClauseResult, indent: str = "    ") -> list[str]:
+    lines = [_clause_line(clause, indent)]
+    for part in clause.parts:
+        lines.extend(_clause_lines(part, indent + "     "))
+    return lines
+
+
 def format_explain(
     explanations: Sequence[TopicExplanation],
     *,
     mark: Callable[[str], str] = _bracket,
 ) -> str:
-    """A readable account of each topic's verdict; ``mark`` decorates matched words."""
+    """A readable account of each topic's verdict; ``mark`` decorates matched words.
+
+    Each clause is shown with the query comment that introduces it, so the reader sees what the
+    clause is for; only the clauses that held are expanded.
+    """
     lines: list[str] = []
     for e in explanations:
         if e.matched:
@@ -367,14 +390,33 @@ def format_explain(
         lines.append(f"{e.topic}: {verdict}")
         if e.terms:
             lines.append(f"  matched words: {', '.join(e.terms)}")
-        lines.append("  query clauses:")
-        for clause in e.clauses:
-            tick = "yes" if clause.matched else "no "
-            found = f"   <- {', '.join(clause.terms)}" if clause.terms else ""
-            lines.append(f"    {tick}  {clause.text}{found}")
+        held = [c for c in e.clauses if c.matched]
+        missed = [c for c in e.clauses if not c.matched]
+        if e.combine == "any":
+            lines.append("  the query needs any one of its clauses:")
+            for clause in held:
+                lines.extend(_clause_lines(clause))
+            by_label: dict[str, list[ClauseResult]] = {}
+            for clause in missed:
+                by_label.setdefault(clause.label, []).append(clause)
+            for label, group in by_label.items():
+                if len(group) == 1:
+                    lines.append(_clause_line(group[0], "    "))
+                else:
+                    sample = ", ".join(_short(c.text, 30) for c in group[:3])
+                    more = ", \u2026" if len(group) > 3 else ""
+                    what = f"{_short(label, 60)} " if label else ""
+                    lines.append(f"    no   {what}({len(group)} clauses: {sample}{more})")
+        else:
+            if e.combine == "all":
+                lines.append("  the query needs all of its clauses:")
+            else:
+                lines.append("  the query:")
+            for clause in e.clauses:
+                lines.extend(_clause_lines(clause))
         for veto in e.vetoed_by:
-            found = f"   <- {', '.join(veto.terms)}" if veto.terms else ""
-            lines.append(f"  vetoed by exclusion: {veto.text}{found}")
+            lines.append("  vetoed by the exclusion:")
+            lines.extend(_clause_lines(veto))
         if e.query_matched or e.terms:
             for h in e.highlights:
                 if h.spans:

@@ -40,9 +40,14 @@ class Highlight:
 
 @dataclass(frozen=True, slots=True)
 class ClauseResult:
+    """One clause of a query: its text, the comment that says what it is for, and the words
+    that satisfied it. ``parts`` are the sub-clauses that held, for a clause made of several."""
+
     text: str
     matched: bool
     terms: tuple[str, ...] = ()
+    label: str = ""
+    parts: tuple[ClauseResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,7 @@ class TopicExplanation:
     terms: tuple[str, ...]
     vetoed_by: tuple[ClauseResult, ...] = ()  # the exclusion clauses that matched
     highlights: tuple[Highlight, ...] = ()
+    combine: str = "one"  # how the clauses combine: "all" (AND), "any" (OR), "one" (a single one)
 
 
 # -- compiled form -------------------------------------------------------------------------------
@@ -468,6 +474,7 @@ class TopicMatcher:
                             topic.exclude, topic.exclude.query.root, index, texts, spans_by_field
                         ),
                     )
+            root = topic.query.query.root
             out.append(
                 TopicExplanation(
                     topic=topic.name,
@@ -477,6 +484,13 @@ class TopicMatcher:
                     terms=_terms(spans, texts, spans_by_field),
                     vetoed_by=vetoes,
                     highlights=_highlights(spans, texts, spans_by_field),
+                    combine=(
+                        "all"
+                        if isinstance(root, rules.And)
+                        else "any"
+                        if isinstance(root, rules.Or)
+                        else "one"
+                    ),
                 )
             )
         return out
@@ -488,13 +502,25 @@ class TopicMatcher:
         index: Index,
         texts: Sequence[str],
         spans_by_field: list[list[tuple[int, int]]],
+        depth: int = 0,
     ) -> ClauseResult:
         compiled = rule.nodes[id(node)]
         ok = compiled.test(index)
         spans: list[Span] = []
+        parts: tuple[ClauseResult, ...] = ()
+        label = rule.query.label_of(node)
         if ok:
             _collect(compiled, index, spans)
-        return ClauseResult(rule.query.text_of(node), ok, _terms(spans, texts, spans_by_field))
+            if depth < 3 and isinstance(node, rules.And | rules.Or):
+                held = [c for c in node.children if rule.nodes[id(c)].test(index)]
+                labels = {rule.query.label_of(c) for c in held}
+                mixed = any(not isinstance(c, rules.Words) for c in held) or labels - {label, ""}
+                if isinstance(node, rules.And) or mixed:
+                    parts = tuple(
+                        self._clause(rule, c, index, texts, spans_by_field, depth + 1) for c in held
+                    )
+        terms = _terms(spans, texts, spans_by_field)
+        return ClauseResult(rule.query.text_of(node), ok, terms, label, parts)
 
 
 def _char_range(

@@ -21,7 +21,7 @@ refused instead of silently changing what a topic catches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aggregator import text as textnorm
 from aggregator.errors import RuleSyntaxError
@@ -88,14 +88,49 @@ Node = Words | Near | And | Or | Not
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """A parsed query and its source text (offsets in the nodes point into ``source``)."""
+    """A parsed query and its source text (offsets in the nodes point into ``source``).
+
+    ``comments`` are (offset, enclosing group's offset or -1, text); ``groups`` maps each token's
+    offset to its enclosing group's offset. Together they give each clause the ``# comment``
+    that introduces it, so an explanation can say what a clause is for in the author's words.
+    """
 
     source: str
     root: Node
+    comments: tuple[tuple[int, int, str], ...] = field(default=(), compare=False)
+    groups: dict[int, int] = field(default_factory=dict, compare=False, hash=False)
 
     def text_of(self, node: Node) -> str:
         """The query text of one clause, comments removed and whitespace folded."""
         return describe(self.source[node.start : node.end])
+
+    def label_of(self, node: Node) -> str:
+        """The comment that says what ``node`` is for: a comment after it on its own line, else
+        the comment block that opens its parentheses, else the nearest comment block before it
+        in the same group. "" when there is none."""
+        start, end = node.start, node.end
+        line_end = self.source.find("\n", start)
+        line_end = len(self.source) if line_end == -1 else line_end
+        for offset, _, text in self.comments:
+            if end <= offset < line_end and end <= line_end:
+                return text  # a trailing comment on the clause's own line
+        if self.source.startswith("(", start):
+            first_token = min((o for o, g in self.groups.items() if g == start), default=end)
+            for offset, group, text in self.comments:
+                if group == start and offset < first_token:
+                    return text
+        group = self.groups.get(start, -1)
+        found = ""
+        for offset, comment_group, text in self.comments:
+            if offset >= start:
+                break
+            if comment_group == group and not self._trailing(offset):
+                found = text
+        return found
+
+    def _trailing(self, offset: int) -> bool:
+        line_start = self.source.rfind("\n", 0, offset) + 1
+        return bool(self.source[line_start:offset].strip())
 
 
 def describe(source: str) -> str:
@@ -141,7 +176,7 @@ def _fail(source: str, offset: int, message: str) -> RuleSyntaxError:
     return RuleSyntaxError(message, source[line_start:line_end], offset - line_start + 1)
 
 
-def _lex(source: str) -> list[_Token]:
+def _lex(source: str, comments: list[tuple[int, str]] | None = None) -> list[_Token]:
     tokens: list[_Token] = []
     i, n = 0, len(source)
     while i < n:
@@ -150,7 +185,10 @@ def _lex(source: str) -> list[_Token]:
             i += 1
         elif char == "#":
             end = source.find("\n", i)
-            i = n if end == -1 else end
+            end = n if end == -1 else end
+            if comments is not None:
+                comments.append((i, source[i + 1 : end].strip()))
+            i = end
         elif char in "()":
             tokens.append(_Token(char, char, i, i + 1))
             i += 1
@@ -216,7 +254,9 @@ def _lex_run(source: str, start: int, end: int) -> list[_Token]:
 
 def parse(source: str) -> Query:
     """Parse a query. Raises :class:`RuleSyntaxError` naming the column of the first mistake."""
-    parser = _Parser(source, _lex(source))
+    comments: list[tuple[int, str]] = []
+    tokens = _lex(source, comments)
+    parser = _Parser(source, tokens)
     if parser.peek().kind == "END":
         raise _fail(source, 0, "the query is empty")
     root = parser.or_expr(DEFAULT_FIELDS)
@@ -225,7 +265,41 @@ def parse(source: str) -> Query:
         raise _fail(source, token.start, "this ')' has no matching '('")
     if token.kind != "END":
         raise _fail(source, token.start, f"unexpected {token.text!r}")
-    return Query(source, root)
+    return Query(source, root, *_enclosing_groups(source, tokens, comments))
+
+
+def _enclosing_groups(
+    source: str, tokens: list[_Token], comments: list[tuple[int, str]]
+) -> tuple[tuple[tuple[int, int, str], ...], dict[int, int]]:
+    """Which parenthesised group each token and comment sits in (-1: the top level).
+
+    Comment lines that follow each other with nothing between them form one block; the block
+    is kept at its first line's offset, its lines joined with spaces.
+    """
+    events: list[tuple[int, _Token | str]] = [(t.start, t) for t in tokens]
+    events += [(offset, text) for offset, text in comments]
+    events.sort(key=lambda e: e[0])
+    stack = [-1]
+    groups: dict[int, int] = {}
+    placed: list[tuple[int, int, str]] = []
+    previous_was_comment = False
+    for offset, what in events:
+        if isinstance(what, str):
+            own_line = not source[source.rfind("\n", 0, offset) + 1 : offset].strip()
+            if previous_was_comment and own_line and placed:
+                first, group, text = placed[-1]
+                placed[-1] = (first, group, f"{text} {what}".strip())
+            else:
+                placed.append((offset, stack[-1], what))
+            previous_was_comment = own_line
+            continue
+        previous_was_comment = False
+        if what.kind == ")" and len(stack) > 1:
+            stack.pop()
+        groups.setdefault(offset, stack[-1])
+        if what.kind == "(":
+            stack.append(offset)
+    return tuple(placed), groups
 
 
 class _Parser:

@@ -228,22 +228,41 @@ def test_format_backtest() -> None:
 
 def test_format_explain_shows_verdicts_clauses_and_highlights() -> None:
     topics = [
-        TopicConfig("ai", "#a", "AI AND (law OR rules)", exclude='"Bill Gates"'),
+        TopicConfig("ai", "#a", "AI AND (law OR rules)", exclude='"Bill Gates"  # a person'),
         TopicConfig("eo", "#e", '"executive order" OR (order NEAR/3 signs)'),
     ]
     m = TopicMatcher.compile(topics)
     text = format_explain(m.explain(Document("Trump signs AI order", "New AI law")))
     assert "ai: MATCH" in text
     assert "matched words: AI, law" in text
-    assert "yes  (law OR rules)   <- law" in text
+    assert "the query needs all of its clauses:" in text
+    assert "    yes  (law OR rules)   <- law" in text
     assert "summary: New [AI] [law]" in text
     assert "eo: MATCH" in text
-    assert 'no   "executive order"' in text
+    assert "the query needs any one of its clauses:" in text
+    assert "    yes  (order NEAR/3 signs)   <- signs, order" in text
+    assert '    no   "executive order"' in text
     vetoed = format_explain(m.explain(Document("Bill Gates on AI rules")), mark=str.upper)
     assert "ai: no match (vetoed by an exclusion)" in vetoed
-    assert 'vetoed by exclusion: "Bill Gates"   <- Bill Gates' in vetoed
-    assert "title: BILL GATES on AI RULES" not in vetoed  # only the query's words are marked
-    assert "title: Bill Gates on AI RULES" in vetoed
+    assert 'vetoed by the exclusion:\n    yes  a person: "Bill Gates"   <- Bill Gates' in vetoed
+    assert "title: Bill Gates on AI RULES" in vetoed  # only the query's words are marked
+    assert "eo: no match\n  the query needs any one of its clauses:\n    no   (2 clauses:" in vetoed
+
+
+def test_format_explain_labels_clauses_with_their_comments() -> None:
+    query = """
+    # 1. Named outright
+    "executive order" OR "executive action"
+    # 2. The text of an order
+    OR "it is hereby ordered"
+    """
+    m = TopicMatcher.compile([TopicConfig("eo", "#e", query)])
+    text = format_explain(m.explain(Document("Biden signs executive order")))
+    assert '    yes  1. Named outright: "executive order"   <- executive order' in text
+    assert '    no   1. Named outright: "executive action"' in text
+    assert '    no   2. The text of an order: "it is hereby ordered"' in text
+    long_text = format_explain(m.explain(Document("nothing")))
+    assert "no   1. Named outright (2 clauses: " in long_text
 
 
 # -- the shipped rules ---------------------------------------------------------------------------

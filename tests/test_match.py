@@ -299,3 +299,27 @@ def test_check_examples_names_topic_and_example() -> None:
 
 def test_check_examples_passes_when_all_hold() -> None:
     assert check_examples([topic("AI", match=("AI news",), no_match=("said",))]) == []
+
+
+def test_explain_expands_clauses_that_held_with_their_labels() -> None:
+    query = """
+    (AI OR robots)  # the subject
+    AND (
+      # lawmaking
+      law OR bill
+      # courts
+      OR (lawsuit AND copyright)
+    )
+    """
+    matcher = TopicMatcher.compile([topic(query, name="ai")])
+    (e,) = matcher.explain(Document("AI lawsuit over copyright and a new law"))
+    assert e.combine == "all"
+    subject, action = e.clauses
+    assert subject.label == "the subject" and subject.parts == ()  # words only: not expanded
+    assert action.label == "lawmaking"
+    assert [(p.label, p.text, p.terms) for p in action.parts] == [
+        ("lawmaking", "law", ("law",)),
+        ("courts", "(lawsuit AND copyright)", ("lawsuit", "copyright")),
+    ]
+    courts = action.parts[1]
+    assert [p.text for p in courts.parts] == ["lawsuit", "copyright"]  # an AND shows each part

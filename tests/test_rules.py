@@ -171,3 +171,41 @@ def test_walk_visits_every_node() -> None:
     kinds = [type(n).__name__ for n in rules.walk(root)]
     assert kinds.count("Words") == 4
     assert {"Or", "And", "Near", "Not"} <= set(kinds)
+
+
+def test_labels_come_from_the_comments_that_introduce_clauses() -> None:
+    source = """
+(  # 1. the subject
+  AI OR robots
+)
+AND
+(
+  # 2a. lawmaking
+  # (two lines of comment are one block)
+  law OR bill
+  OR SB    # a bill number
+  # 2b. courts
+  OR (lawsuit AND copyright)
+)
+"""
+    query = parse(source)
+    root = query.root
+    assert isinstance(root, And)
+    subject, action = root.children
+    assert query.label_of(subject) == "1. the subject"
+    assert query.label_of(action) == "2a. lawmaking (two lines of comment are one block)"
+    assert isinstance(action, Or)
+    labels = [query.label_of(child) for child in action.children]
+    assert labels == [
+        "2a. lawmaking (two lines of comment are one block)",
+        "2a. lawmaking (two lines of comment are one block)",
+        "a bill number",  # a comment after a clause on its own line labels that clause
+        "2b. courts",
+    ]
+    assert isinstance(subject, Or)
+    assert query.label_of(subject.children[0]) == ""  # a trailing comment labels its own line
+
+
+def test_a_query_without_comments_has_no_labels() -> None:
+    query = parse("a OR (b AND c)")
+    assert all(query.label_of(n) == "" for n in rules.walk(query.root))
