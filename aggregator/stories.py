@@ -160,7 +160,8 @@ def features(
 def primary_source_link(url: str) -> str | None:
     """``host/path`` of a link to a specific primary-source document, else None.
 
-    Only links with a path count: every outlet links to whitehouse.gov's home page.
+    Only links to a document count (two path segments or more): outlets link to home and section
+    pages all the time.
     """
     try:
         parts = urlsplit(url.strip())
@@ -170,7 +171,7 @@ def primary_source_link(url: str) -> str | None:
     if not any(host == h or host.endswith("." + h) for h in PRIMARY_SOURCE_HOSTS):
         return None
     path = parts.path.rstrip("/").lower()
-    if path.count("/") < 2 and len(path) < 12:
+    if path.count("/") < 2:  # a section page ("/presidential-actions"), not a document
         return None
     return host + path
 

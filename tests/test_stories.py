@@ -275,6 +275,7 @@ def test_primary_source_links() -> None:
         primary_source_link("https://www.congress.gov/bill/119th-congress/house-bill/1") is not None
     )
     assert primary_source_link("https://www.whitehouse.gov/") is None
+    assert primary_source_link("https://www.whitehouse.gov/presidential-actions/") is None
     assert primary_source_link("https://notwhitehouse.gov.example/x/y/z") is None
     assert primary_source_link("not a url") is None
 
