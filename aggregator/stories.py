@@ -14,7 +14,10 @@ are:
 - closeness in time: past a grace period each extra day apart costs similarity, because a follow-up
   ("Judge blocks the order") usually comes a day or more after the event it follows;
 - the outlet: one outlet rarely reports the same occurrence twice, so a second item from the same
-  source needs more similarity.
+  source needs more similarity; words an outlet puts in most of its items (its boilerplate, such as
+  the preamble of every presidential order) are learned by the index and ignored;
+- the action: a title reporting a kind of action ("blocks", "sues", "resigns") that a story reported
+  with another action never used is likely a new development, so it needs more similarity.
 
 The parameters were measured on ``../shared/eval/stories-dev.jsonl`` (``aggregator eval-stories``);
 they are general signals, not rules about particular headlines. Nothing here reads the clock or
@@ -62,6 +65,7 @@ class StoryFeatures:
 
     weights: Mapping[str, float]  # stem -> squared weight (IDF^2, boosted in the title)
     title_stems: frozenset[str]
+    title_words: Mapping[str, str]  # stem -> the word the title wrote, for explanations
     norm: float  # sqrt of the sum of the squared weights
     title: str
     source: str
@@ -137,7 +141,10 @@ def features(
     entry: Entry, now: datetime, idf: Mapping[str, float], default_idf: float, boost: float = 3.0
 ) -> StoryFeatures:
     """The features of one entry. Its time is its published time, never later than ``now``."""
-    title_stems = set(stems(entry.title))
+    title_words: dict[str, str] = {}
+    for word in words(clean(entry.title)):
+        title_words.setdefault(stem(word), word_key(word).lower())
+    title_stems = set(title_words)
     all_stems = title_stems | set(stems(entry.summary))
     weights: dict[str, float] = {}
     for s in all_stems:
@@ -148,6 +155,7 @@ def features(
     return StoryFeatures(
         weights=weights,
         title_stems=frozenset(title_stems),
+        title_words=title_words,
         norm=math.sqrt(sum(weights.values())),
         title=entry.title,
         source=entry.source,
@@ -280,7 +288,8 @@ def _score_story(
         total += adjusted
         raw_total += raw
         closest_hours = min(closest_hours, hours)
-        shared_words.update(dict.fromkeys(shared[:4]))
+        for s in shared[:4]:
+            shared_words[feats.title_words.get(s) or member.title_words.get(s) or s] = None
     score = total / len(members)
     words_shown = ", ".join(repr(w) for w in list(shared_words)[:6]) or "nothing"
     reasons = [
