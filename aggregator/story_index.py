@@ -91,7 +91,11 @@ class StoryIndex:
     # -- changes ----------------------------------------------------------------------------------
 
     def observe(self, feats: StoryFeatures) -> None:
-        """Learn an outlet's boilerplate from one of its items (:meth:`add` calls this)."""
+        """Learn an outlet's boilerplate from one of its items.
+
+        :meth:`add` already calls this; call it yourself only for entries that are not added (e.g.
+        the non-matching items of a feed), so the boilerplate is known before the first story.
+        """
         if not feats.source:
             return
         items = self._source_items.get(feats.source, 0.0) + 1
