@@ -48,9 +48,9 @@ _BLOCK_TAG = re.compile(r"</?(?:p|br|div|li|ul|ol|h[1-6]|tr|td|th|table|blockquo
 _TAG = re.compile(r"</?[A-Za-z][^>]*>|<![^>]*>")
 _SPACE = re.compile(r"\s+")
 
-# A word is a run of letters and digits. Initialisms written with dots ("U.S.", "A.I.") are one
-# word, so that the query term US or AI finds them.
-WORD = re.compile(r"(?:[^\W\d_]\.){2,}|[^\W_]+")
+# A word is a run of letters and digits. Initialisms written with dots ("U.S.", "U.S", "A.I.")
+# are one word, so that the query term US or AI finds them; "x.com" stays two words.
+WORD = re.compile(r"[^\W\d_](?:\.[^\W\d_])+\.?(?![^\W_])|[^\W_]+")
 
 
 def strip_html(text: str) -> str:

@@ -323,3 +323,22 @@ def test_explain_expands_clauses_that_held_with_their_labels() -> None:
     ]
     courts = action.parts[1]
     assert [p.text for p in courts.parts] == ["lawsuit", "copyright"]  # an AND shows each part
+
+
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        ("U.S. law", ["U.S.", "law"]),
+        ("U.S law", ["U.S", "law"]),
+        ("A.I.-made", ["A.I.", "made"]),
+        ("x.com site", ["x", "com", "site"]),
+        ("whitehouse.gov/presidential-actions", ["whitehouse", "gov", "presidential", "actions"]),
+        ("Mr.Smith", ["Mr", "Smith"]),
+        ("3.5 billion", ["3", "5", "billion"]),
+        ("Trump's order", ["Trump", "s", "order"]),
+        ("r\u00e9sum\u00e9", ["r\u00e9sum\u00e9"]),
+    ],
+)
+def test_words(sample: str, expected: list[str]) -> None:
+    assert text.words(sample) == expected
+    assert [sample[a:b] for a, b in text.word_spans(sample)] == expected
