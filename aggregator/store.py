@@ -680,6 +680,10 @@ def channel_state(store: Store, channel: str) -> dict[str, Any]:
             "last_sent_at": None}  # fmt: skip
 
 
+def channel_states(store: Store) -> list[dict[str, Any]]:
+    return list(store.db.query("SELECT * FROM channel_state ORDER BY channel"))
+
+
 def set_channel_state(store: Store, channel: str, **fields: Any) -> None:
     """Upsert one channel's pacing and pause state; datetimes in the canonical shape."""
     values = {k: iso(v) if isinstance(v, datetime) else v for k, v in fields.items()}

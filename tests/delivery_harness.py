@@ -66,14 +66,28 @@ class _Chaos:
         self.kills_in_flight = 0
         self.faults: dict[str, int] = {}
         self.called = threading.Event()
+        self.kill_lock = threading.Lock()
+        self.round_killed = False
 
     def _kill(self) -> bool:
-        proc = self.proc
-        if not self.killing or proc is None or proc.poll() is not None:
-            return False
-        os.kill(proc.pid, signal.SIGKILL)
-        self.kills_in_flight += 1
-        return True
+        with self.kill_lock:
+            proc = self.proc
+            if not self.killing or self.round_killed or proc is None or proc.poll() is not None:
+                return False
+            os.kill(proc.pid, signal.SIGKILL)
+            self.round_killed = True
+            self.kills_in_flight += 1
+            return True
+
+    def kill_now(self) -> bool:
+        """SIGKILL the worker from outside, unless a post already killed it this round."""
+        with self.kill_lock:
+            proc = self.proc
+            if self.round_killed or proc is None or proc.poll() is not None:
+                return False
+            proc.send_signal(signal.SIGKILL)
+            self.round_killed = True
+            return True
 
     def __call__(self, method: str, params: dict[str, Any]) -> Fault | None:
         self.called.set()
@@ -195,7 +209,11 @@ def run_soak(
         try:
             while chaos.kills_in_flight + kills_at_random < kills or queued < alerts:
                 chaos.called.clear()
-                chaos.proc = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
+                with chaos.kill_lock:
+                    chaos.round_killed = False
+                    chaos.proc = subprocess.Popen(
+                        command, env=env, stdout=log, stderr=log, cwd=ROOT
+                    )
                 restarts += 1
                 if queued < alerts:
                     count = min(per_round, alerts - queued)
@@ -205,9 +223,9 @@ def run_soak(
                 try:
                     chaos.proc.wait(timeout=rng.uniform(0.0, max_delay))
                 except subprocess.TimeoutExpired:
-                    chaos.proc.send_signal(signal.SIGKILL)
+                    if chaos.kill_now():
+                        kills_at_random += 1
                     chaos.proc.wait()
-                    kills_at_random += 1
             chaos.killing = False
             chaos.proc = subprocess.Popen(
                 [*command, "--until-idle"], env=env, stdout=log, stderr=log, cwd=ROOT

@@ -34,6 +34,7 @@ from aggregator.store import (
     OutboxRow,
     Store,
     channel_state,
+    channel_states,
     claim_alerts,
     from_iso,
     known_channel_id,
@@ -111,6 +112,8 @@ class Outbox:
         """
         outcomes: list[DeliveryOutcome] = []
         cutoff = now - timedelta(seconds=older_than)
+        if older_than <= 0:
+            self._pace_after_restart()
         for row in outbox_rows(self.store, "sending"):
             since = from_iso(row.updated_at)
             if older_than > 0 and since is not None and since > cutoff:
@@ -427,6 +430,16 @@ class Outbox:
                             channel, row.alert.id, e.reason)  # fmt: skip
                 return None
             raise
+
+    def _pace_after_restart(self) -> None:
+        """A dead process may have had a post in flight after its last recorded send time, so
+        a channel used within the last interval waits one full interval from now."""
+        now = self._clock()
+        interval = timedelta(seconds=max(0.0, self.settings.per_channel_interval))
+        for state in channel_states(self.store):
+            last = from_iso(state["last_sent_at"])
+            if last is not None and last + interval > now:
+                set_channel_state(self.store, state["channel"], last_sent_at=now)
 
     # -- helpers ---------------------------------------------------------------------------------
 
