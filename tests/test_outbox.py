@@ -480,3 +480,54 @@ def test_reply_to_a_dead_parent_dies_too(
     slack.script("chat.postMessage", Fault.error("is_archived"))
     outbox(store, slack, clock).deliver_due(clock())
     assert states(store) == {parent: "dead", reply: "dead"}
+
+
+@pytest.mark.parametrize(
+    ("now", "digest_at", "zone", "expected"),
+    [
+        # 08:00 and 17:00 in New York, standard time (UTC-5)
+        (datetime(2026, 11, 28, 10, 0, tzinfo=UTC), ("08:00", "17:00"), "America/New_York",
+         datetime(2026, 11, 28, 13, 0, tzinfo=UTC)),
+        (datetime(2026, 11, 28, 13, 0, tzinfo=UTC), ("08:00", "17:00"), "America/New_York",
+         datetime(2026, 11, 28, 22, 0, tzinfo=UTC)),
+        (datetime(2026, 11, 28, 23, 0, tzinfo=UTC), ("08:00",), "America/New_York",
+         datetime(2026, 11, 29, 13, 0, tzinfo=UTC)),
+        # across the spring-forward change: 08:00 EDT is 12:00 UTC
+        (datetime(2026, 3, 7, 20, 0, tzinfo=UTC), ("08:00",), "America/New_York",
+         datetime(2026, 3, 8, 12, 0, tzinfo=UTC)),
+    ],
+)  # fmt: skip
+def test_next_digest_times(
+    now: datetime, digest_at: tuple[str, ...], zone: str, expected: datetime
+) -> None:
+    from aggregator.notify.windows import next_digest
+
+    topic = replace(TOPICS[0], delivery="digest", digest_at=digest_at, timezone=zone)
+    assert next_digest(topic, now) == expected
+
+
+def test_hourly_digest_and_quiet_window_edges() -> None:
+    from aggregator.notify.windows import hold_for, next_digest, quiet_until
+
+    hourly = replace(TOPICS[0], delivery="digest", digest_every=3600.0)
+    assert next_digest(hourly, START + timedelta(minutes=5)) == START + timedelta(hours=1)
+    quiet = replace(TOPICS[0], quiet_hours=("22:00", "07:00"), timezone="Europe/Berlin")
+    night = datetime(2026, 11, 28, 21, 30, tzinfo=UTC)  # 22:30 in Berlin
+    assert quiet_until(quiet, night) == datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
+    assert quiet_until(quiet, datetime(2026, 11, 29, 6, 0, tzinfo=UTC)) is None
+    assert quiet_until(quiet, datetime(2026, 11, 28, 12, 0, tzinfo=UTC)) is None
+    daytime = replace(TOPICS[0], quiet_hours=("12:00", "14:00"))
+    assert quiet_until(daytime, datetime(2026, 11, 28, 13, 0, tzinfo=UTC)) == datetime(
+        2026, 11, 28, 14, 0, tzinfo=UTC
+    )
+    # one real-time topic in the message wins over a digest one; an unknown topic is real-time
+    both = (TopicMatch("ai-policy", ()), TopicMatch("executive-orders", ()))
+    assert hold_for(both, (hourly, TOPICS[1]), START) is None
+    assert hold_for((TopicMatch("gone", ()),), (hourly,), START) is None
+    held = hold_for(both[:1], (hourly,), START)
+    assert held is not None and held.mode == "digest" and held.label == "ai-policy"
+
+
+def test_make_sink_picks_slack_with_a_token() -> None:
+    assert isinstance(make_sink(SETTINGS, "xoxb-1"), SlackSink)
+    assert isinstance(make_sink(SETTINGS, None), ConsoleSink)
