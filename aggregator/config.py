@@ -1,8 +1,8 @@
 """Load and validate ``config/*.toml`` into typed, frozen settings.
 
-Every problem names its file, its line and its key path, and all problems are reported together, so a
-person fixes a config in one pass. Secrets never live here: the Slack token comes from the environment
-or from systemd's ``$CREDENTIALS_DIRECTORY`` (see :func:`slack_token`).
+Every problem names its file, its line and its key path, and all problems are reported together,
+so a person fixes a config in one pass. Secrets never live here: the Slack token comes from the
+environment or from systemd's ``$CREDENTIALS_DIRECTORY`` (see :func:`slack_token`).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def slack_token(environ: Mapping[str, str]) -> str | None:
 def parse_duration(value: object) -> float:
     """Seconds from ``300``, ``"90s"``, ``"5m"``, ``"24h"`` or ``"7d"``."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 300, \"5m\" or \"24h\"")
+        raise ValueError('expected a duration such as 300, "5m" or "24h"')
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
@@ -197,7 +197,7 @@ def parse_duration(value: object) -> float:
         if m:
             scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
             return float(m.group(1)) * scale
-    raise ValueError(f"expected a duration such as 300, \"5m\" or \"24h\", got {value!r}")
+    raise ValueError(f'expected a duration such as 300, "5m" or "24h", got {value!r}')
 
 
 def parse_size(value: object) -> int:
@@ -211,7 +211,7 @@ def parse_size(value: object) -> int:
             scale = {"B": 1, "KB": 1000, "KiB": 1024, "MB": 10**6, "MiB": 2**20}
             scale |= {"GB": 10**9, "GiB": 2**30}
             return int(m.group(1)) * scale[unit]
-    raise ValueError(f"expected a size such as 10485760 or \"10MiB\", got {value!r}")
+    raise ValueError(f'expected a size such as 10485760 or "10MiB", got {value!r}')
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -267,9 +267,8 @@ def _line_of(lines: list[str], path: tuple[str | int, ...]) -> int | None:
                 return i + 1
         rest = (head,)
     for i in range(start, end):
-        if found is not None and i >= start and re.match(r"^\s*\[", lines[i]) and i > start - 1:
-            if not (rest and str(rest[0]) in lines[i]):
-                break
+        if re.match(r"^\s*\[", lines[i]) and not (rest and str(rest[0]) in lines[i]):
+            break  # the next table: the key is not in this one
         key = next((p for p in reversed(rest) if isinstance(p, str)), None)
         if key and re.match(rf"^\s*(\w+\.)?\"?{re.escape(key)}\"?\s*=", lines[i]):
             return i + 1
@@ -352,7 +351,7 @@ def _channel(value: object) -> str:
 def _clock(value: object) -> str:
     text = _string(value)
     if not _CLOCK.match(text):
-        raise ValueError(f"expected a time of day as \"HH:MM\", got {value!r}")
+        raise ValueError(f'expected a time of day as "HH:MM", got {value!r}')
     return text
 
 
@@ -477,11 +476,11 @@ def _topics(doc: dict[str, Any], rep: _Reporter) -> tuple[TopicConfig, ...]:
         ex_path = (*path, "examples")
         delivery = _get(raw, "delivery", _string, "realtime", path, rep)
         if delivery not in ("realtime", "digest"):
-            rep.error((*path, "delivery"), f"expected \"realtime\" or \"digest\", got {delivery!r}")
+            rep.error((*path, "delivery"), f'expected "realtime" or "digest", got {delivery!r}')
         digest_at = _get(raw, "digest_at", lambda v: tuple(_clock(x) for x in v), (), path, rep)
         digest_every = _get(raw, "digest_every", parse_duration, None, path, rep)
         if delivery == "digest" and not digest_at and not digest_every:
-            rep.error((*path, "delivery"), "a digest needs digest_at = [\"08:00\"] or digest_every")
+            rep.error((*path, "delivery"), 'a digest needs digest_at = ["08:00"] or digest_every')
         timezone = _get(raw, "timezone", _string, "UTC", path, rep)
         try:
             ZoneInfo(timezone)
@@ -495,7 +494,7 @@ def _topics(doc: dict[str, Any], rep: _Reporter) -> tuple[TopicConfig, ...]:
             except ValueError:
                 quiet = None
             if quiet is None:
-                rep.error((*path, "quiet_hours"), "expected [\"22:00\", \"07:00\"]")
+                rep.error((*path, "quiet_hours"), 'expected ["22:00", "07:00"]')
         topics.append(
             TopicConfig(
                 name=name,

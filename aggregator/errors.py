@@ -1,7 +1,8 @@
 """The one error hierarchy of the project.
 
-Messages read like ``fetch failed: 'https://x/feed': ReadTimeout after 10.0 s``. Inside a batch these
-errors are turned into values (``FeedOutcome``, ``DeliveryOutcome``) so one failure never stops the rest.
+Messages read like ``fetch failed: 'https://x/feed': ReadTimeout after 10.0 s``. Inside a batch
+these errors are turned into values (``FeedOutcome``, ``DeliveryOutcome``), so one failure never
+stops the rest.
 """
 
 from __future__ import annotations

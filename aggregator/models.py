@@ -1,7 +1,7 @@
 """The values that flow between the pipeline's stages.
 
-Every type here is a frozen dataclass: stages hand these forward and never mutate them. Datetimes are
-always timezone-aware UTC.
+Every type here is a frozen dataclass: stages hand these forward and never mutate them. Datetimes
+are always timezone-aware UTC.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ class FetchError:
 
     url: str
     reason: str
-    kind: str = "error"  # timeout | connection | http | too_large | redirect | gone | rate_limited | hostile
+    # timeout | connection | http | too_large | redirect | gone | rate_limited | hostile
+    kind: str = "error"
     status: int | None = None
     retry_after: float | None = None
     elapsed: float = 0.0

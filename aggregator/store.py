@@ -1,8 +1,8 @@
 """The database edge: schema and migrations, transactions, FTS, retention.
 
-SQLite through sqlite-utils, in WAL mode with ``synchronous=FULL`` and a busy timeout. Every multi-row
-change happens inside ``db.atomic()``. Open one :class:`Store` per thread. Times are stored as ISO-8601
-UTC strings of one fixed shape, so that string order is time order.
+SQLite through sqlite-utils, in WAL mode with ``synchronous=FULL`` and a busy timeout. Every
+multi-row change happens inside ``db.atomic()``. Open one :class:`Store` per thread. Times are
+stored as ISO-8601 UTC strings of one fixed shape, so that string order is time order.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ MIGRATIONS: dict[int, str] = {
         channel TEXT NOT NULL,
         kind TEXT NOT NULL DEFAULT 'alert',         -- alert | reply | update | digest | ops | test
         topics TEXT NOT NULL DEFAULT '[]',          -- [{"topic": .., "terms": [..]}]
-        state TEXT NOT NULL DEFAULT 'pending',      -- pending | sending | sent | failed | dead | held
+        state TEXT NOT NULL DEFAULT 'pending',      -- pending sending sent failed dead held
         attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt_at TEXT NOT NULL,
         created_at TEXT NOT NULL,
@@ -200,6 +200,14 @@ class NewEntry:
     matches: tuple[TopicMatch, ...]
     alert_channels: tuple[tuple[str, tuple[TopicMatch, ...]], ...]  # (channel, its topics)
     story_id: int | None = None  # join this existing story instead of starting one
+    alert_payload: dict[str, Any] = field(default_factory=dict)  # e.g. {"primary": true}
+
+
+@dataclass(frozen=True, slots=True)
+class AddedEntry:
+    entry_id: int
+    story_id: int
+    alerts: int
 
 
 class Store:
@@ -253,7 +261,7 @@ class Store:
                 for statement in _statements(MIGRATIONS[version]):
                     self.db.execute(statement)
                 if version == 1:
-                    self.db["entries"].enable_fts(["title", "summary"], create_triggers=True)
+                    self.db.table("entries").enable_fts(["title", "summary"], create_triggers=True)
                 self.db.execute(
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                     [version, iso(datetime.now(UTC))],
@@ -272,25 +280,34 @@ class Store:
     # -- feeds ------------------------------------------------------------------------------------
 
     def sync_feeds(self, feeds: Sequence[FeedConfig], now: datetime) -> None:
-        """Make the feeds table follow the config: add new feeds (due now), retire removed ones."""
+        """Make the feeds table follow the config: add new feeds (due now), retire removed ones.
+
+        A feed that moved (a permanent redirect) keeps answering to its configured URL.
+        """
         wanted = {f.url: f for f in feeds}
         with self.db.atomic():
-            existing = {r["url"]: r for r in self.db.query("SELECT url, status, name FROM feeds")}
+            rows = list(self.db.query("SELECT url, status, name, moved_from FROM feeds"))
+            existing = {r["url"]: r for r in rows}
+            moved = {r["moved_from"]: r["url"] for r in rows if r["moved_from"]}
+            kept: set[str] = set()
             for url, feed in wanted.items():
-                row = existing.get(url)
+                row = existing.get(moved.get(url, url))
                 if row is None:
                     self.db.execute(
-                        "INSERT INTO feeds (url, name, next_fetch_at, added_at) VALUES (?, ?, ?, ?)",
+                        "INSERT INTO feeds (url, name, next_fetch_at, added_at) "
+                        "VALUES (?, ?, ?, ?)",
                         [url, feed.name, iso(now), iso(now)],
                     )
-                elif row["status"] == "removed" or row["name"] != feed.name:
+                    continue
+                kept.add(row["url"])
+                if row["status"] == "removed" or row["name"] != feed.name:
                     status = "active" if row["status"] == "removed" else row["status"]
                     self.db.execute(
                         "UPDATE feeds SET name = ?, status = ? WHERE url = ?",
-                        [feed.name, status, url],
+                        [feed.name, status, row["url"]],
                     )
             for url, row in existing.items():
-                if url not in wanted and row["status"] != "removed":
+                if url not in kept and row["status"] != "removed":
                     self.db.execute("UPDATE feeds SET status = 'removed' WHERE url = ?", [url])
 
     def feed_states(self) -> list[FeedState]:
@@ -357,7 +374,8 @@ class Store:
                 self.db.execute("UPDATE feeds SET status = 'removed' WHERE url = ?", [old_url])
                 return
             self.db.execute(
-                "UPDATE feeds SET url = ?, moved_from = ? WHERE url = ?", [new_url, old_url, old_url]
+                "UPDATE feeds SET url = ?, moved_from = ? WHERE url = ?",
+                [new_url, old_url, old_url],
             )
             self.db.execute(
                 "UPDATE OR IGNORE entries SET feed_url = ? WHERE feed_url = ?", [new_url, old_url]
@@ -378,99 +396,138 @@ class Store:
             found.update({g: h for g, h in rows})
         return found
 
-    def known_canonical_urls(self, urls: Iterable[str]) -> set[str]:
-        """Which of these canonical URLs any feed has already stored."""
-        wanted = [u for u in dict.fromkeys(urls) if u]
-        found: set[str] = set()
-        for chunk in _chunks(wanted, 500):
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT DISTINCT canonical_url FROM entries WHERE canonical_url IN ({marks})",  # noqa: S608
-                chunk,
-            )
-            found.update(r[0] for r in rows)
-        return found
-
     def add_entries(self, batch: Sequence[NewEntry], now: datetime) -> dict[str, int]:
-        """Insert entries, their matches, their stories and their alerts in one transaction.
+        """Insert a batch with :meth:`add_entry`, all in one transaction.
 
-        An alert row is written with its entry, before any send. The ``dedupe_key`` makes a second
-        alert for the same story and channel impossible, whatever happens upstream.
         Returns counts: ``entries``, ``alerts``.
         """
         counts = {"entries": 0, "alerts": 0}
-        if not batch:
-            return counts
-        stamp = iso(now)
         with self.db.atomic():
             for item in batch:
-                e = item.entry
-                story_id = item.story_id
-                if story_id is None:
-                    story_id = self._insert(
-                        "INSERT INTO stories (title, canonical_url, first_seen, last_seen, "
-                        "published) VALUES (?, ?, ?, ?, ?)",
-                        [e.title, e.canonical_url, stamp, stamp, iso(e.published)],
-                    )
-                else:
-                    self.db.execute(
-                        "UPDATE stories SET last_seen = ?, entry_count = entry_count + 1 "
-                        "WHERE id = ?",
-                        [stamp, story_id],
-                    )
+                added = self.add_entry(item, now)
+                if added is not None:
+                    counts["entries"] += 1
+                    counts["alerts"] += added.alerts
+        return counts
+
+    def add_entry(self, item: NewEntry, now: datetime) -> AddedEntry | None:
+        """Insert one entry, its matches, its story and its alerts atomically.
+
+        An alert row is written with its entry, before any send. The ``dedupe_key`` makes a second
+        alert for the same story and channel impossible, whatever happens upstream. Returns None
+        when the (feed, guid) is already stored.
+        """
+        e = item.entry
+        stamp = iso(now)
+        with self.db.atomic():
+            if self.db.execute(
+                "SELECT 1 FROM entries WHERE feed_url = ? AND guid = ?", [e.feed_url, e.guid]
+            ).fetchone():
+                return None
+            story_id = item.story_id
+            if story_id is None:
+                story_id = self._insert(
+                    "INSERT INTO stories (title, canonical_url, first_seen, last_seen, "
+                    "published) VALUES (?, ?, ?, ?, ?)",
+                    [e.title, e.canonical_url, stamp, stamp, iso(e.published)],
+                )
+            else:
+                self.db.execute(
+                    "UPDATE stories SET last_seen = ?, entry_count = entry_count + 1 WHERE id = ?",
+                    [stamp, story_id],
+                )
+            entry_id = self._insert(
+                "INSERT INTO entries (feed_url, guid, link, canonical_url, title, summary, "
+                "source, published, first_seen, content_hash, links, story_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    e.feed_url,
+                    e.guid,
+                    e.link,
+                    e.canonical_url,
+                    e.title,
+                    e.summary,
+                    e.source,
+                    iso(e.published),
+                    stamp,
+                    e.content_hash,
+                    json.dumps(list(e.links)),
+                    story_id,
+                ],
+            )
+            for m in item.matches:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO matches (entry_id, topic, terms) VALUES (?, ?, ?)",
+                    [entry_id, m.topic, json.dumps(list(m.terms))],
+                )
+            alerts = 0
+            for channel, topics in item.alert_channels:
                 cursor = self.db.execute(
-                    "INSERT OR IGNORE INTO entries (feed_url, guid, link, canonical_url, title, "
-                    "summary, source, published, first_seen, content_hash, links, story_id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO alerts (dedupe_key, story_id, entry_id, channel, "
+                    "kind, topics, state, next_attempt_at, created_at, updated_at, payload) "
+                    "VALUES (?, ?, ?, ?, 'alert', ?, 'pending', ?, ?, ?, ?)",
                     [
-                        e.feed_url,
-                        e.guid,
-                        e.link,
-                        e.canonical_url,
-                        e.title,
-                        e.summary,
-                        e.source,
-                        iso(e.published),
-                        stamp,
-                        e.content_hash,
-                        json.dumps(list(e.links)),
+                        f"alert:{story_id}:{channel}",
                         story_id,
+                        entry_id,
+                        channel,
+                        _topics_json(topics),
+                        stamp,
+                        stamp,
+                        stamp,
+                        json.dumps(item.alert_payload),
                     ],
                 )
-                if cursor.rowcount == 0:  # raced with an identical guid in this batch
-                    continue
-                entry_id = int(cursor.lastrowid or 0)
-                counts["entries"] += 1
-                for m in item.matches:
-                    self.db.execute(
-                        "INSERT OR IGNORE INTO matches (entry_id, topic, terms) VALUES (?, ?, ?)",
-                        [entry_id, m.topic, json.dumps(list(m.terms))],
-                    )
-                for channel, topics in item.alert_channels:
-                    cursor = self.db.execute(
-                        "INSERT OR IGNORE INTO alerts (dedupe_key, story_id, entry_id, channel, "
-                        "kind, topics, state, next_attempt_at, created_at, updated_at) "
-                        "VALUES (?, ?, ?, ?, 'alert', ?, 'pending', ?, ?, ?)",
-                        [
-                            f"alert:{story_id}:{channel}",
-                            story_id,
-                            entry_id,
-                            channel,
-                            _topics_json(topics),
-                            stamp,
-                            stamp,
-                            stamp,
-                        ],
-                    )
-                    counts["alerts"] += cursor.rowcount
-        return counts
+                alerts += cursor.rowcount
+        return AddedEntry(entry_id, story_id, alerts)
+
+    def story_of_canonical_url(self, url: str) -> int | None:
+        """The story of the first stored entry with this canonical URL, from any feed."""
+        if not url:
+            return None
+        row = self.db.execute(
+            "SELECT story_id FROM entries WHERE canonical_url = ? ORDER BY id LIMIT 1", [url]
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def update_entry_content(self, feed_url: str, entry: Entry, now: datetime) -> int | None:
+        """Store a changed title or text (same guid, new content hash); returns the entry id."""
+        row = self.db.execute(
+            "SELECT id FROM entries WHERE feed_url = ? AND guid = ?", [feed_url, entry.guid]
+        ).fetchone()
+        if row is None:
+            return None
+        self.db.execute(
+            "UPDATE entries SET title = ?, summary = ?, link = ?, content_hash = ?, "
+            "updated_at = ? WHERE id = ?",
+            [entry.title, entry.summary, entry.link, entry.content_hash, iso(now), row[0]],
+        )
+        return int(row[0])
+
+    def alerts_for_entry(self, entry_id: int) -> list[dict[str, Any]]:
+        """The top-level alerts an entry caused."""
+        return list(
+            self.db.query(
+                "SELECT * FROM alerts WHERE entry_id = ? AND kind = 'alert' ORDER BY id",
+                [entry_id],
+            )
+        )
+
+    def alerts_for_story(self, story_id: int) -> list[dict[str, Any]]:
+        """The top-level alerts of a story, one per channel."""
+        return list(
+            self.db.query(
+                "SELECT * FROM alerts WHERE story_id = ? AND kind = 'alert' ORDER BY id",
+                [story_id],
+            )
+        )
 
     def entry_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM entries").fetchone()[0])
 
     def search(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
         """Full-text search over stored titles and summaries."""
-        return list(self.db["entries"].search(query, limit=limit))
+        return list(self.db.table("entries").search(query, limit=limit))
 
     def prune(self, now: datetime, retention_days: int) -> int:
         """Delete entries older than the retention period whose alerts are settled."""
@@ -491,27 +548,6 @@ class Store:
         return int(cursor.rowcount)
 
     # -- outbox -----------------------------------------------------------------------------------
-
-    def due_alerts(self, now: datetime, limit: int = 500) -> list[Alert]:
-        """Alerts ready to send: pending, or failed and due again, oldest first."""
-        rows = self.db.query(
-            "SELECT a.*, e.title, e.link, e.source, e.published, e.summary "
-            "FROM alerts a LEFT JOIN entries e ON e.id = a.entry_id "
-            "WHERE a.state IN ('pending', 'failed') AND a.next_attempt_at <= ? "
-            "ORDER BY a.id LIMIT ?",
-            [iso(now), limit],
-        )
-        return [_alert(r) for r in rows]
-
-    def alerts_in_state(self, *states: str) -> list[Alert]:
-        marks = ",".join("?" * len(states))
-        rows = self.db.query(
-            "SELECT a.*, e.title, e.link, e.source, e.published, e.summary "
-            f"FROM alerts a LEFT JOIN entries e ON e.id = a.entry_id WHERE a.state IN ({marks}) "  # noqa: S608
-            "ORDER BY a.id",
-            list(states),
-        )
-        return [_alert(r) for r in rows]
 
     def alert_row(self, alert_id: int) -> dict[str, Any] | None:
         rows = list(self.db.query("SELECT * FROM alerts WHERE id = ?", [alert_id]))

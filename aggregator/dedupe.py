@@ -1,0 +1,65 @@
+"""Entry identity: canonical URLs and the keys that say "seen before".
+
+Pure functions. An entry is new only when neither its (feed, guid) nor its canonical URL has been
+stored before, by any feed. Grouping different URLs of one story across outlets is ``stories.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+# Query parameters that only track the reader; they never change what the page is.
+TRACKING_PARAMS = frozenset(
+    {
+        "fbclid",
+        "gclid",
+        "dclid",
+        "gclsrc",
+        "msclkid",
+        "mc_cid",
+        "mc_eid",
+        "igshid",
+        "yclid",
+        "_hsenc",
+        "_hsmi",
+        "cmpid",
+        "ocid",
+        "smid",
+        "taid",
+        "ref_src",
+    }
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def canonical_url(url: str) -> str:
+    """The dedupe form of a link: lower-case scheme and host, no default port, no fragment,
+    no tracking parameters (``utm_*``, ``fbclid``, ``gclid`` ...), remaining parameters sorted.
+
+    Returns "" for anything that is not an http(s) URL.
+    """
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ""
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return ""
+    host = parts.hostname.lower().rstrip(".")
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        host = f"{host}:{port}"
+    path = quote(unquote(parts.path), safe="/:@!$&'()*+,;=-._~%") or "/"
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if not k.lower().startswith("utm_") and k.lower() not in TRACKING_PARAMS
+    ]
+    return urlunsplit((scheme, host, path, urlencode(sorted(query)), ""))
+
+
+def content_hash(title: str, summary: str) -> str:
+    """Changes whenever the title or the text of an entry changes."""
+    return hashlib.sha256(f"{title}\n{summary}".encode()).hexdigest()[:32]

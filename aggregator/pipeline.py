@@ -1,0 +1,322 @@
+"""One poll cycle: the whole system in one page.
+
+```
+due feeds -> fetch (threads) -> parse changed bodies (processes) -> new entries -> match topics
+          -> group into stories -> store entries + alerts (one transaction) -> deliver the outbox
+```
+
+:func:`run_cycle` wires the stages together and does nothing else. Each stage is a module with one
+job; the edges (HTTP, SQLite, Slack) are passed in as :class:`Deps`, so a test can hand it local
+servers, a temporary database and a fixed ``now``. One bad feed, entry or message becomes a
+recorded outcome in the :class:`~aggregator.models.CycleReport`; it never stops the cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from aggregator import schedule
+from aggregator.config import Config, FeedConfig
+from aggregator.match import TopicMatcher
+from aggregator.models import (
+    CycleReport,
+    DeliveryOutcome,
+    Document,
+    Entry,
+    FeedOutcome,
+    FetchError,
+    FetchOutcome,
+    FetchRequest,
+    FetchResult,
+    NotModified,
+    ParsedFeed,
+    ParseOutcome,
+    TopicMatch,
+)
+from aggregator.parse import ParseJob, body_hash
+from aggregator.store import FeedState, NewEntry, Store, insert_followup, insert_notice
+from aggregator.stories import decide
+from aggregator.story_index import StoryIndex
+
+log = logging.getLogger(__name__)
+
+
+class Fetcher(Protocol):
+    def fetch_many(self, requests: Sequence[FetchRequest]) -> list[FetchOutcome]: ...
+
+
+class Parser(Protocol):
+    def parse_many(self, jobs: Sequence[ParseJob]) -> list[ParseOutcome]: ...
+
+
+class Deliverer(Protocol):
+    def deliver_due(
+        self, now: datetime, *, deadline: float | None = None
+    ) -> list[DeliveryOutcome]: ...
+
+
+@dataclass
+class Deps:
+    """The edges one cycle runs against. Built once per process (see ``service.py``)."""
+
+    config: Config
+    store: Store
+    fetcher: Fetcher
+    parser: Parser
+    matcher: TopicMatcher
+    outbox: Deliverer | None = None  # None: store alerts, send nothing (e.g. a backfill)
+    stories: StoryIndex = field(default_factory=StoryIndex)
+    rng: random.Random = field(default_factory=random.Random)
+
+
+def run_cycle(deps: Deps, now: datetime, *, deadline: float | None = None) -> CycleReport:
+    """Fetch every due feed, store what is new, queue and deliver its alerts."""
+    settings = deps.config.settings
+    started = time.monotonic()
+    feeds = deps.store.due_feeds(now)
+    fetched = deps.fetcher.fetch_many([FetchRequest(f.url, f.etag, f.last_modified) for f in feeds])
+    to_parse = [
+        (feed, result)
+        for feed, result in zip(feeds, fetched, strict=True)
+        if isinstance(result, FetchResult) and body_hash(result.body) != feed.body_hash
+    ]
+    parsed = deps.parser.parse_many(
+        [ParseJob(f.url, r.body, _source(deps.config, f), r.content_type) for f, r in to_parse]
+    )
+    parsed_by_url = {f.url: p for (f, _), p in zip(to_parse, parsed, strict=True)}
+
+    outcomes = []
+    with deps.store.transaction():
+        deps.stories.expire(now - timedelta(seconds=settings.story_window))
+        for feed, result in zip(feeds, fetched, strict=True):
+            outcome = _settle_feed(deps, feed, result, parsed_by_url.get(feed.url), now)
+            outcomes.append(outcome)
+            if outcome.status == "failed":
+                log.warning("feed %s: %s", feed.url, outcome.reason)
+    deliveries = deps.outbox.deliver_due(now, deadline=deadline) if deps.outbox else []
+    finished = now + timedelta(seconds=time.monotonic() - started)
+    report = CycleReport(now, finished, tuple(outcomes), tuple(deliveries))
+    log.info(report.summary())
+    return report
+
+
+# -- one feed --------------------------------------------------------------------------------------
+
+
+def _settle_feed(
+    deps: Deps,
+    feed: FeedState,
+    result: FetchOutcome,
+    parsed: ParseOutcome | None,
+    now: datetime,
+) -> FeedOutcome:
+    """Store one feed's new entries and its schedule; report what happened."""
+    store = deps.store
+    url = feed.url
+    if isinstance(result, FetchError):
+        _reschedule(deps, feed, now, ok=False, error=result.reason, result=result)
+        gone = result.kind == "gone"
+        store.log_fetch(url, now, "gone" if gone else "failed", status_code=result.status,
+                        elapsed=result.elapsed, error=result.reason)  # fmt: skip
+        return FeedOutcome(url, "gone" if gone else "failed", result.reason)
+
+    moved = result.permanent_redirect
+    if parsed is None:  # a 304, or a body identical to the last one parsed
+        _reschedule(deps, feed, now, ok=True, result=result)
+        store.log_fetch(url, now, "unchanged", status_code=_status(result), elapsed=result.elapsed)
+        _follow_move(deps, url, moved)
+        return FeedOutcome(url, "unchanged")
+
+    assert isinstance(result, FetchResult)
+    if not isinstance(parsed, ParsedFeed):
+        _reschedule(deps, feed, now, ok=False, error=parsed.reason, result=result)
+        store.log_fetch(url, now, "failed", status_code=result.status, size=len(result.body),
+                        elapsed=result.elapsed, error=parsed.reason)  # fmt: skip
+        return FeedOutcome(url, "failed", parsed.reason, parsed=True)
+
+    counts = _store_entries(deps, feed, parsed.entries, now)
+    _reschedule(deps, feed, now, ok=True, result=result, body=body_hash(result.body))
+    store.log_fetch(url, now, "fetched", status_code=result.status, size=len(result.body),
+                    elapsed=result.elapsed, new_entries=counts[0])  # fmt: skip
+    _follow_move(deps, url, moved)
+    if feed.first_polled_at is None:
+        store.update_feed(url, first_polled_at=now)
+    return FeedOutcome(url, "fetched", parsed.warning or "", *counts, parsed=True)
+
+
+def _store_entries(
+    deps: Deps, feed: FeedState, entries: Sequence[Entry], now: datetime
+) -> tuple[int, int, int]:
+    """Insert the entries not seen before; queue alerts for those that match. Returns counts
+    (new, matched, alerts queued)."""
+    store, config = deps.store, deps.config
+    feed_config = _feed_config(config, feed)
+    known = store.known_guids(feed.url, (e.guid for e in entries))
+    # First poll of a feed: old entries are history, not news, so they are stored silently.
+    window_start = now - timedelta(seconds=config.settings.first_poll_window)
+    first_poll = feed.first_polled_at is None
+    new = matched = alerts = 0
+    for entry in entries:
+        previous_hash = known.get(entry.guid)
+        if previous_hash is not None:
+            if previous_hash != entry.content_hash:
+                _entry_changed(deps, feed.url, entry, now)
+            continue
+        known[entry.guid] = entry.content_hash  # a feed that repeats a guid counts it once
+        matches = _matches(deps.matcher, feed_config, entry)
+        fresh = not first_poll or (entry.published is not None and entry.published >= window_start)
+        seen_url_story = store.story_of_canonical_url(entry.canonical_url)
+        story_id, joined_story = seen_url_story, None
+        if matches and seen_url_story is None:
+            decision = decide(
+                entry, deps.stories, now, timedelta(seconds=config.settings.story_window)
+            )
+            joined_story = story_id = decision.story_id
+        alert_channels = (
+            _by_channel(config, matches) if matches and fresh and seen_url_story is None else ()
+        )
+        primary = bool(feed_config and feed_config.primary)
+        added = store.add_entry(
+            NewEntry(entry, tuple(matches), alert_channels, story_id, {"primary": primary}),
+            now,
+        )
+        if added is None:
+            continue
+        new += 1
+        matched += bool(matches)
+        alerts += added.alerts
+        if matches:
+            deps.stories.add(added.story_id, deps.stories.features(entry, now), entry.title)
+            if joined_story is not None and fresh:
+                _thread_reply(deps, added.story_id, entry, primary, now)
+    return new, matched, alerts
+
+
+def _matches(matcher: TopicMatcher, feed: FeedConfig | None, entry: Entry) -> list[TopicMatch]:
+    """Rule matches, plus the topics every item of this feed belongs to."""
+    doc = Document(entry.title, entry.summary, entry.source, entry.link)
+    found = {m.topic: m for m in matcher.match(doc)}
+    for topic in feed.topics if feed else ():
+        found.setdefault(topic, TopicMatch(topic, ()))
+    return list(found.values())
+
+
+def _by_channel(
+    config: Config, matches: Sequence[TopicMatch]
+) -> tuple[tuple[str, tuple[TopicMatch, ...]], ...]:
+    """One alert per channel: topics that share a channel share one message."""
+    channels: dict[str, list[TopicMatch]] = {}
+    for m in matches:
+        channels.setdefault(config.topic(m.topic).channel, []).append(m)
+    return tuple((channel, tuple(ms)) for channel, ms in channels.items())
+
+
+def _thread_reply(deps: Deps, story_id: int, entry: Entry, primary: bool, now: datetime) -> None:
+    """A further outlet of a story already alerted goes into that alert's thread."""
+    item = {"source": entry.source, "title": entry.title, "link": entry.link, "primary": primary}
+    for parent in deps.store.alerts_for_story(story_id):
+        key = f"reply:{parent['id']}:{entry.feed_url}:{entry.guid}"
+        insert_followup(deps.store, parent["id"], "reply", {"items": [item]}, now, key)
+
+
+def _entry_changed(deps: Deps, feed_url: str, entry: Entry, now: datetime) -> None:
+    """Same guid, new text: store it, and edit every alert it caused in place."""
+    entry_id = deps.store.update_entry_content(feed_url, entry, now)
+    if entry_id is None:
+        return
+    for alert in deps.store.alerts_for_entry(entry_id):
+        key = f"update:{alert['id']}:{entry.content_hash}"
+        insert_followup(deps.store, alert["id"], "update", {"updated": True}, now, key)
+
+
+# -- schedule --------------------------------------------------------------------------------------
+
+
+def _reschedule(
+    deps: Deps,
+    feed: FeedState,
+    now: datetime,
+    *,
+    ok: bool,
+    result: FetchOutcome,
+    error: str | None = None,
+    body: str | None = None,
+) -> None:
+    """Store validators and the next fetch time; back off after errors; raise ops notices."""
+    settings = deps.config.settings
+    feed_config = _feed_config(deps.config, feed)
+    interval = (feed_config.interval if feed_config else None) or settings.poll_interval
+    plan = schedule.plan(
+        now,
+        interval=interval,
+        succeeded=ok,
+        gone=isinstance(result, FetchError) and result.kind == "gone",
+        previous_errors=feed.consecutive_errors,
+        failing_since=feed.failing_since,
+        ops_notified_at=feed.ops_notified_at,
+        retry_after=result.retry_after if isinstance(result, FetchError) else None,
+        max_age=None if isinstance(result, FetchError) else result.max_age,
+        backoff_cap=settings.backoff_cap,
+        failing_after=settings.failing_after,
+        jitter=settings.jitter,
+        rng=deps.rng,
+    )
+    fields: dict[str, object] = {
+        "status": plan.status,
+        "next_fetch_at": plan.next_fetch_at,
+        "consecutive_errors": plan.consecutive_errors,
+        "failing_since": plan.failing_since,
+        "last_fetch_at": now,
+    }
+    if ok:
+        fields |= {"last_success_at": now, "ops_notified_at": None}
+    else:
+        fields |= {"last_error": error, "last_error_at": now}
+    if isinstance(result, FetchResult):
+        fields |= {"etag": result.etag, "last_modified": result.last_modified}
+    if body is not None:
+        fields["body_hash"] = body
+    if plan.notify_ops:
+        fields["ops_notified_at"] = now
+        _ops_notice(deps, feed, plan, error or "", now)
+    deps.store.update_feed(feed.url, **fields)
+
+
+def _ops_notice(
+    deps: Deps, feed: FeedState, plan: schedule.FeedSchedule, error: str, now: datetime
+) -> None:
+    channel = deps.config.settings.ops_channel
+    state = "is gone (HTTP 410): polling stopped" if plan.status == "gone" else "keeps failing"
+    log.error("feed %s %s: %s", feed.url, state, error)
+    if channel:
+        since = plan.failing_since.isoformat() if plan.failing_since else ""
+        text = f"Feed {feed.name or feed.url} ({feed.url}) {state}. Last error: {error}"
+        insert_notice(deps.store, channel, "ops", text, now, f"ops:{feed.url}:{since}")
+
+
+def _follow_move(deps: Deps, url: str, new_url: str | None) -> None:
+    if new_url and new_url != url:
+        log.warning("feed %s moved permanently to %s: following it", url, new_url)
+        deps.store.rename_feed(url, new_url)
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+
+def _feed_config(config: Config, feed: FeedState) -> FeedConfig | None:
+    return config.feed(feed.url) or (config.feed(feed.moved_from) if feed.moved_from else None)
+
+
+def _source(config: Config, feed: FeedState) -> str:
+    feed_config = _feed_config(config, feed)
+    return (feed_config.name if feed_config else "") or feed.name or feed.url
+
+
+def _status(result: FetchOutcome) -> int:
+    return 304 if isinstance(result, NotModified) else getattr(result, "status", 0)
