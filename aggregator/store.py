@@ -226,7 +226,14 @@ class Store:
         try:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            # The service opens the store on its main thread and hands it to the one scheduler
+            # thread that runs cycles; access is never concurrent, so the thread check is off.
+            conn = sqlite3.connect(
+                path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
             db = sqlite_utils.Database(conn)
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if path != ":memory:":
@@ -325,6 +332,12 @@ class Store:
             [iso(now)],
         )
         return [FeedState.from_row(r) for r in rows]
+
+    def make_all_due(self, now: datetime) -> None:
+        """``poll --once``: every polled feed is due now, whatever its schedule."""
+        self.db.execute(
+            "UPDATE feeds SET next_fetch_at = ? WHERE status IN ('active', 'failing')", [iso(now)]
+        )
 
     def update_feed(self, url: str, **fields: Any) -> None:
         """Set columns of one feed. Datetimes are stored in the canonical shape."""
@@ -770,6 +783,16 @@ def insert_notice(
         [dedupe_key, channel, kind, iso(now), iso(now), iso(now), json.dumps({"text": text})],
     )
     return int(cursor.lastrowid) if cursor.rowcount == 1 and cursor.lastrowid else None
+
+
+def last_reply_sent(store: Store, parent_alert_id: int) -> datetime | None:
+    """When the last thread reply under this alert was sent (None: never)."""
+    row = store.db.execute(
+        "SELECT max(sent_at) FROM alerts WHERE kind = 'reply' AND state = 'sent' "
+        "AND json_extract(payload, '$.parent_alert_id') = ?",
+        [parent_alert_id],
+    ).fetchone()
+    return from_iso(row[0]) if row and row[0] else None
 
 
 def insert_followup(

@@ -531,3 +531,37 @@ def test_hourly_digest_and_quiet_window_edges() -> None:
 def test_make_sink_picks_slack_with_a_token() -> None:
     assert isinstance(make_sink(SETTINGS, "xoxb-1"), SlackSink)
     assert isinstance(make_sink(SETTINGS, None), ConsoleSink)
+
+
+def test_replies_are_batched_one_per_story_per_window(
+    store: Store, slack: SlackServer, clock: FakeClock
+) -> None:
+    from aggregator.store import insert_followup
+
+    [parent] = add_alerts(store, 1)
+    box = outbox(store, slack, clock, settings=replace(SETTINGS, reply_batch=300.0))
+    box.deliver_due(clock())
+
+    def outlet(n: int, primary: bool = False) -> int:
+        item = {"source": f"Outlet {n}", "title": f"Take {n}", "link": f"https://o{n}.example/",
+                "primary": primary}  # fmt: skip
+        reply = insert_followup(store, parent, "reply", {"items": [item]}, clock(), f"r{n}")
+        assert reply is not None
+        return reply
+
+    first = outlet(1)
+    box.deliver_due(clock())  # the first reply goes at once
+    clock.advance(10)
+    later = [outlet(2), outlet(3, primary=True)]
+    outcomes = box.deliver_due(clock())
+    assert {o.state for o in outcomes} == {"held"}
+    clock.advance(280)
+    assert box.deliver_due(clock()) == []
+    clock.advance(20)
+    box.deliver_due(clock())
+    top, one, batch = slack.posts()
+    assert one.alert_ids == [first] and one.thread_ts == top.ts
+    assert sorted(batch.alert_ids) == later and batch.thread_ts == top.ts
+    assert "Also covered by Outlet 2, Outlet 3" in batch.blocks[0]["text"]["text"]
+    assert "Official text" in batch.blocks[0]["text"]["text"]
+    assert batch.at - one.at >= 300.0

@@ -210,3 +210,23 @@ def test_console_sink_prints_readably() -> None:
     assert "#ai-policy" in printed
     assert HOSTILE in printed  # the reader sees the literal title
     assert "Read the story (https://example.com/story?id=1)" in printed
+
+
+def test_many_outlets_in_one_reply_stay_whole_links() -> None:
+    from aggregator.notify.render import render_replies
+
+    items = [
+        {"source": f"S{i}", "title": "t" * 200, "link": f"https://x.example/{i}"} for i in range(60)
+    ]
+    message = render_replies([make_alert(id=1, kind="reply", extra={"items": items})])
+    body = message.blocks[0]["text"]["text"]
+    assert len(body) <= MAX_SECTION
+    assert body.count("<https://") == body.count(">")  # every link is closed
+    assert "more" in body.splitlines()[-1]
+
+
+def test_edit_keeps_the_parent_alert_id_in_metadata() -> None:
+    message = render(make_alert(id=9, kind="update", extra={"parent_alert_id": 3, "outlets": 4}))
+    assert alert_ids_in(message.metadata) == {3}
+    assert "covered by 4 outlets" in json.dumps(message.blocks)
+    assert "_updated_" in json.dumps(message.blocks)

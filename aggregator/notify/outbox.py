@@ -27,7 +27,7 @@ from typing import Any
 from aggregator.config import Settings, TopicConfig
 from aggregator.errors import DeliveryError
 from aggregator.models import DeliveryOutcome
-from aggregator.notify.render import Message, render, render_digest
+from aggregator.notify.render import Message, render, render_digest, render_replies
 from aggregator.notify.sink import Posted, Sink, UncertainDelivery
 from aggregator.notify.windows import hold_for
 from aggregator.store import (
@@ -38,6 +38,7 @@ from aggregator.store import (
     claim_alerts,
     from_iso,
     known_channel_id,
+    last_reply_sent,
     outbox_due,
     outbox_rows,
     outbox_waiting,
@@ -53,6 +54,7 @@ STALE_SENDING = 120.0  # seconds: a live send ends long before this (the client 
 VERIFY = "_verify"  # payload flag: Slack may have this message; look before sending again
 HOLD = "_hold"  # payload: "digest" or "quiet"
 DIGEST = "_digest"  # payload: the digest's label (its topics)
+BATCHED = "_batched"  # payload: this reply already waited for its story's reply slot
 
 
 def _utcnow() -> datetime:
@@ -139,6 +141,7 @@ class Outbox:
         outcomes = self.recover(now, older_than=STALE_SENDING)
         queues: OrderedDict[str, deque[_Unit]] = OrderedDict()
         digests: dict[tuple[str, str], list[OutboxRow]] = {}
+        replies: dict[int, _Unit] = {}
         for row in outbox_due(self.store, now):
             if row.state == "pending" and row.alert.kind == "alert" and HOLD not in row.payload:
                 hold = hold_for(row.alert.topics, self.topics, now)
@@ -155,6 +158,20 @@ class Outbox:
                 key = (row.alert.channel, str(row.payload.get(DIGEST, "")))
                 digests.setdefault(key, []).append(row)
                 continue
+            if row.alert.kind == "reply":
+                waiting = self._reply_slot(row, now)
+                if waiting is not None:
+                    outcomes.append(waiting)
+                    continue
+                parent = row.payload.get("parent_alert_id")
+                if isinstance(parent, int):
+                    group = replies.get(parent)
+                    if group is not None:
+                        group.rows.append(row)  # one reply lists every new outlet of the story
+                        continue
+                    replies[parent] = group = _Unit(row.alert.channel, [row])
+                    queues.setdefault(row.alert.channel, deque()).append(group)
+                    continue
             queues.setdefault(row.alert.channel, deque()).append(_Unit(row.alert.channel, [row]))
         for (channel, label), rows in digests.items():
             by_id = {r.alert.id: r for r in rows}
@@ -230,11 +247,11 @@ class Outbox:
         outcomes: list[DeliveryOutcome] = []
         rows = unit.rows
         message = unit.message
-        if rows[0].alert.kind in ("reply", "update") and not rows[0].alert.thread_ts:
-            resolved = self._attach_parent(rows[0])
+        if rows[0].alert.kind in ("reply", "update") and not all(r.alert.thread_ts for r in rows):
+            resolved = self._attach_parent(rows)
             if isinstance(resolved, DeliveryOutcome):
                 return [resolved]
-            rows = [resolved]
+            rows = resolved
         if any(r.payload.get(VERIFY) for r in rows):
             found, rows, failure = self._verify(unit.channel, rows)
             message = None if found else message
@@ -252,26 +269,42 @@ class Outbox:
                 break  # the channel is in trouble; the rest of a digest waits for the next pass
         return outcomes
 
-    def _attach_parent(self, row: OutboxRow) -> OutboxRow | DeliveryOutcome:
-        """A reply or edit names its parent alert (``payload.parent_alert_id``); use its ts.
+    def _attach_parent(self, rows: list[OutboxRow]) -> list[OutboxRow] | DeliveryOutcome:
+        """Replies and edits name their parent alert (``payload.parent_alert_id``); use its ts.
 
-        The ts is stored on the row before any send, so a crash check looks in the right thread.
+        The ts is stored on the rows before any send, so a crash check looks in the right thread.
         """
         now = self._clock()
-        parent_id = row.payload.get("parent_alert_id")
+        ids = [r.alert.id for r in rows]
+        parent_id = rows[0].payload.get("parent_alert_id")
         parent = self.store.alert_row(int(parent_id)) if isinstance(parent_id, int) else None
         if parent is None or parent["state"] == "dead":
             reason = f"its parent alert {parent_id} was never posted"
-            set_alerts(self.store, [row.alert.id], now, state="dead", last_error=reason)
-            return self._outcome(row, "dead", reason)
+            set_alerts(self.store, ids, now, state="dead", last_error=reason)
+            return self._outcome(rows[0], "dead", reason)
         if parent["state"] != "sent" or not parent["slack_ts"]:
             until = now + timedelta(seconds=self.retry_base)
-            set_alerts(self.store, [row.alert.id], now, next_attempt_at=until)
-            return self._outcome(row, "held", f"waiting for parent alert {parent_id} to be posted")
-        set_alerts(self.store, [row.alert.id], now, thread_ts=parent["slack_ts"],
+            set_alerts(self.store, ids, now, next_attempt_at=until)
+            why = f"waiting for parent alert {parent_id} to be posted"
+            return self._outcome(rows[0], "held", why)
+        set_alerts(self.store, ids, now, thread_ts=parent["slack_ts"],
                    slack_channel=parent["slack_channel"])  # fmt: skip
-        [fresh] = outbox_rows(self.store, ids=[row.alert.id])
-        return fresh
+        return outbox_rows(self.store, ids=ids)
+
+    def _reply_slot(self, row: OutboxRow, now: datetime) -> DeliveryOutcome | None:
+        """At most one thread reply per story every ``reply_batch``: later ones wait and merge."""
+        parent = row.payload.get("parent_alert_id")
+        if row.state != "pending" or not isinstance(parent, int) or row.payload.get(BATCHED):
+            return None
+        last = last_reply_sent(self.store, parent)
+        if last is None:
+            return None
+        slot = last + timedelta(seconds=self.settings.reply_batch)
+        if slot <= now:
+            return None
+        payload = {**row.payload, BATCHED: True}
+        set_alerts(self.store, [row.alert.id], now, next_attempt_at=slot, payload=payload)
+        return self._outcome(row, "held", f"batched into the next reply at {slot:%H:%M:%S} UTC")
 
     def _messages(
         self, unit: _Unit, rows: list[OutboxRow]
@@ -279,6 +312,8 @@ class Outbox:
         if unit.digest_label is None:
             row = rows[0]
             try:
+                if row.alert.kind == "reply" and len(rows) > 1:
+                    return [(render_replies([r.alert for r in rows]), rows)]
                 return [(render(row.alert), rows)]
             except Exception as e:  # one unrenderable alert must not stop the others
                 reason = f"could not build the message: {type(e).__name__}: {e}"

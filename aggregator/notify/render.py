@@ -217,6 +217,9 @@ def render_alert(alert: Alert) -> Message:
     context.append(slack_date(alert.published))
     if alert.extra.get("primary"):
         context.append(":scroll: Official text")
+    outlets = alert.extra.get("outlets")
+    if isinstance(outlets, int) and outlets > 1:
+        context.append(f"covered by {outlets} outlets")
     if alert.kind == "update":
         context.append("_updated_")
     blocks.append(_context(" · ".join(context)))
@@ -241,36 +244,57 @@ def render_alert(alert: Alert) -> Message:
         fallback += f" [{escape_within(topic_names, 200)}]"
     if safe:
         fallback += f" {safe}"
+    # an edit keeps the parent's metadata, so the message still names the alert it carries
+    parent = alert.extra.get("parent_alert_id")
+    named = parent if alert.kind == "update" and isinstance(parent, int) else alert.id
     return Message(
         text=escape_cut(fallback, MAX_FALLBACK),
         blocks=tuple(blocks),
-        metadata=metadata_for([alert.id]),
+        metadata=metadata_for([named]),
         alert_ids=(alert.id,),
     )
 
 
 def render_reply(alert: Alert) -> Message:
     """A thread reply: further outlets covering a story already posted."""
-    items = alert.extra.get("items")
-    rows: list[tuple[str, str, str]] = []
-    if isinstance(items, list):
-        for item in items:
-            if isinstance(item, dict):
-                source, title = str(item.get("source", "")), str(item.get("title", ""))
-                rows.append((source, title, str(item.get("link", ""))))
-    if not rows:
-        rows = [(alert.source, alert.title, alert.link)]
-    sources = ", ".join(dict.fromkeys(escape_within(s, 100) for s, _, _ in rows if s))
+    return render_replies([alert])
+
+
+def render_replies(alerts: Sequence[Alert]) -> Message:
+    """One thread reply listing every further outlet these reply rows carry."""
+    rows: list[tuple[str, str, str, bool]] = []
+    for alert in alerts:
+        items = alert.extra.get("items")
+        found = False
+        if isinstance(items, list):
+            for item in items:
+                if isinstance(item, dict):
+                    source, title = str(item.get("source", "")), str(item.get("title", ""))
+                    rows.append(
+                        (source, title, str(item.get("link", "")), bool(item.get("primary")))
+                    )
+                    found = True
+        if not found:
+            rows.append((alert.source, alert.title, alert.link, bool(alert.extra.get("primary"))))
+    sources = ", ".join(dict.fromkeys(escape_within(s, 100) for s, _, _, _ in rows if s))
     lines = [f"Also covered by {sources or 'another outlet'}:"]
-    for source, title, url in rows[:40]:
+    size = len(lines[0])
+    for shown, (source, title, url, primary) in enumerate(rows):
         entry = link(url, title or url or "(untitled)", 300)
-        lines.append(f"• {entry}" + (f" ({escape_within(source, 100)})" if source else ""))
-    body = escape_cut("\n".join(lines), MAX_SECTION)
+        flag = " :scroll: *Official text*" if primary else ""
+        line = f"\u2022 {entry}" + (f" ({escape_within(source, 100)})" if source else "") + flag
+        if size + len(line) + 1 > MAX_SECTION - 40:  # whole lines only: never cut a link
+            lines.append(f"\u2026 and {len(rows) - shown} more")
+            break
+        lines.append(line)
+        size += len(line) + 1
+    ids = [a.id for a in alerts]
+    titles = "; ".join(escape_within(t, 200) for _, t, _, _ in rows[:10])
     return Message(
-        text=escape_cut(lines[0] + " " + "; ".join(escape_within(t, 200) for _, t, _ in rows), 999),
-        blocks=(_section(body),),
-        metadata=metadata_for([alert.id]),
-        alert_ids=(alert.id,),
+        text=escape_cut(f"{lines[0]} {titles}", 999),
+        blocks=(_section(escape_cut("\n".join(lines), MAX_SECTION)),),
+        metadata=metadata_for(ids),
+        alert_ids=tuple(ids),
     )
 
 
