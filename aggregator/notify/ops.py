@@ -69,9 +69,11 @@ def retry(store: Store, now: datetime, ids: Sequence[int] = (), *, dead: bool = 
     return f"re-queued {count} {what}{'' if count == 1 else 's'}"
 
 
-def slack_test(sink: Sink, topics: Sequence[TopicConfig], now: datetime) -> list[ChannelCheck]:
+def slack_test(
+    sink: Sink, topics: Sequence[TopicConfig], now: datetime, *, ops_channel: str | None = None
+) -> list[ChannelCheck]:
     """Post a test message to every configured channel and say, per channel, what happened."""
-    channels = sorted({t.channel for t in topics})
+    channels = sorted({t.channel for t in topics} | ({ops_channel} if ops_channel else set()))
     try:
         who = sink.identity()
     except DeliveryError as e:
