@@ -317,6 +317,16 @@ def format_backtest(result: BacktestResult, *, days: int = 14) -> str:
                 lines.append(f"    {day}  {n:5d}  {bar}")
         if "undated" in t.per_day:
             lines.append(f"    undated     {t.per_day['undated']:5d}")
+        if len(dated) > days:
+            months: dict[str, int] = {}
+            for day in dated:
+                months[day[:7]] = months.get(day[:7], 0) + t.per_day[day]
+            shown = sorted(months, reverse=True)[:12]
+            lines.append(f"  matches per month (latest {len(shown)} of {len(months)} months):")
+            top = max(months[m] for m in shown)
+            for month in shown:
+                bar = "#" * max(1, round(20 * months[month] / top))
+                lines.append(f"    {month}     {months[month]:5d}  {bar}")
         if t.samples:
             lines.append("  samples:")
             lines.extend(f"    {_item_line(i)}" for i in t.samples)
@@ -389,7 +399,8 @@ def format_explain(
             verdict = "no match"
         lines.append(f"{e.topic}: {verdict}")
         if e.terms:
-            lines.append(f"  matched words: {', '.join(e.terms)}")
+            found = "matched words" if e.query_matched else "words found (not enough to match)"
+            lines.append(f"  {found}: {', '.join(e.terms)}")
         held = [c for c in e.clauses if c.matched]
         missed = [c for c in e.clauses if not c.matched]
         if e.combine == "any":

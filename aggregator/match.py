@@ -10,7 +10,7 @@ giving each field its own block of positions, so phrases and NEAR never span two
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aggregator import rules
 from aggregator import text as textnorm
@@ -513,6 +513,10 @@ class TopicMatcher:
             _collect(compiled, index, spans)
             if depth < 3 and isinstance(node, rules.And | rules.Or):
                 held = [c for c in node.children if rule.nodes[id(c)].test(index)]
+                if isinstance(node, rules.Or) and len(held) == 1 and not _is_words(held[0]):
+                    # one alternative held: show it in the group's place, one level less deep
+                    inner = self._clause(rule, held[0], index, texts, spans_by_field, depth)
+                    return replace(inner, label=inner.label or label)
                 labels = {rule.query.label_of(c) for c in held}
                 mixed = any(not isinstance(c, rules.Words) for c in held) or labels - {label, ""}
                 if isinstance(node, rules.And) or mixed:
@@ -521,6 +525,10 @@ class TopicMatcher:
                     )
         terms = _terms(spans, texts, spans_by_field)
         return ClauseResult(rule.query.text_of(node), ok, terms, label, parts)
+
+
+def _is_words(node: rules.Node) -> bool:
+    return isinstance(node, rules.Words)
 
 
 def _char_range(

@@ -375,3 +375,13 @@ def test_stored_entries_feed_explain_and_backtest(tmp_path: Path) -> None:
         assert result.topics["ai"].per_day == {"2025-03-01": 1, "2025-03-05": 1, "2025-03-10": 1}
     finally:
         store.close()
+
+
+def test_format_backtest_adds_months_for_long_histories() -> None:
+    items = [
+        Item(str(n), "AI law", published=datetime(2025, 1 + n // 28, 1 + n % 28, tzinfo=UTC))
+        for n in range(60)
+    ]
+    text = format_backtest(backtest(items, matcher(("ai", "AI"))), days=14)
+    assert "matches per month (latest 3 of 3 months):" in text
+    assert "2025-01        28" in text and "2025-03         4" in text
