@@ -1,0 +1,320 @@
+"""The end-to-end path: real feed server -> real pipeline -> real SQLite -> real Slack server.
+
+Time is injected: each cycle gets an explicit ``now`` and the outbox a clock and a sleep that
+advance a fake clock, so backoff and pacing cost no wall time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import pytest
+
+from aggregator.config import load_config
+from aggregator.fetch import Fetcher
+from aggregator.match import TopicMatcher
+from aggregator.models import CycleReport
+from aggregator.notify import Outbox, make_sink
+from aggregator.parse import ParsePool
+from aggregator.pipeline import Deps, run_cycle
+from aggregator.store import Store
+from tests.feedserver import FeedServer, Reply
+from tests.slackserver import TOKEN, Fault, SlackServer
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
+SEED = "Trump kills AI security order after tech pressure"
+SEED_TEXT = (
+    "President Trump withdrew an executive order on artificial intelligence and cybersecurity "
+    "after lobbying by technology executives."
+)
+
+
+def rss(*items: tuple[str, str, str, datetime | None, str], title: str = "Feed") -> bytes:
+    """An RSS 2.0 body from (guid, title, link, published, description) tuples."""
+    parts = [f'<?xml version="1.0"?><rss version="2.0"><channel><title>{title}</title>']
+    for guid, item_title, link, published, description in items:
+        date = f"<pubDate>{format_datetime(published)}</pubDate>" if published else ""
+        parts.append(
+            f"<item><guid isPermaLink='false'>{guid}</guid><title>{item_title}</title>"
+            f"<link>{link}</link>{date}<description><![CDATA[{description}]]></description></item>"
+        )
+    parts.append("</channel></rss>")
+    return "".join(parts).encode()
+
+
+SEED_ITEM = ("seed-1", SEED, "https://news.example/ai-order", T0 - timedelta(hours=1), SEED_TEXT)
+DULL_ITEM = (
+    "dull-1",
+    "Local bakery wins county fair pie contest",
+    "https://news.example/pie",
+    T0 - timedelta(hours=2),
+    "A family bakery took first prize.",
+)
+
+
+@dataclass
+class Clock:
+    now: datetime = T0
+    slept: list[float] = field(default_factory=list)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += timedelta(seconds=seconds)
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+@dataclass
+class Rig:
+    """A config directory, a database, a feed server and a Slack server, wired together."""
+
+    tmp: Path
+    feeds: FeedServer
+    slack: SlackServer
+    clock: Clock = field(default_factory=Clock)
+    _store: Store | None = None
+    _pool: ParsePool | None = None
+
+    def write_config(
+        self, feed_urls: list[str], *, topics: str | None = None, polling: str = ""
+    ) -> Path:
+        directory = self.tmp / "config"
+        directory.mkdir(exist_ok=True)
+        shipped = (REPO / "config" / "topics.toml").read_text(encoding="utf-8")
+        (directory / "topics.toml").write_text(topics or shipped, encoding="utf-8")
+        (directory / "aggregator.toml").write_text(
+            f'[storage]\ndatabase = "{self.tmp / "bot.db"}"\n'
+            f'[polling]\ninterval = "60s"\njitter = 0\n{polling}\n'
+            '[fetch]\ntimeout = "2s"\ndeadline = "3s"\n',
+            encoding="utf-8",
+        )
+        lines = [
+            f'[[feeds]]\nurl = "{url}"\nname = "Outlet {i}"\n' for i, url in enumerate(feed_urls)
+        ]
+        (directory / "feeds.toml").write_text("\n".join(lines), encoding="utf-8")
+        return directory
+
+    def deps(self, config_dir: Path) -> Deps:
+        config = load_config(config_dir, {"SLACK_API_URL": self.slack.url})
+        if self._store is None:
+            self._store = Store.open(config.settings.database)
+        if self._pool is None:
+            self._pool = ParsePool(1)
+        self._store.sync_feeds(config.feeds, self.clock.now)
+        outbox = Outbox(
+            self._store,
+            make_sink(config.settings, TOKEN),
+            config.settings,
+            config.topics,
+            clock=self.clock,
+            sleep=self.clock.sleep,
+            monotonic=lambda: 0.0,
+            rng=random.Random(7),
+        )
+        return Deps(
+            config=config,
+            store=self._store,
+            fetcher=Fetcher(config.settings),
+            parser=self._pool,
+            matcher=TopicMatcher.compile(config.topics),
+            outbox=outbox,
+            rng=random.Random(7),
+        )
+
+    def cycle(self, config_dir: Path, *, everything: bool = True) -> CycleReport:
+        deps = self.deps(config_dir)
+        if everything:
+            deps.store.make_all_due(self.clock.now)
+        try:
+            return run_cycle(deps, self.clock.now)
+        finally:
+            deps.fetcher.close()  # type: ignore[attr-defined]
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        if self._pool is not None:
+            self._pool.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    with FeedServer() as feeds, SlackServer() as slack:
+        rig = Rig(tmp_path, feeds, slack)
+        try:
+            yield rig
+        finally:
+            rig.close()
+
+
+def channels(slack: SlackServer) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for message in slack.posts():
+        counts[message.channel] = counts.get(message.channel, 0) + 1
+    return counts
+
+
+def test_seed_story_becomes_one_message_per_topic_channel(rig: Rig) -> None:
+    url = rig.feeds.serve("/a.xml", rss(SEED_ITEM, DULL_ITEM))
+    report = rig.cycle(rig.write_config([url]))
+
+    assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
+    assert report.count("fetched") == 1
+    assert report.new_entries == 2
+    assert report.matched == 1
+    assert report.alerts == 2
+    posted = rig.slack.posts()[0]
+    assert SEED in posted.text
+    assert posted.metadata and posted.metadata["event_type"] == "aggregator_alert"
+
+
+def test_second_poll_posts_nothing(rig: Rig) -> None:
+    url = rig.feeds.serve("/a.xml", rss(SEED_ITEM))
+    config = rig.write_config([url])
+    rig.cycle(config)
+    rig.clock.advance(120)
+    report = rig.cycle(config)
+
+    assert len(rig.slack.posts()) == 2
+    assert report.new_entries == 0
+    assert report.alerts == 0
+
+
+def test_same_story_from_second_feed_with_tracking_parameters_posts_nothing(rig: Rig) -> None:
+    first = rig.feeds.serve("/a.xml", rss(SEED_ITEM))
+    copy = ("other-guid", SEED, "https://NEWS.example/ai-order?utm_source=rss&fbclid=x#top",
+            T0 - timedelta(minutes=30), SEED_TEXT)  # fmt: skip
+    second = rig.feeds.serve("/b.xml", rss(copy))
+    config = rig.write_config([first])
+    rig.cycle(config)
+    rig.clock.advance(120)
+    report = rig.cycle(rig.write_config([first, second]))
+
+    assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
+    assert report.new_entries == 1  # stored for history, never alerted
+    assert report.alerts == 0
+
+
+def test_slack_500_then_recovery_delivers_once(rig: Rig) -> None:
+    url = rig.feeds.serve("/a.xml", rss(SEED_ITEM))
+    config = rig.write_config([url])
+    rig.slack.script("chat.postMessage", Fault.status(500), Fault.status(500))
+    first = rig.cycle(config)
+    assert {d.state for d in first.deliveries} <= {"failed"}
+    assert rig.store.alert_counts().get("sent", 0) < 2
+
+    for _ in range(6):  # later cycles, with time moving past each backoff
+        rig.clock.advance(3600)
+        rig.cycle(config)
+
+    assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
+    assert rig.store.alert_counts() == {"sent": 2}
+
+
+def test_first_poll_stores_old_entries_without_alerts(rig: Rig) -> None:
+    old = ("old-1", "Biden signs executive order on AI safety", "https://news.example/old",
+           T0 - timedelta(days=3), "The President signed an executive order on AI.")  # fmt: skip
+    url = rig.feeds.serve("/a.xml", rss(old, SEED_ITEM))
+    config = rig.write_config([url])
+    report = rig.cycle(config)
+
+    assert report.new_entries == 2
+    assert report.matched == 2
+    assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
+    assert all(SEED in m.text for m in rig.slack.posts())
+
+
+def test_first_poll_window_is_configurable(rig: Rig) -> None:
+    old = ("old-1", SEED, "https://news.example/old", T0 - timedelta(days=3), SEED_TEXT)
+    url = rig.feeds.serve("/a.xml", rss(old))
+    rig.cycle(rig.write_config([url], polling='first_poll_window = "7d"'))
+    assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
+
+
+def test_topics_sharing_a_channel_share_one_message(rig: Rig) -> None:
+    shipped = (REPO / "config" / "topics.toml").read_text(encoding="utf-8")
+    shared = shipped.replace('"#executive-orders"', '"#ai-policy"')
+    assert shared != shipped
+    url = rig.feeds.serve("/a.xml", rss(SEED_ITEM))
+    rig.cycle(rig.write_config([url], topics=shared))
+
+    assert channels(rig.slack) == {"#ai-policy": 1}
+    text = rig.slack.posts()[0].text + str(rig.slack.posts()[0].blocks)
+    assert "ai-policy" in text and "executive-orders" in text
+
+
+def test_feed_text_reaches_slack_escaped(rig: Rig) -> None:
+    hostile = ("evil-1", "&lt;!channel&gt; Trump kills AI security order &lt;@U123&gt;",
+               "https://news.example/evil", T0, SEED_TEXT)  # fmt: skip
+    url = rig.feeds.serve("/a.xml", rss(hostile))
+    rig.cycle(rig.write_config([url]))
+
+    for message in rig.slack.posts():
+        assert "<!channel>" not in message.text
+        assert "<!channel>" not in str(message.blocks)
+        assert "&lt;!channel&gt;" in message.text
+
+
+def test_one_bad_feed_never_stops_the_others(rig: Rig) -> None:
+    good = rig.feeds.serve("/good.xml", rss(SEED_ITEM))
+    broken = rig.feeds.route("/500.xml", Reply(status=500, body=b"oops"))
+    garbage = rig.feeds.serve("/garbage.xml", b"\x00\x01not a feed at all\xff" * 50)
+    slow = rig.feeds.drip("/slow.xml", rss(DULL_ITEM), interval=0.5)
+    unreachable = "http://127.0.0.1:9/feed.xml"
+    report = rig.cycle(rig.write_config([broken, garbage, slow, unreachable, good]))
+
+    by_url = {f.url: f for f in report.feeds}
+    assert by_url[good].status == "fetched"
+    for bad in (broken, garbage, slow, unreachable):
+        assert by_url[bad].status == "failed", by_url[bad]
+        assert by_url[bad].reason
+    assert "500" in by_url[broken].reason
+    assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
+    failing = {s.url: s for s in rig.store.feed_states()}
+    assert failing[broken].consecutive_errors == 1
+    assert failing[broken].last_error
+    assert failing[broken].next_fetch_at is not None
+
+
+def test_unchanged_feed_costs_no_parse(rig: Rig) -> None:
+    with_etag = rig.feeds.serve("/etag.xml", rss(SEED_ITEM), etag='"v1"')
+    no_validators = rig.feeds.serve("/plain.xml", rss(DULL_ITEM))
+    config = rig.write_config([with_etag, no_validators])
+    assert rig.cycle(config).parses == 2
+    rig.clock.advance(120)
+    report = rig.cycle(config)
+
+    assert report.parses == 0
+    assert report.count("unchanged") == 2
+    assert rig.feeds.statuses("/etag.xml")[304] == 1
+
+
+def test_changed_entry_is_edited_in_place_not_reposted(rig: Rig) -> None:
+    url = rig.feeds.route(
+        "/a.xml",
+        Reply(body=rss(SEED_ITEM)),
+        Reply(body=rss((*SEED_ITEM[:4], SEED_TEXT + " The order had been signed in 2025."))),
+    )
+    config = rig.write_config([url])
+    rig.cycle(config)
+    rig.clock.advance(120)
+    rig.cycle(config)
+
+    assert len(rig.slack.posts()) == 2
+    assert len(rig.slack.updates()) == 2
