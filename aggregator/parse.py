@@ -347,27 +347,39 @@ class ParsePool:
         if self.workers <= 1 or len(jobs) < self.inline_below:
             return [self.runner(job) for job in jobs]
         results: dict[int, ParseOutcome] = {}
-        pending = list(range(len(jobs)))
-        for attempt in range(2):
-            pool = self._executor()
-            futures = {i: pool.submit(self.runner, jobs[i]) for i in pending}
-            pending = []
-            for i, future in futures.items():
-                try:
-                    results[i] = future.result()
-                except BrokenProcessPool:
-                    pending.append(i)
-                except Exception as e:  # pickling trouble and the like: this feed only
-                    results[i] = _crashed(jobs[i], f"{type(e).__name__}: {e}")
-            if not pending:
-                break
-            broken, self._pool = self._pool, None  # a broken pool accepts no more work
-            if broken is not None:
-                broken.shutdown(wait=False, cancel_futures=True)
-            if attempt == 1:
-                for i in pending:
-                    results[i] = _crashed(jobs[i], "the parser process died")
+        pool = self._executor()
+        futures = {i: pool.submit(self.runner, job) for i, job in enumerate(jobs)}
+        broken: list[int] = []
+        for i, future in futures.items():
+            try:
+                results[i] = future.result()
+            except BrokenProcessPool:
+                broken.append(i)
+            except Exception as e:  # pickling trouble and the like: this feed only
+                results[i] = _crashed(jobs[i], f"{type(e).__name__}: {e}")
+        # A dead worker breaks every job in flight. Run those again one at a time, so that the
+        # culprit can only take itself down.
+        pool_broken = bool(broken)
+        for i in broken:
+            if pool_broken:
+                self._discard()
+                pool_broken = False
+            try:
+                results[i] = self._executor().submit(self.runner, jobs[i]).result()
+            except BrokenProcessPool:
+                results[i] = _crashed(jobs[i], "the parser process died")
+                pool_broken = True
+            except Exception as e:
+                results[i] = _crashed(jobs[i], f"{type(e).__name__}: {e}")
+        if pool_broken:
+            self._discard()
         return [results[i] for i in range(len(jobs))]
+
+    def _discard(self) -> None:
+        """Drop a pool that may be broken; the next batch starts a fresh one."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
