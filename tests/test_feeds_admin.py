@@ -3,6 +3,9 @@ SQLite file, and the validating fetch against a local server."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -190,3 +193,48 @@ def test_status_table_from_a_real_database(tmp_path: Path) -> None:
     assert any(line.startswith("gone") and "never (gone)" in line for line in lines)
     assert "Broken (60 s ago): fetch failed: 'https://bad.example/feed': ReadTimeout" in text
     assert lines[-1] == "1 active, 1 failing, 1 gone"
+
+
+# -- the commands, in a real subprocess ----------------------------------------------------------
+
+
+def _cli(config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "AGGREGATOR_"))}
+    return subprocess.run(
+        [sys.executable, "-c", "from aggregator.cli import main; main()",
+         "--config", str(config_dir), "--db", str(config_dir / "db.sqlite"), *args],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+
+
+def test_feeds_commands_end_to_end(config_dir: Path, server: FeedServer) -> None:
+    url = server.serve("/feed", FEED, etag='"x"')
+    added = _cli(config_dir, "feeds", "add", url, "--topics", "ai-policy")
+    assert added.returncode == 0, added.stderr
+    assert "added" in added.stdout and "'Local News': 1 entries" in added.stdout
+    assert (config_dir / "feeds.toml").read_text().startswith(FEEDS)
+
+    refused = _cli(config_dir, "feeds", "add", server.status("/missing", 404))
+    assert refused.returncode == 2 and "HTTP 404" in refused.stderr
+
+    listed = _cli(config_dir, "feeds", "list")
+    assert "Local News" in listed.stdout and "2 feed(s)" in listed.stdout
+
+    exported = _cli(config_dir, "feeds", "export-opml")
+    assert exported.returncode == 0 and f'xmlUrl="{url}"' in exported.stdout
+
+    removed = _cli(config_dir, "feeds", "remove", "A")
+    assert removed.returncode == 0, removed.stderr
+    (config_dir / "subs.opml").write_text(exported.stdout)
+    imported = _cli(config_dir, "feeds", "import-opml", str(config_dir / "subs.opml"))
+    assert imported.returncode == 0 and "imported 1 feed(s)" in imported.stdout
+
+    polled = _cli(config_dir, "poll", "--once")
+    assert polled.returncode == 0, polled.stderr
+    status = _cli(config_dir, "feeds", "status")
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0].startswith("STATE")
+    assert any(line.startswith("active") and "Local News" in line for line in lines)
+    assert any(line.split()[:3] == ["active", "A", "never"] for line in lines)  # unreachable
+    assert "A (0 s ago): fetch failed: 'https://a.example/feed': ConnectError" in status.stdout
