@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -109,6 +109,7 @@ class Runtime:
         self.stories = self._warm_stories(utcnow())
         self.outbox = self._outbox()
         self._mtimes = self._config_mtimes()
+        self._pruned_at: datetime | None = None
 
     @property
     def db_path(self) -> str:
@@ -137,7 +138,9 @@ class Runtime:
         if everything:
             self.store.make_all_due(now)
         deadline = time.monotonic() + self.config.settings.cycle_timeout
-        return run_cycle(self.deps(), now, deadline=deadline)
+        report = run_cycle(self.deps(), now, deadline=deadline)
+        self.maybe_prune(now)
+        return report
 
     def reload(self) -> bool:
         """Load the config again; keep the old one live if the new one is invalid."""
@@ -171,7 +174,20 @@ class Runtime:
         self.store.close()
 
     def _outbox(self) -> Outbox:
-        return Outbox(self.store, self.sink, self.config.settings, self.config.topics)
+        settings = self.config.settings
+        if not self.token:  # Slack's one-message-a-second pacing means nothing to a terminal
+            settings = replace(settings, per_channel_interval=0.0)
+        return Outbox(self.store, self.sink, settings, self.config.topics)
+
+    def maybe_prune(self, now: datetime) -> None:
+        """Once a day, drop entries past the retention period whose alerts are settled."""
+        if self._pruned_at is not None and now - self._pruned_at < timedelta(days=1):
+            return
+        self._pruned_at = now
+        removed = self.store.prune(now, self.config.settings.retention_days)
+        if removed:
+            log.info("retention: pruned %d entries older than %d days", removed,
+                     self.config.settings.retention_days)  # fmt: skip
 
     def _warm_stories(self, now: datetime) -> StoryIndex:
         since = now - timedelta(seconds=self.config.settings.story_window)
