@@ -148,12 +148,13 @@ def test_status_table_from_a_real_database(tmp_path: Path) -> None:
         next_fetch_at=NOW + timedelta(hours=1),
     )
     store.update_feed("https://gone.example/feed", status="gone", last_error="HTTP 410 Gone")
+    store.rename_feed("https://ok.example/feed", "https://ok.example/new-feed")
     for ms in (0.1, 0.3):
-        store.log_fetch("https://ok.example/feed", NOW, "fetched", elapsed=ms)
+        store.log_fetch("https://ok.example/new-feed", NOW, "fetched", elapsed=ms)
     entries = [
         NewEntry(
             Entry(
-                feed_url="https://ok.example/feed",
+                feed_url="https://ok.example/new-feed",
                 guid=f"g{i}",
                 link="",
                 canonical_url="",
@@ -192,6 +193,7 @@ def test_status_table_from_a_real_database(tmp_path: Path) -> None:
     assert any(line.startswith("failing") and "in 60 min" in line for line in lines)
     assert any(line.startswith("gone") and "never (gone)" in line for line in lines)
     assert "Broken (60 s ago): fetch failed: 'https://bad.example/feed': ReadTimeout" in text
+    assert "  https://ok.example/feed -> https://ok.example/new-feed" in lines
     assert lines[-1] == "1 active, 1 failing, 1 gone"
 
 
