@@ -523,3 +523,27 @@ def backtest(
             store.close()
     click.echo(f"source: {label}" + (f", since {start:%Y-%m-%d %H:%M} UTC" if start else ""))
     click.echo(format_backtest(result))
+
+
+@main.command("eval-stories")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option(
+    "--window", default="72h", show_default=True, metavar="DURATION", help="The story window."
+)
+def eval_stories(file: Path, as_json: bool, window: str) -> None:
+    """Group labelled items (JSON Lines) with the real story grouping and score it.
+
+    Each line is {"id", "source", "published", "title", "summary", "link", "story"}; items that
+    share "story" report the same occurrence. Prints pairwise precision, recall and F1 of the
+    "same story" decision, and B-cubed F1. Exit 2: the file or the window is invalid.
+    """
+    from aggregator.config import parse_duration
+    from aggregator.story_eval import StoryDataError, eval_stories_output
+
+    try:
+        hours = parse_duration(window) / 3600
+        click.echo(eval_stories_output(file, as_json=as_json, window_hours=hours))
+    except (StoryDataError, ValueError) as e:
+        click.echo(f"eval-stories: {e}", err=True)
+        sys.exit(2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,37 @@ def test_eval_stories_output_json_shape(tmp_path: Path) -> None:
     assert set(shown) == {"pairwise", "bcubed_f1"}
     assert set(shown["pairwise"]) == {"precision", "recall", "f1"}
     assert "B-cubed F1" in eval_stories_output(path)
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from aggregator.cli import main; main()", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+        check=False,
+    )
+
+
+def test_eval_stories_command(tmp_path: Path) -> None:
+    good = tmp_path / "items.jsonl"
+    good.write_text(line() + "\n" + line(id="2", story="s2", link="https://x.example/2") + "\n")
+    shown = cli("eval-stories", good, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["pairwise"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(line() + "\n{oops\n")
+    failed = cli("eval-stories", bad)
+    assert failed.returncode == 2
+    assert f"{bad}:2: invalid JSON" in failed.stderr
+
+
+@pytest.mark.skipif(not DEV.exists(), reason=f"{DEV} is absent (needs ../shared)")
+def test_eval_stories_command_on_the_dev_set() -> None:
+    shown = cli("eval-stories", DEV, "--json")
+    assert shown.returncode == 0, shown.stderr
+    figures = json.loads(shown.stdout)
+    assert figures["pairwise"]["precision"] >= 0.95
+    assert figures["pairwise"]["recall"] >= 0.75
