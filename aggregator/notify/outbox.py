@@ -238,9 +238,10 @@ class Outbox:
             log.exception("delivery of alerts %s failed", [r.alert.id for r in unit.rows])
             now = self._clock()
             reason = f"internal error: {type(e).__name__}: {e}"
-            ids = [r.alert.id for r in unit.rows]
-            set_alerts(self.store, ids, now, state="failed", last_error=reason,
-                       next_attempt_at=now + timedelta(seconds=self.retry_base))  # fmt: skip
+            until = now + timedelta(seconds=self.retry_base)
+            for r in unit.rows:  # the post may have landed before the error: look first
+                set_alerts(self.store, [r.alert.id], now, state="failed", last_error=reason,
+                           next_attempt_at=until, payload={**r.payload, VERIFY: True})  # fmt: skip
             return [self._outcome(r, "failed", reason) for r in unit.rows]
 
     def _deliver(self, unit: _Unit) -> list[DeliveryOutcome]:
