@@ -130,8 +130,7 @@ def _settle_feed(
     if parsed is None:  # a 304, or a body identical to the last one parsed
         _reschedule(deps, feed, now, ok=True, result=result)
         store.log_fetch(url, now, "unchanged", status_code=_status(result), elapsed=result.elapsed)
-        _follow_move(deps, url, moved)
-        return FeedOutcome(url, "unchanged")
+        return FeedOutcome(url, "unchanged", _follow_move(deps, url, moved))
 
     assert isinstance(result, FetchResult)
     if not isinstance(parsed, ParsedFeed):
@@ -144,10 +143,10 @@ def _settle_feed(
     _reschedule(deps, feed, now, ok=True, result=result, body=body_hash(result.body))
     store.log_fetch(url, now, "fetched", status_code=result.status, size=len(result.body),
                     elapsed=result.elapsed, new_entries=counts[0])  # fmt: skip
-    _follow_move(deps, url, moved)
     if feed.first_polled_at is None:
         store.update_feed(url, first_polled_at=now)
-    return FeedOutcome(url, "fetched", parsed.warning or "", *counts, parsed=True)
+    note = _follow_move(deps, url, moved) or parsed.warning or ""
+    return FeedOutcome(url, "fetched", note, *counts, parsed=True)
 
 
 def _store_entries(
@@ -300,10 +299,14 @@ def _ops_notice(
         insert_notice(deps.store, channel, "ops", text, now, f"ops:{feed.url}:{since}")
 
 
-def _follow_move(deps: Deps, url: str, new_url: str | None) -> None:
-    if new_url and new_url != url:
-        log.warning("feed %s moved permanently to %s: following it", url, new_url)
-        deps.store.rename_feed(url, new_url)
+def _follow_move(deps: Deps, url: str, new_url: str | None) -> str:
+    """Store a permanent redirect; returns the note for the cycle report ("" when none)."""
+    if not new_url or new_url == url:
+        return ""
+    note = f"moved permanently to {new_url}: following it (update feeds.toml)"
+    log.warning("feed %s %s", url, note)
+    deps.store.rename_feed(url, new_url)
+    return note
 
 
 # -- small helpers ---------------------------------------------------------------------------------

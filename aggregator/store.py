@@ -381,14 +381,26 @@ class Store:
         )
 
     def rename_feed(self, old_url: str, new_url: str) -> None:
-        """Follow a permanent redirect: the feed's row and its entries move to the new URL."""
+        """Follow a permanent redirect: the feed's row and its entries move to the new URL.
+
+        ``moved_from`` keeps the URL first configured, so a chain A -> B -> C still answers to A.
+        When the new URL is already a feed, the two rows merge into that one.
+        """
         with self.db.atomic():
+            row = self.db.execute(
+                "SELECT moved_from FROM feeds WHERE url = ?", [old_url]
+            ).fetchone()
+            original = (row[0] if row else None) or old_url
             if self.feed_state(new_url) is not None:
-                self.db.execute("UPDATE feeds SET status = 'removed' WHERE url = ?", [old_url])
+                self.db.execute(
+                    "UPDATE feeds SET moved_from = coalesce(moved_from, ?) WHERE url = ?",
+                    [original, new_url],
+                )
+                self.db.execute("DELETE FROM feeds WHERE url = ?", [old_url])
                 return
             self.db.execute(
                 "UPDATE feeds SET url = ?, moved_from = ? WHERE url = ?",
-                [new_url, old_url, old_url],
+                [new_url, original, old_url],
             )
             self.db.execute(
                 "UPDATE OR IGNORE entries SET feed_url = ? WHERE feed_url = ?", [new_url, old_url]

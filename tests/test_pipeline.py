@@ -318,3 +318,26 @@ def test_changed_entry_is_edited_in_place_not_reposted(rig: Rig) -> None:
 
     assert len(rig.slack.posts()) == 2
     assert len(rig.slack.updates()) == 2
+
+
+def test_chained_permanent_redirects_keep_one_feed_answering_to_its_configured_url(
+    rig: Rig,
+) -> None:
+    final = rig.feeds.serve("/c.xml", rss(SEED_ITEM))
+    middle = rig.feeds.route("/b.xml", Reply(body=rss(DULL_ITEM)), Reply(status=301,
+                             headers={"Location": final}))  # fmt: skip
+    first = rig.feeds.redirect("/a.xml", middle, status=301)
+    config = rig.write_config([first])
+
+    report = rig.cycle(config)
+    assert "moved permanently" in report.feeds[0].reason
+    rig.clock.advance(120)
+    report = rig.cycle(config)
+    assert "moved permanently" in report.feeds[0].reason
+    rig.clock.advance(120)
+    report = rig.cycle(config)
+
+    states = rig.store.feed_states()
+    assert [(s.url, s.moved_from) for s in states] == [(final, first)]
+    assert report.feeds[0].url == final
+    assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
