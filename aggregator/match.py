@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from aggregator import rules
 from aggregator import text as textnorm
 from aggregator.config import TopicConfig
+from aggregator.errors import RuleSyntaxError
 from aggregator.models import Document, TopicMatch
 
 FIELD_NUMBER = {name: i for i, name in enumerate(rules.FIELDS)}
@@ -352,10 +353,14 @@ class TopicMatcher:
         always: list[int] = []
         fields: set[int] = set()
         for number, topic in enumerate(topics):
-            query = cls._rule(topic.query, atoms)
-            exclude = None
-            if topic.exclude and topic.exclude.strip():
-                exclude = cls._rule(topic.exclude, atoms)
+            try:
+                query = cls._rule(topic.query, atoms)
+                exclude = None
+                if topic.exclude and topic.exclude.strip():
+                    exclude = cls._rule(topic.exclude, atoms)
+            except RuleSyntaxError as e:
+                where = f"topic {topic.name!r}: {e.message}"
+                raise RuleSyntaxError(where, e.query, e.column) from e
             for rule in (query, exclude):
                 if rule is not None:
                     for node in rules.walk(rule.query.root):

@@ -216,10 +216,12 @@ def test_many_topics_share_words() -> None:
     assert [m.topic for m in matcher.match(Document("AI w7 w9"))] == ["t7", "t9"]
 
 
-def test_compile_raises_on_a_bad_query() -> None:
-    with pytest.raises(RuleSyntaxError):
-        TopicMatcher.compile([topic("AI AND (law")])
-    with pytest.raises(RuleSyntaxError):
+def test_compile_raises_on_a_bad_query_naming_the_topic() -> None:
+    with pytest.raises(RuleSyntaxError) as caught:
+        TopicMatcher.compile([topic("AI AND (law", name="ai")])
+    assert caught.value.message == "topic 'ai': this '(' is never closed"
+    assert caught.value.column == 8
+    with pytest.raises(RuleSyntaxError, match="topic 't'"):
         TopicMatcher.compile([topic("AI", exclude="NEAR/3")])
 
 
