@@ -33,6 +33,9 @@ def main() -> int:
     parser.add_argument("--kill-rate", type=float, default=0.08)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--burst", action="store_true", help="queue every alert at the start")
+    parser.add_argument(
+        "--service", action="store_true", help="kill the real service (aggregator run)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-delivery-") as tmp:
         r = run_soak(
@@ -46,8 +49,10 @@ def main() -> int:
             seed=args.seed,
             drain_timeout=900,
             burst=args.burst,
+            service=args.service,
         )
     print(f"alerts queued: {r.alerts} ({'all at once' if args.burst else 'a batch per restart'})")
+    print(f"process: {'aggregator run (the service)' if args.service else 'delivery worker'}")
     print(f"SIGKILLs: {r.kills} ({r.kills_in_flight} during a post, {r.kills_at_random} at random)")
     print(f"worker starts: {r.restarts}")
     print(f"faults injected: {sum(r.faults.values())} {r.faults}")

@@ -164,6 +164,28 @@ def _pacing(server: SlackServer, window: float) -> dict[str, ChannelPacing]:
     return out
 
 
+def _service_config(workdir: Path, channels: list[str], interval: float) -> Path:
+    """A config for ``aggregator run``: no feeds (the test queues alerts), one topic a channel."""
+    config = workdir / "config"
+    config.mkdir(exist_ok=True)
+    (config / "aggregator.toml").write_text(
+        f'[polling]\ninterval = "10s"\n[slack]\nper_channel_interval = {interval}\n',
+        encoding="utf-8",
+    )
+    (config / "feeds.toml").write_text("feeds = []\n", encoding="utf-8")
+    topics = "".join(f'[topics.{c.lstrip("#")}]\nchannel = "{c}"\nquery = "AI"\n' for c in channels)
+    (config / "topics.toml").write_text(topics, encoding="utf-8")
+    return config
+
+
+def _wait_until_drained(store: Store, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while outbox_rows(store, "pending", "failed", "held", "sending"):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
+
+
 def run_soak(
     workdir: Path,
     *,
@@ -177,8 +199,13 @@ def run_soak(
     seed: int = 1,
     drain_timeout: float = 300.0,
     burst: bool = False,
+    service: bool = False,
 ) -> SoakResult:
-    """Run the crash-and-outage scenario and count what the server received."""
+    """Run the crash-and-outage scenario and count what the server received.
+
+    ``service=True`` kills and restarts the real service (``aggregator run``, which delivers in its
+    cycles with the production backoff) instead of the bare delivery worker.
+    """
     rng = random.Random(seed)
     chaos = _Chaos(rng, fault_rate, kill_rate)
     names = [f"#soak-{i}" for i in range(channels)]
@@ -205,6 +232,12 @@ def run_soak(
             "--per-channel-interval", str(per_channel_interval), "--retry-base", "0.2",
             "--pause-base", "0.1", "--pause-cap", "1.0", "--idle", "0.05",
         ]  # fmt: skip
+        if service:
+            config = _service_config(workdir, names, per_channel_interval)
+            command = [
+                sys.executable, "-c", "from aggregator.cli import main; main()",
+                "--config", str(config), "--db", str(db), "run",
+            ]  # fmt: skip
         log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - kept open across restarts
         try:
             while chaos.kills_in_flight + kills_at_random < kills or queued < alerts:
@@ -227,10 +260,12 @@ def run_soak(
                         kills_at_random += 1
                     chaos.proc.wait()
             chaos.killing = False
-            chaos.proc = subprocess.Popen(
-                [*command, "--until-idle"], env=env, stdout=log, stderr=log, cwd=ROOT
-            )
+            final = command if service else [*command, "--until-idle"]
+            chaos.proc = subprocess.Popen(final, env=env, stdout=log, stderr=log, cwd=ROOT)
             restarts += 1
+            if service:
+                _wait_until_drained(store, drain_timeout)
+                chaos.proc.send_signal(signal.SIGTERM)
             chaos.proc.wait(timeout=drain_timeout)
         finally:
             if chaos.proc is not None and chaos.proc.poll() is None:
