@@ -86,12 +86,34 @@ def main(
 
 
 @main.command()
+@click.option(
+    "--tick",
+    type=click.FloatRange(min=0.05),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Advanced: how often the scheduler looks for due feeds (tests use a short tick).",
+)
+@click.option(
+    "--stop-grace",
+    type=click.FloatRange(min=0.0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Advanced: how long SIGTERM waits for the cycle in flight before abandoning it "
+    "(keep it below the unit's TimeoutStopSec).",
+)
 @click.pass_obj
-def run(obj: Context) -> None:
-    """Run the service: poll feeds on schedule and deliver alerts until stopped."""
+def run(obj: Context, tick: float, stop_grace: float) -> None:
+    """Run the service: poll feeds on schedule and deliver alerts until stopped.
+
+    SIGHUP, or saving a config file, reloads the config (an invalid one is refused and the old one
+    stays live). SIGTERM finishes or abandons the cycle in flight and exits 0. Exit 78: the
+    config was invalid at start.
+    """
     from aggregator.service import serve
 
-    sys.exit(serve(obj.config_dir, os.environ, db_path=obj.db))
+    sys.exit(serve(obj.config_dir, os.environ, db_path=obj.db, tick=tick, stop_grace=stop_grace))
 
 
 @main.command()

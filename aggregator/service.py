@@ -9,8 +9,11 @@ watchdog only while cycles keep completing, and watches the config files for cha
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
+import select
 import signal
 import threading
 import time
@@ -24,7 +27,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from aggregator.config import Config, config_files, load_config, slack_token
-from aggregator.errors import ConfigError
+from aggregator.errors import AggregatorError, ConfigError
 from aggregator.fetch import Fetcher
 from aggregator.match import TopicMatcher, check_examples
 from aggregator.models import CycleReport
@@ -38,8 +41,9 @@ from aggregator.story_index import StoryIndex, warm_index
 log = logging.getLogger(__name__)
 
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus names it
+EXIT_FAILURE = 1
 TICK_SECONDS = 30.0  # how often the scheduler looks for due feeds
-STOP_GRACE_SECONDS = 30.0  # how long SIGTERM waits for the cycle in flight
+STOP_GRACE_SECONDS = 30.0  # how long SIGTERM waits for the cycle in flight (TimeoutStopSec=45s)
 
 
 def utcnow() -> datetime:
@@ -94,10 +98,13 @@ class Runtime:
         *,
         db_path: str | None = None,
         parse_workers: int | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.config_dir = config_dir
         self.environ = dict(environ)
         self.db_override = db_path
+        self.stopping = stopping or threading.Event()
+        self._mtimes = self._config_mtimes()
         self.config, self.matcher = load_checked_config(config_dir, self.environ)
         self.token = slack_token(self.environ)
         self.store = Store.open(self.db_path)
@@ -108,7 +115,6 @@ class Runtime:
         self.fetcher = Fetcher(self.config.settings)
         self.stories = self._warm_stories(utcnow())
         self.outbox = self._outbox()
-        self._mtimes = self._config_mtimes()
         self._pruned_at: datetime | None = None
 
     @property
@@ -144,13 +150,13 @@ class Runtime:
 
     def reload(self) -> bool:
         """Load the config again; keep the old one live if the new one is invalid."""
+        # Stamp before reading: a save that lands during the load is seen at the next check.
+        self._mtimes = self._config_mtimes()
         try:
             config, matcher = load_checked_config(self.config_dir, self.environ)
         except ConfigError as e:
             log.error("config reload refused, the previous config stays live:\n%s", e)
             return False
-        finally:
-            self._mtimes = self._config_mtimes()
         summary = describe_reload(self.config, config)
         if config.settings.database != self.config.settings.database and not self.db_override:
             log.warning("storage.database changed: it takes effect at the next restart")
@@ -177,7 +183,14 @@ class Runtime:
         settings = self.config.settings
         if not self.token:  # Slack's one-message-a-second pacing means nothing to a terminal
             settings = replace(settings, per_channel_interval=0.0)
-        return Outbox(self.store, self.sink, settings, self.config.topics)
+        return Outbox(
+            self.store, self.sink, settings, self.config.topics, monotonic=self._delivery_clock
+        )
+
+    def _delivery_clock(self) -> float:
+        """The outbox's deadline clock. Once a stop is asked it reads as the end of time, so the
+        outbox starts no further send and the rest stays queued (committed) for the next start."""
+        return math.inf if self.stopping.is_set() else time.monotonic()
 
     def maybe_prune(self, now: datetime) -> None:
         """Once a day, drop entries past the retention period whose alerts are settled."""
@@ -209,14 +222,43 @@ def serve(
     *,
     db_path: str | None = None,
     tick: float = TICK_SECONDS,
+    stop_grace: float = STOP_GRACE_SECONDS,
 ) -> int:
-    """Run until SIGTERM or SIGINT. Returns the process exit code."""
+    """Run until SIGTERM or SIGINT. Returns the process exit code.
+
+    ``tick`` is how often the scheduler looks for due feeds; ``stop_grace`` how long a stop waits
+    for the cycle in flight before abandoning it.
+    """
     notifier = Notifier(environ)
-    try:
-        runtime = Runtime(config_dir, environ, db_path=db_path)
-    except ConfigError as e:
-        log.error("invalid config, not starting:\n%s", e)
-        return EXIT_CONFIG
+    stop = threading.Event()
+    reload_wanted = threading.Event()
+    # Installed before the slow start-up (migrations, warming the story index): a SIGTERM that
+    # arrives then still ends the process with 0 rather than by the signal's default action.
+    with _Signals() as signals:
+        try:
+            runtime = Runtime(config_dir, environ, db_path=db_path, stopping=stop)
+        except ConfigError as e:
+            log.error("invalid config, not starting:\n%s", e)
+            return EXIT_CONFIG
+        except AggregatorError as e:
+            log.error("cannot start: %s", e)
+            return EXIT_FAILURE
+        return _serve(runtime, notifier, signals, stop, reload_wanted, tick, stop_grace)
+
+
+def _serve(
+    runtime: Runtime,
+    notifier: Notifier,
+    signals: _Signals,
+    stop: threading.Event,
+    reload_wanted: threading.Event,
+    tick: float,
+    stop_grace: float,
+) -> int:
+    if signals.wait_for_stop(reload_wanted, timeout=0):
+        runtime.close()
+        log.info("stopped before start-up finished")
+        return 0
     log.info(
         "starting: %d feeds, %d topics, database %s, delivering to %s",
         len(runtime.config.feeds),
@@ -225,29 +267,22 @@ def serve(
         "Slack" if runtime.token else "the console (no SLACK_BOT_TOKEN set)",
     )
     state = _ServiceState()
-    stop = threading.Event()
-    reload_wanted = threading.Event()
-
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    def on_hup(signum: int, frame: FrameType | None) -> None:
-        reload_wanted.set()
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
 
     def cycle_job() -> None:
-        if stop.is_set():
-            return
+        # Busy first, then the stop check: a stop that sees the job idle is seen by the job.
         state.busy.set()
         try:
+            if stop.is_set():
+                return
             if reload_wanted.is_set() or runtime.config_changed():
+                why = "SIGHUP" if reload_wanted.is_set() else "a config file changed"
                 reload_wanted.clear()
+                log.info("reloading config (%s)", why)
                 notifier.reloading()
-                runtime.reload()
-                notifier.ready()
+                try:
+                    runtime.reload()
+                finally:
+                    notifier.ready()  # RELOADING=1 must always end, or systemd waits on us
             report = runtime.cycle()
             state.last_success = time.monotonic()
             notifier.status(report.summary())
@@ -261,7 +296,9 @@ def serve(
         limit = runtime.config.settings.cycle_timeout + 3 * tick
         if time.monotonic() - state.last_success <= limit:
             notifier.watchdog()
-        if reload_wanted.is_set() or runtime.config_changed():
+        # Bring the next cycle forward for a reload; a running one picks it up when it ends.
+        idle = not state.busy.is_set()
+        if idle and not stop.is_set() and (reload_wanted.is_set() or runtime.config_changed()):
             scheduler.modify_job("cycle", next_run_time=utcnow())
 
     scheduler = BackgroundScheduler(
@@ -273,27 +310,71 @@ def serve(
         cycle_job, "interval", seconds=tick, jitter=min(tick / 6, 5.0), id="cycle",
         executor="cycle", next_run_time=utcnow(),
     )  # fmt: skip
-    ping = (watchdog_interval(environ) or 60.0) / 2
-    scheduler.add_job(watch_job, "interval", seconds=min(ping, 5.0), id="watch")
+    ping = (watchdog_interval(runtime.environ) or 60.0) / 2
+    scheduler.add_job(watch_job, "interval", seconds=min(ping, 5.0, tick), id="watch")
     runtime.recover()
     scheduler.start()
     notifier.ready(f"polling {len(runtime.config.feeds)} feeds")
     log.info("ready")
-    stop.wait()
+    signals.wait_for_stop(reload_wanted)
+    stop.set()
 
     notifier.stopping()
-    log.info("stopping: finishing the cycle in flight (at most %.0f s)", STOP_GRACE_SECONDS)
+    log.info("stopping: finishing the cycle in flight (at most %g s)", stop_grace)
     scheduler.shutdown(wait=False)
-    finished = state.wait_idle(STOP_GRACE_SECONDS)
+    finished = state.wait_idle(stop_grace)
     if not finished:
         # Every outbox state change is committed before its network call, and an open
         # transaction rolls back on exit, so abandoning the cycle loses nothing.
-        log.warning("cycle still running after %.0f s: abandoning it", STOP_GRACE_SECONDS)
+        log.warning("cycle still running after %g s: abandoning it", stop_grace)
         logging.shutdown()
         os._exit(0)
     runtime.close()
     log.info("stopped")
     return 0
+
+
+class _Signals:
+    """SIGTERM, SIGINT and SIGHUP, delivered to the main thread through a pipe.
+
+    A handler only writes the signal number to the pipe. It must take no lock: ``Event.set()`` in
+    a handler deadlocks when the signal lands while the main thread holds that event's lock
+    inside ``Event.wait()`` (seen here as a SIGTERM ignored for good).
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Signals:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            if handler is not None:  # None: installed from C; leave ours rather than guess
+                signal.signal(signum, handler)  # type: ignore[arg-type]
+        os.close(self._read)
+        os.close(self._write)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(OSError):  # a full pipe already holds a wake-up
+            os.write(self._write, bytes([signum]))
+
+    def wait_for_stop(self, reload_wanted: threading.Event, timeout: float | None = None) -> bool:
+        """Block until SIGTERM or SIGINT (True), or ``timeout`` passes (False); SIGHUP sets
+        ``reload_wanted`` and the wait goes on."""
+        while True:
+            ready, _, _ = select.select([self._read], [], [], timeout)
+            if not ready:
+                return False
+            for signum in os.read(self._read, 64):
+                if signum == signal.SIGHUP:
+                    reload_wanted.set()
+                else:
+                    return True
 
 
 class _ServiceState:
