@@ -36,6 +36,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 TOKEN = "xoxb-test-token"
+# What a correctly installed bot holds; sent in the x-oauth-scopes header, as Slack does.
+SCOPES = (
+    "chat:write", "chat:write.public", "channels:history", "groups:history", "channels:read",
+    "groups:read",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class _Channel:
     id: str
     name: str
     messages: list[dict[str, Any]] = field(default_factory=list)  # oldest first
+    is_member: bool = True
+    is_archived: bool = False
+    is_private: bool = False
 
 
 class SlackServer:
@@ -122,6 +130,7 @@ class SlackServer:
         self.token = token
         self.auto_channels = auto_channels
         self.chaos = chaos
+        self.scopes: tuple[str, ...] | None = SCOPES  # None: send no x-oauth-scopes header
         self.received: list[Received] = []
         self.calls: list[Call] = []
         self.lock = threading.Lock()
@@ -174,9 +183,20 @@ class SlackServer:
             else:
                 self._channel_errors[channel] = error
 
-    def add_channel(self, name: str, channel_id: str | None = None) -> str:
+    def add_channel(
+        self,
+        name: str,
+        channel_id: str | None = None,
+        *,
+        is_member: bool = True,
+        is_archived: bool = False,
+        is_private: bool = False,
+    ) -> str:
         with self.lock:
-            return self._channel(name, channel_id, create=True).id  # type: ignore[union-attr]
+            ch = self._channel(name, channel_id, create=True)
+            assert ch is not None
+            ch.is_member, ch.is_archived, ch.is_private = is_member, is_archived, is_private
+            return ch.id
 
     # -- inspection -------------------------------------------------------------------------------
 
@@ -243,7 +263,9 @@ class SlackServer:
             ch = self._channel(str(params.get("channel", "")), create=False)
             if ch is None:
                 return 200, {"ok": False, "error": "channel_not_found"}
-            return 200, {"ok": True, "channel": {"id": ch.id, "name": ch.name}}
+            info = {"id": ch.id, "name": ch.name, "is_channel": not ch.is_private}
+            info |= {"is_member": ch.is_member, "is_archived": ch.is_archived}
+            return 200, {"ok": True, "channel": info | {"is_private": ch.is_private}}
         return 404, {"ok": False, "error": "unknown_method"}
 
     def _post(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -379,7 +401,8 @@ def _make_handler(server: SlackServer) -> type[BaseHTTPRequestHandler]:
                     outcome = "ok" if body.get("ok") else str(body.get("error"))
                     server.calls.append(Call(method, at, params, outcome))
             if fault is None:
-                self._reply(status, body)
+                scopes = {"x-oauth-scopes": ",".join(server.scopes)} if server.scopes else {}
+                self._reply(status, body, headers=scopes)
             elif fault.kind in ("drop", "accept_then_drop"):
                 self._drop()
             elif fault.kind == "status":

@@ -14,6 +14,7 @@ import re
 import socket
 import urllib.error
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +56,26 @@ SERVICE = MAYBE_DONE | {
     "message_limit_exceeded",
 }  # fmt: skip
 AUTH = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What ``auth.test`` says about the token; ``scopes`` is None when Slack did not say."""
+
+    user: str
+    team: str
+    scopes: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    """What ``conversations.info`` says about a channel the bot can see."""
+
+    id: str
+    name: str
+    is_member: bool
+    is_archived: bool
+    is_private: bool
 
 
 def describe(code: str, channel: str) -> str:
@@ -194,6 +215,34 @@ class SlackSink:
         data = self._call("", "auth.test", self._client.auth_test, {})
         return f"{data.get('user', '?')} in workspace {data.get('team', '?')}"
 
+    def token_info(self) -> TokenInfo:
+        """``auth.test``, with the token's scopes from the ``x-oauth-scopes`` response header."""
+        response = self._request("", "auth.test", self._client.auth_test, {})
+        data = response.data if isinstance(response.data, dict) else {}
+        raw = next(
+            (v for k, v in (response.headers or {}).items() if str(k).lower() == "x-oauth-scopes"),
+            None,
+        )
+        if isinstance(raw, list | tuple):
+            raw = ",".join(str(v) for v in raw)
+        scopes = None if raw is None else frozenset(s.strip() for s in str(raw).split(",") if s)
+        return TokenInfo(str(data.get("user", "?")), str(data.get("team", "?")), scopes)
+
+    def channel_info(self, channel: str) -> ChannelInfo:
+        """``conversations.info`` for ``#name`` or an id; never posts."""
+        cid = self.channel_id(channel)
+        info = self._client.conversations_info
+        data = self._call(channel, "conversations.info", info, {"channel": cid})
+        item = data.get("channel")
+        item = item if isinstance(item, dict) else {}
+        return ChannelInfo(
+            id=cid,
+            name=str(item.get("name") or channel.lstrip("#")),
+            is_member=bool(item.get("is_member")),
+            is_archived=bool(item.get("is_archived")),
+            is_private=bool(item.get("is_private")),
+        )
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _posted(self, channel: str, data: Mapping[str, Any]) -> Posted:
@@ -206,16 +255,21 @@ class SlackSink:
         self, channel: str, method: str, call: Callable[..., Any], args: dict[str, Any]
     ) -> Mapping[str, Any]:
         """Run one API call and turn every failure into a DeliveryError."""
+        data = self._request(channel, method, call, args).data
+        return data if isinstance(data, dict) else {}
+
+    def _request(
+        self, channel: str, method: str, call: Callable[..., Any], args: dict[str, Any]
+    ) -> Any:
+        """The SDK's response object (data and headers), or a DeliveryError."""
         try:
-            response = call(**args)
+            return call(**args)
         except SlackApiError as e:
             raise api_error(channel, method, e.response.status_code, e.response) from e
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             raise connection_error(method, e) from e
         except SlackClientError as e:
             raise DeliveryError(f"{method}: {e}", channel_wide=True) from e
-        data = response.data
-        return data if isinstance(data, dict) else {}
 
 
 def api_error(channel: str, method: str, status: int, response: Any) -> DeliveryError:
