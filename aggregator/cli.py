@@ -643,3 +643,19 @@ def slack_test_command(obj: Context) -> None:
     click.echo(format_checks(checks))
     if not all(c.ok for c in checks):
         sys.exit(1)
+
+
+@main.command()
+@click.pass_obj
+def doctor(obj: Context) -> None:
+    """Check the config, database, Slack token and scopes, channels and feeds, in plain words.
+
+    Each failed check says how to fix it. Nothing is changed and nothing is posted. Exit 0 when
+    every check passes, 1 otherwise.
+    """
+    from aggregator.doctor import format_report, run_checks
+
+    checks = run_checks(obj.config_dir, os.environ, db_path=obj.db)
+    click.echo(format_report(checks))
+    if not all(c.ok for c in checks):
+        sys.exit(1)
