@@ -467,3 +467,24 @@ def test_the_token_never_appears_in_output_even_when_slack_rejects_it(world: Wor
     assert secret not in output
     assert world.alert_states() == {"dead": 2}
     assert "NeverLogThisValue" not in str(world.query("SELECT last_error FROM alerts"))
+
+
+# -- upgrades -------------------------------------------------------------------------------------
+
+
+def test_the_service_starts_on_a_database_from_an_earlier_version_and_delivers_its_backlog(
+    world: World,
+) -> None:
+    fixture = Path(__file__).parent / "fixtures" / "schema_v1.sql"
+    conn = sqlite3.connect(world.db)
+    conn.executescript(fixture.read_text(encoding="utf-8"))
+    conn.close()
+    world.write_config([world.feeds.serve("/a.xml", rss(DULL_ITEM))])
+    service = world.start()
+    wait_until(lambda: len(world.slack.posts()) == 1, "the old failed alert to be delivered")
+    assert service.stop() == 0
+
+    assert [p.channel for p in world.slack.posts()] == ["#executive-orders"]
+    assert world.slack.alert_counts() == {2: 1}  # the alert sent before the upgrade is not resent
+    assert world.alert_states() == {"sent": 2}
+    assert world.query("SELECT count(*) FROM entries")[0][0] == 4  # 3 from before, 1 new
