@@ -186,14 +186,26 @@ def test_429_waits_exactly_retry_after(store: Store, slack: SlackServer, clock: 
     assert "ratelimited" in outcomes[0].reason
     row = store.alert_row(first)
     assert row is not None and row["attempts"] == 0  # a 429 is not the message's fault
-    clock.advance(6.9)
-    assert box.deliver_due(clock()) == []
+    clock.advance(1.5)
+    assert box.deliver_due(clock()) == []  # 5.5 s left: more than a pass waits inline
     assert slack.count("chat.postMessage") == 1
-    clock.advance(0.1)
-    box.deliver_due(clock())
+    clock.advance(5)
+    box.deliver_due(clock())  # half a second left: waited out, then both go
     assert slack.alert_counts() == {first: 1, second: 1}
     retry_at = slack.posts()[0].at
     assert retry_at - START.timestamp() == pytest.approx(7.0)
+
+
+def test_short_retry_after_is_waited_out_in_one_pass(
+    store: Store, slack: SlackServer, clock: FakeClock
+) -> None:
+    ids = add_alerts(store, 3)
+    slack.script("chat.postMessage", None, Fault.rate_limited(2))
+    outcomes = outbox(store, slack, clock).deliver_due(clock())
+    assert [o.state for o in outcomes] == ["sent", "failed", "sent", "sent"]
+    assert slack.alert_counts() == dict.fromkeys(ids, 1)
+    times = [p.at - START.timestamp() for p in slack.posts()]
+    assert times == pytest.approx([0.0, 3.0, 4.0])  # 1 s pacing, then exactly Retry-After
 
 
 def test_429_other_channels_keep_flowing(

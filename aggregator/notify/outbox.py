@@ -89,6 +89,7 @@ class Outbox:
         retry_cap: float = 3600.0,
         pause_base: float = 5.0,
         pause_cap: float = 900.0,
+        inline_wait: float = 5.0,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -102,6 +103,7 @@ class Outbox:
         self.retry_cap = retry_cap
         self.pause_base = pause_base
         self.pause_cap = pause_cap
+        self.inline_wait = inline_wait
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -139,6 +141,27 @@ class Outbox:
         past it.
         """
         outcomes = self.recover(now, older_than=STALE_SENDING)
+        while True:
+            done = self._pass(now, deadline)
+            outcomes.extend(done)
+            # a short pause (a 429's Retry-After, a first 5xx) is waited out here rather than
+            # left for the next cycle, which may be minutes away
+            upcoming = self.next_due()
+            if upcoming is None:
+                break
+            wait = (upcoming - self._clock()).total_seconds()
+            if wait > self.inline_wait or (wait <= 0 and not done):
+                break
+            if deadline is not None and self._monotonic() + max(wait, 0.0) >= deadline:
+                break
+            if wait > 0:
+                self._sleep(wait)
+            now = self._clock()
+        return outcomes
+
+    def _pass(self, now: datetime, deadline: float | None) -> list[DeliveryOutcome]:
+        """One sweep over what is due now."""
+        outcomes: list[DeliveryOutcome] = []
         queues: OrderedDict[str, deque[_Unit]] = OrderedDict()
         digests: dict[tuple[str, str], list[OutboxRow]] = {}
         replies: dict[int, _Unit] = {}
