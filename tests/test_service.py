@@ -77,6 +77,7 @@ class NotifyListener:
             self.address = "@" + name
         self.sock.settimeout(0.1)
         self.lines: list[str] = []
+        self.last_ping = 0.0  # time.monotonic() of the latest WATCHDOG=1
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -92,6 +93,12 @@ class NotifyListener:
                 return
             with self._lock:
                 self.lines.extend(data.decode().splitlines())
+                if b"WATCHDOG=1" in data:
+                    self.last_ping = time.monotonic()
+
+    def pings(self) -> int:
+        with self._lock:
+            return self.lines.count("WATCHDOG=1")
 
     def states(self) -> list[str]:
         """READY=1, WATCHDOG=1, STOPPING=1 ... in arrival order (STATUS= lines left out)."""
@@ -219,12 +226,17 @@ class World:
         self.services: list[Service] = []
 
     def write_config(
-        self, feed_urls: list[str], *, topics: str | None = None, settings: str = ""
+        self,
+        feed_urls: list[str],
+        *,
+        topics: str | None = None,
+        settings: str = "",
+        polling: str = "",
     ) -> None:
         shipped = (REPO / "config" / "topics.toml").read_text(encoding="utf-8")
         (self.config / "topics.toml").write_text(topics or shipped, encoding="utf-8")
         (self.config / "aggregator.toml").write_text(
-            '[polling]\ninterval = "10s"\njitter = 0\n'
+            f'[polling]\ninterval = "10s"\njitter = 0\n{polling}\n'
             '[fetch]\ntimeout = "2s"\ndeadline = "3s"\nparse_workers = 1\n'
             '[slack]\nper_channel_interval = "0.05s"\n' + settings,
             encoding="utf-8",
@@ -302,6 +314,32 @@ def test_ready_then_watchdog_then_stopping_and_exit_0(world: World) -> None:
     # READY=1 only once the database is migrated: the tables exist when the manager hears of it.
     assert world.query("SELECT max(version) FROM schema_migrations")[0][0] >= 1
     assert world.query("PRAGMA journal_mode")[0][0] == "wal"
+
+
+def test_the_watchdog_is_fed_only_while_cycles_complete(world: World) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def hung_post(method: str, params: dict[str, Any]) -> Fault | None:
+        if method == "chat.postMessage" and not entered.is_set():
+            entered.set()
+            release.wait(WAIT)  # the cycle hangs in a send
+        return None
+
+    world.slack.chaos = hung_post
+    world.write_config(
+        [world.feeds.serve("/a.xml", rss(SEED_ITEM))], polling='cycle_timeout = "1s"'
+    )
+    service = world.start()
+    wait_until(entered.is_set, "the cycle to hang in a send")
+    wait_until(lambda: world.notify.pings() > 0, "the first pings")  # start-up counts as success
+    # With no cycle completing for cycle_timeout + 3 ticks (1.6 s), the pings stop: under systemd
+    # WatchdogSec= would now run out and the process would be restarted.
+    wait_until(lambda: time.monotonic() - world.notify.last_ping > 2.0, "the pings to stop")
+    stalled = world.notify.pings()
+    release.set()
+    wait_until(lambda: world.notify.pings() > stalled, "the pings to resume after the cycle")
+    assert service.stop() == 0
+    assert len(world.slack.posts()) == 2
 
 
 def test_sigterm_the_moment_ready_is_sent_still_stops(world: World) -> None:
