@@ -500,7 +500,7 @@ def test_the_token_never_appears_in_output_even_when_slack_rejects_it(world: Wor
     assert service.stop() == 0
 
     output = "\n".join(service.err + service.out)
-    assert "invalid_auth" in output or world.alert_states() == {"dead": 2}
+    assert "dead in #ai-policy: invalid_auth: Slack rejected the token" in output
     assert "NeverLogThisValue" not in output
     assert secret not in output
     assert world.alert_states() == {"dead": 2}
