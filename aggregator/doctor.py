@@ -176,7 +176,8 @@ def check_database(path: str) -> tuple[Check, list[FeedRow] | None]:
         )
     latest = max(MIGRATIONS)
     try:
-        conn = sqlite3.connect(f"file:{file}?mode=rw", uri=True, timeout=5.0, isolation_level=None)
+        uri = f"{file.resolve().as_uri()}?mode=rw"  # never creates; as_uri escapes ? and #
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
         try:
             mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}

@@ -234,7 +234,7 @@ def test_a_database_not_created_yet_passes_when_its_directory_is_writable(tmp_pa
 
 
 def test_a_current_database_passes_and_is_left_as_it_was(tmp_path: Path) -> None:
-    path = tmp_path / "bot.db"
+    path = tmp_path / "odd #1?.db"  # characters that mean something in a file: URI
     Store.open(path).close()
     before = path.stat().st_mtime_ns
     check, rows = check_database(str(path))
