@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -84,7 +84,11 @@ def describe_reload(old: Config, new: Config) -> ReloadSummary:
         if changed:
             parts.append(f"{label} changed: {', '.join(changed)}")
     if old.settings != new.settings:
-        parts.append("settings changed")
+        names = [f.name for f in fields(old.settings)]
+        changed_settings = [
+            n for n in names if getattr(old.settings, n) != getattr(new.settings, n)
+        ]
+        parts.append(f"settings changed: {', '.join(changed_settings)}")
     return ReloadSummary(bool(parts), "; ".join(parts) or "no changes")
 
 

@@ -526,3 +526,29 @@ def test_the_service_starts_on_a_database_from_an_earlier_version_and_delivers_i
     assert world.slack.alert_counts() == {2: 1}  # the alert sent before the upgrade is not resent
     assert world.alert_states() == {"sent": 2}
     assert world.query("SELECT count(*) FROM entries")[0][0] == 4  # 3 from before, 1 new
+
+
+def test_the_reload_summary_names_what_changed(tmp_path: Path) -> None:
+    from aggregator.config import load_config
+    from aggregator.service import describe_reload
+
+    def config(name: str, feeds: list[str], settings: str, topics: str) -> Any:
+        directory = tmp_path / name
+        directory.mkdir()
+        shipped = (REPO / "config" / "topics.toml").read_text(encoding="utf-8")
+        (directory / "topics.toml").write_text(shipped.replace("#ai-policy", topics))
+        (directory / "aggregator.toml").write_text(settings)
+        (directory / "feeds.toml").write_text(
+            "\n".join(f'[[feeds]]\nurl = "{u}"\nname = "n"\n' for u in feeds)
+        )
+        return load_config(directory, {})
+
+    a, b, c = (f"https://feeds.example/{x}.xml" for x in "abc")
+    old = config("old", [a, b], "", "#ai-policy")
+    new = config("new", [b, c], '[slack]\nper_channel_interval = "2s"\n', "#ai-desk")
+    assert describe_reload(old, new).text == (
+        f"feeds added: {c}; feeds removed: {a}; topics changed: ai-policy; "
+        "settings changed: per_channel_interval"
+    )
+    assert describe_reload(old, old).text == "no changes"
+    assert not describe_reload(old, old).changed
