@@ -13,6 +13,7 @@ recorded outcome in the :class:`~aggregator.models.CycleReport`; it never stops 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -193,7 +194,7 @@ def _store_entries(
         if matches:
             deps.stories.add(added.story_id, deps.stories.features(entry, now), entry.title)
             if joined_story is not None and fresh:
-                _thread_reply(deps, added.story_id, entry, primary, now)
+                _thread_reply(deps, added.story_id, added.entry_id, entry, now)
     return new, matched, alerts
 
 
@@ -216,12 +217,18 @@ def _by_channel(
     return tuple((channel, tuple(ms)) for channel, ms in channels.items())
 
 
-def _thread_reply(deps: Deps, story_id: int, entry: Entry, primary: bool, now: datetime) -> None:
-    """A further outlet of a story already alerted goes into that alert's thread."""
+def _thread_reply(deps: Deps, story_id: int, entry_id: int, entry: Entry, now: datetime) -> None:
+    """A further outlet of an alerted story: a reply in each alert's thread (the outbox batches
+    them per story), and an edit of each parent to show how widely the story is covered."""
+    primary = _is_primary(deps.config, entry.feed_url)
     item = {"source": entry.source, "title": entry.title, "link": entry.link, "primary": primary}
+    coverage = _coverage(deps, story_id)
     for parent in deps.store.alerts_for_story(story_id):
+        if parent["entry_id"] == entry_id:
+            continue  # this entry's own alert, in a channel the story had not reached yet
         key = f"reply:{parent['id']}:{entry.feed_url}:{entry.guid}"
         insert_followup(deps.store, parent["id"], "reply", {"items": [item]}, now, key)
+        _edit_parent(deps, parent, coverage, now, changed_text=False)
 
 
 def _entry_changed(deps: Deps, feed_url: str, entry: Entry, now: datetime) -> None:
@@ -229,9 +236,28 @@ def _entry_changed(deps: Deps, feed_url: str, entry: Entry, now: datetime) -> No
     entry_id = deps.store.update_entry_content(feed_url, entry, now)
     if entry_id is None:
         return
-    for alert in deps.store.alerts_for_entry(entry_id):
-        key = f"update:{alert['id']}:{entry.content_hash}"
-        insert_followup(deps.store, alert["id"], "update", {"updated": True}, now, key)
+    for parent in deps.store.alerts_for_entry(entry_id):
+        coverage = _coverage(deps, parent["story_id"]) if parent["story_id"] else {}
+        _edit_parent(deps, parent, coverage, now, changed_text=True)
+
+
+def _coverage(deps: Deps, story_id: int) -> dict[str, object]:
+    """What a story's parent message shows: its outlet count and a link to the official text."""
+    members = deps.store.story_members(story_id)
+    outlets = len({source or feed_url for feed_url, source, _ in members})
+    official = next((link for url, _, link in members if _is_primary(deps.config, url)), None)
+    return {"outlets": outlets, "official_link": official}
+
+
+def _edit_parent(
+    deps: Deps, parent: dict[str, object], coverage: dict[str, object], now: datetime, *,
+    changed_text: bool,
+) -> None:  # fmt: skip
+    """Queue a ``chat.update`` of a posted alert, merged into one already waiting."""
+    first = json.loads(str(parent["payload"] or "{}"))
+    payload = {"primary": bool(first.get("primary")), **coverage, "updated": changed_text}
+    alert_id = int(str(parent["id"]))
+    deps.store.queue_parent_edit(alert_id, payload, now)
 
 
 # -- schedule --------------------------------------------------------------------------------------
@@ -310,6 +336,11 @@ def _follow_move(deps: Deps, url: str, new_url: str | None) -> str:
 
 
 # -- small helpers ---------------------------------------------------------------------------------
+
+
+def _is_primary(config: Config, feed_url: str) -> bool:
+    feed = config.feed(feed_url)
+    return bool(feed and feed.primary)
 
 
 def _feed_config(config: Config, feed: FeedState) -> FeedConfig | None:

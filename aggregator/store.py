@@ -542,6 +542,38 @@ class Store:
             )
         )
 
+    def story_members(self, story_id: int) -> list[tuple[str, str, str]]:
+        """(feed url, source, link) of every entry of a story, oldest first."""
+        rows = self.db.execute(
+            "SELECT feed_url, source, link FROM entries WHERE story_id = ? ORDER BY id", [story_id]
+        )
+        return [(str(f), str(s), str(link)) for f, s, link in rows]
+
+    def queue_parent_edit(self, parent_id: int, payload: dict[str, Any], now: datetime) -> None:
+        """Queue an edit of a posted alert; an edit still waiting absorbs this one instead."""
+        stamp = iso(now)
+        with self.db.atomic():
+            waiting = self.db.execute(
+                "SELECT id, payload FROM alerts WHERE kind = 'update' "
+                "AND state IN ('pending', 'failed', 'held') "
+                "AND json_extract(payload, '$.parent_alert_id') = ? ORDER BY id LIMIT 1",
+                [parent_id],
+            ).fetchone()
+            if waiting is not None:
+                merged = json.loads(waiting[1] or "{}") | payload
+                merged["updated"] = bool(merged.get("updated")) or bool(payload.get("updated"))
+                self.db.execute(
+                    "UPDATE alerts SET payload = ?, updated_at = ? WHERE id = ?",
+                    [json.dumps(merged), stamp, waiting[0]],
+                )
+                return
+            count = self.db.execute(
+                "SELECT count(*) FROM alerts WHERE kind = 'update' "
+                "AND json_extract(payload, '$.parent_alert_id') = ?",
+                [parent_id],
+            ).fetchone()[0]
+            insert_followup(self, parent_id, "update", payload, now, f"edit:{parent_id}:{count}")
+
     def alerts_for_story(self, story_id: int) -> list[dict[str, Any]]:
         """The top-level alerts of a story, one per channel."""
         return list(

@@ -23,6 +23,7 @@ from aggregator.notify import Outbox, make_sink
 from aggregator.parse import ParsePool
 from aggregator.pipeline import Deps, run_cycle
 from aggregator.store import Store
+from aggregator.story_index import StoryIndex
 from tests.feedserver import FeedServer, Reply
 from tests.slackserver import TOKEN, Fault, SlackServer
 
@@ -85,6 +86,7 @@ class Rig:
     clock: Clock = field(default_factory=Clock)
     _store: Store | None = None
     _pool: ParsePool | None = None
+    stories: StoryIndex = field(default_factory=StoryIndex)  # lives as long as the process
 
     def write_config(
         self, feed_urls: list[str], *, topics: str | None = None, polling: str = ""
@@ -129,6 +131,7 @@ class Rig:
             parser=self._pool,
             matcher=TopicMatcher.compile(config.topics),
             outbox=outbox,
+            stories=self.stories,
             rng=random.Random(7),
         )
 
@@ -341,3 +344,102 @@ def test_chained_permanent_redirects_keep_one_feed_answering_to_its_configured_u
     assert [(s.url, s.moved_from) for s in states] == [(final, first)]
     assert report.feeds[0].url == final
     assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
+
+
+def _coverage_items(hours_later: float) -> tuple[tuple[str, str, str, datetime, str], ...]:
+    signed = (
+        "a-1",
+        "Trump signs executive order blocking state AI laws",
+        "https://outlet-a.example/ai-preemption-order",
+        T0 - timedelta(hours=2),
+        "President Trump signed an executive order on Thursday directing the attorney general "
+        "to challenge state artificial intelligence laws, a win for tech companies.",
+    )
+    again = (
+        "b-1",
+        "Trump signs order to block state laws on artificial intelligence",
+        "https://outlet-b.example/2026/11/trump-order-state-ai-laws",
+        T0 - timedelta(hours=2) + timedelta(hours=hours_later),
+        "President Trump on Thursday signed an executive order that directs the attorney "
+        "general to sue states over their artificial intelligence laws.",
+    )
+    return signed, again
+
+
+def test_second_outlet_of_a_story_goes_into_the_thread_and_edits_the_parent(rig: Rig) -> None:
+    signed, again = _coverage_items(1)
+    first = rig.feeds.serve("/a.xml", rss(signed, title="Outlet A"))
+    second = rig.feeds.serve("/b.xml", rss(again, title="Outlet B"))
+    rig.cycle(rig.write_config([first]))
+    parents = {m.channel: m for m in rig.slack.posts() if m.thread_ts is None}
+    assert set(parents) == {"#ai-policy", "#executive-orders"}
+
+    rig.clock.advance(600)
+    rig.cycle(rig.write_config([first, second]))
+    rig.clock.advance(600)
+    rig.cycle(rig.write_config([first, second]))
+
+    top_level = [m for m in rig.slack.posts() if m.thread_ts is None]
+    replies = [m for m in rig.slack.posts() if m.thread_ts is not None]
+    assert len(top_level) == 2, "a second outlet must not become a second alert"
+    assert {r.thread_ts for r in replies} == {p.ts for p in parents.values()}
+    assert all("Also covered by Outlet 1" in r.text or "Outlet 1" in str(r.blocks) for r in replies)
+    edits = rig.slack.updates()
+    assert {e.ts for e in edits} == {p.ts for p in parents.values()}
+    assert all("covered by 2 outlets" in str(e.blocks) for e in edits)
+    assert all("_updated_" not in str(e.blocks) for e in edits)
+
+
+def test_a_new_development_is_a_new_alert(rig: Rig) -> None:
+    signed, _ = _coverage_items(1)
+    blocked = (
+        "c-1",
+        "Judge blocks Trump order targeting state AI laws",
+        "https://outlet-c.example/judge-blocks-ai-order",
+        T0 + timedelta(hours=30),
+        "A federal judge on Friday temporarily blocked the executive order, ruling that the "
+        "administration overstepped its authority.",
+    )
+    first = rig.feeds.serve("/a.xml", rss(signed))
+    rig.cycle(rig.write_config([first]))
+    rig.clock.advance(31 * 3600)
+    later = rig.feeds.serve("/c.xml", rss(blocked))
+    rig.cycle(rig.write_config([first, later]))
+
+    top_level = [m for m in rig.slack.posts() if m.thread_ts is None]
+    assert len(top_level) == 4
+    assert not [m for m in rig.slack.posts() if m.thread_ts is not None]
+
+
+def test_official_text_from_a_primary_feed_is_linked_from_the_parent(rig: Rig) -> None:
+    signed, _ = _coverage_items(1)
+    order_link = (
+        "https://www.whitehouse.gov/presidential-actions/2026/11/ensuring-a-national-ai-policy/"
+    )
+    news = (*signed[:4], signed[4] + f' <a href="{order_link}">Read the order</a>')
+    official = (
+        "wh-1",
+        "Ensuring a National Policy Framework for Artificial Intelligence",
+        order_link,
+        T0 - timedelta(hours=1),
+        "By the authority vested in me as President by the Constitution and the laws of the "
+        "United States of America, it is hereby ordered: state AI laws are preempted.",
+    )
+    first = rig.feeds.serve("/a.xml", rss(news))
+    wh = rig.feeds.serve("/wh.xml", rss(official))
+    config = rig.write_config([first])
+    rig.cycle(config)
+    feeds_toml = (config / "feeds.toml").read_text()
+    (config / "feeds.toml").write_text(
+        feeds_toml + f'\n[[feeds]]\nurl = "{wh}"\nname = "White House"\nprimary = true\n'
+    )
+    rig.clock.advance(600)
+    rig.cycle(config)
+    rig.clock.advance(600)
+    rig.cycle(config)
+
+    assert len([m for m in rig.slack.posts() if m.thread_ts is None]) == 2
+    replies = [m for m in rig.slack.posts() if m.thread_ts is not None]
+    assert replies and all("Official text" in str(r.blocks) for r in replies)
+    edits = rig.slack.updates()
+    assert edits and all(order_link in str(e.blocks) for e in edits)

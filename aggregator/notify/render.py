@@ -220,8 +220,8 @@ def render_alert(alert: Alert) -> Message:
     outlets = alert.extra.get("outlets")
     if isinstance(outlets, int) and outlets > 1:
         context.append(f"covered by {outlets} outlets")
-    if alert.kind == "update":
-        context.append("_updated_")
+    if alert.kind == "update" and alert.extra.get("updated", True):
+        context.append("_updated_")  # the story's text changed (not just its coverage)
     blocks.append(_context(" · ".join(context)))
     line = topics_line(alert.topics)
     if line:
