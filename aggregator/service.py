@@ -9,7 +9,6 @@ watchdog only while cycles keep completing, and watches the config files for cha
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -341,31 +340,34 @@ def _serve(
 class _Signals:
     """SIGTERM, SIGINT and SIGHUP, delivered to the main thread through a pipe.
 
-    A handler only writes the signal number to the pipe. It must take no lock: ``Event.set()`` in
-    a handler deadlocks when the signal lands while the main thread holds that event's lock
-    inside ``Event.wait()`` (seen here as a SIGTERM ignored for good).
+    Python's own C-level handler writes each signal's number to the pipe
+    (``signal.set_wakeup_fd``), from whichever thread the kernel chose. That matters: a signal
+    taken by a fetch or scheduler thread does not interrupt the main thread's wait, so a wait on
+    an ``Event`` set by a Python-level handler can sleep through SIGTERM for good (seen here). The
+    Python-level handlers do nothing; they only keep the C handler installed.
     """
+
+    HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
         self._previous: dict[int, object] = {}
+        self._previous_fd = -1
 
     def __enter__(self) -> _Signals:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            self._previous[signum] = signal.signal(signum, self._handle)
+        for signum in self.HANDLED:
+            self._previous[signum] = signal.signal(signum, _noted_by_wakeup_fd)
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
         for signum, handler in self._previous.items():
             if handler is not None:  # None: installed from C; leave ours rather than guess
                 signal.signal(signum, handler)  # type: ignore[arg-type]
         os.close(self._read)
         os.close(self._write)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        with contextlib.suppress(OSError):  # a full pipe already holds a wake-up
-            os.write(self._write, bytes([signum]))
 
     def wait_for_stop(self, reload_wanted: threading.Event, timeout: float | None = None) -> bool:
         """Block until SIGTERM or SIGINT (True), or ``timeout`` passes (False); SIGHUP sets
@@ -377,8 +379,12 @@ class _Signals:
             for signum in os.read(self._read, 64):
                 if signum == signal.SIGHUP:
                     reload_wanted.set()
-                else:
+                elif signum in (signal.SIGTERM, signal.SIGINT):
                     return True
+
+
+def _noted_by_wakeup_fd(signum: int, frame: FrameType | None) -> None:
+    """Nothing to do: the wake-up fd already carries the signal to the main thread."""
 
 
 class _ServiceState:

@@ -342,9 +342,26 @@ def test_the_watchdog_is_fed_only_while_cycles_complete(world: World) -> None:
     assert len(world.slack.posts()) == 2
 
 
+def test_sigterm_taken_by_a_worker_thread_still_stops_the_service(world: World) -> None:
+    # The kernel may hand a process-directed signal to any thread. One taken by a fetch or
+    # scheduler thread never interrupted the main thread's wait, so SIGTERM went unheard for good;
+    # the wake-up fd carries it to the main thread whichever thread took it.
+    # kill() on a thread's id makes that thread the preferred recipient, so this is deterministic.
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        pytest.skip("needs /proc to find the service's threads")
+    world.write_config([world.feeds.serve("/a.xml", rss(DULL_ITEM))])
+    service = world.start()
+    service.wait_log("cycle: 1 feeds: 1 fetched")
+    pid = service.proc.pid
+    workers = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if int(t.name) != pid]
+    assert workers, "the service runs scheduler threads"
+    os.kill(workers[0], signal.SIGTERM)
+    assert service.wait() == 0
+    assert "STOPPING=1" in world.notify.states()
+
+
 def test_sigterm_the_moment_ready_is_sent_still_stops(world: World) -> None:
-    # A handler that called Event.set() deadlocked when the signal landed as the main thread
-    # entered Event.wait(): the process ran on, ignoring SIGTERM for good.
     world.write_config([world.feeds.serve("/a.xml", rss(DULL_ITEM))])
     service = world.start()
     wait_until(lambda: "READY=1" in world.notify.states(), "READY=1")
