@@ -19,12 +19,13 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 import feedparser
@@ -42,6 +43,7 @@ _HREF = re.compile(r"""href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+))""", re.IGN
 _SPACE = re.compile(r"\s+")
 _CONTROL = dict.fromkeys([*range(0, 9), 11, 12, *range(14, 32), 127], " ")
 _CHAR_REF = re.compile(rb"&#([xX][0-9a-fA-F]{1,16}|[0-9]{1,20});")
+K = TypeVar("K")
 
 
 def body_hash(body: bytes) -> str:
@@ -375,6 +377,66 @@ class ParsePool:
             self._discard()
         return [results[i] for i in range(len(jobs))]
 
+    def parse_stream(
+        self, items: Iterable[tuple[K, ParseJob | None]], *, ahead: int = 0
+    ) -> Iterator[tuple[K, ParseOutcome | None]]:
+        """Each ``(key, job)`` back as ``(key, outcome)``, in input order, as soon as it is ready.
+
+        ``items`` is read lazily and at most ``ahead`` items (default: four per worker) are in
+        flight, so the caller can store one feed while the workers parse the next ones, and only
+        the bodies in flight sit in memory. A ``None`` job passes through as a ``None`` outcome
+        (a feed with nothing to parse keeps its place in the order). Never raises for one feed.
+        """
+        if self.workers <= 1:
+            for key, job in items:
+                yield key, (None if job is None else self.runner(job))
+            return
+        ahead = ahead or 4 * self.workers
+        source = iter(items)
+        window: deque[tuple[K, ParseJob | None, Future[ParseOutcome] | None]] = deque()
+        try:
+            while True:
+                while len(window) < ahead:
+                    item = next(source, None)
+                    if item is None:
+                        break
+                    key, job = item
+                    window.append((key, job, self._submit(job) if job is not None else None))
+                if not window:
+                    return
+                key, job, future = window.popleft()
+                if job is None or future is None:
+                    yield key, None
+                    continue
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    # A dead worker broke every job in flight: run each again alone, so that
+                    # the culprit can only take itself down.
+                    self._discard()
+                    outcome = self._alone(job)
+                    window = deque((k, j, _redone(f, j, self._alone)) for k, j, f in window)
+                except Exception as e:  # pickling trouble and the like: this feed only
+                    outcome = _crashed(job, f"{type(e).__name__}: {e}")
+                yield key, outcome
+        finally:
+            for _, _, future in window:
+                if future is not None:
+                    future.cancel()
+
+    def _submit(self, job: ParseJob) -> Future[ParseOutcome]:
+        return self._executor().submit(self.runner, job)
+
+    def _alone(self, job: ParseJob) -> ParseOutcome:
+        """Parse one job with nothing else in flight; a crash costs this job only."""
+        try:
+            return self._submit(job).result()
+        except BrokenProcessPool:
+            self._discard()
+            return _crashed(job, "the parser process died")
+        except Exception as e:
+            return _crashed(job, f"{type(e).__name__}: {e}")
+
     def _discard(self) -> None:
         """Drop a pool that may be broken; the next batch starts a fresh one."""
         pool, self._pool = self._pool, None
@@ -386,6 +448,21 @@ class ParsePool:
             context = multiprocessing.get_context("forkserver")
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
         return self._pool
+
+
+def _redone(
+    future: Future[ParseOutcome] | None,
+    job: ParseJob | None,
+    alone: Callable[[ParseJob], ParseOutcome],
+) -> Future[ParseOutcome] | None:
+    """A finished future as it is; one the broken pool took down, run again alone."""
+    if future is None or job is None:
+        return future
+    if future.done() and not future.cancelled() and future.exception() is None:
+        return future
+    done: Future[ParseOutcome] = Future()
+    done.set_result(alone(job))
+    return done
 
 
 def _crashed(job: ParseJob, detail: str) -> ParseError:
