@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from itertools import islice
 from typing import Protocol, TypeAlias
 
@@ -84,6 +85,12 @@ class Deps:
     stories: StoryIndex = field(default_factory=StoryIndex)
     rng: random.Random = field(default_factory=random.Random)
 
+    @cached_property
+    def feed_configs(self) -> dict[str, FeedConfig]:
+        """Feeds by URL. ``Config.feed`` scans the list, and a cycle asks several times per feed:
+        the cost grew with the square of the feed count."""
+        return {f.url: f for f in self.config.feeds}
+
 
 def run_cycle(deps: Deps, now: datetime, *, deadline: float | None = None) -> CycleReport:
     """Fetch every due feed, store what is new, queue and deliver its alerts."""
@@ -129,9 +136,7 @@ def _fetched_and_parsed(
             job = None
             if changed:
                 assert isinstance(result, FetchResult)
-                job = ParseJob(
-                    feed.url, result.body, _source(deps.config, feed), result.content_type
-                )
+                job = ParseJob(feed.url, result.body, _source(deps, feed), result.content_type)
             yield (feed, result), job
 
     return deps.parser.parse_stream(jobs())
@@ -209,7 +214,7 @@ def _store_entries(
     """Insert the entries not seen before; queue alerts for those that match. Returns counts
     (new, matched, alerts queued)."""
     store, config = deps.store, deps.config
-    feed_config = _feed_config(config, feed)
+    feed_config = _feed_config(deps, feed)
     known = store.known_guids(feed.url, (e.guid for e in entries))
     # First poll of a feed: old entries are history, not news, so they are stored silently.
     window_start = now - timedelta(seconds=config.settings.first_poll_window)
@@ -273,7 +278,7 @@ def _by_channel(
 def _thread_reply(deps: Deps, story_id: int, entry_id: int, entry: Entry, now: datetime) -> None:
     """A further outlet of an alerted story: a reply in each alert's thread (the outbox batches
     them per story), and an edit of each parent to show how widely the story is covered."""
-    primary = _is_primary(deps.config, entry.feed_url)
+    primary = _is_primary(deps, entry.feed_url)
     item = {"source": entry.source, "title": entry.title, "link": entry.link, "primary": primary}
     coverage = _coverage(deps, story_id)
     for parent in deps.store.alerts_for_story(story_id):
@@ -298,7 +303,7 @@ def _coverage(deps: Deps, story_id: int) -> dict[str, object]:
     """What a story's parent message shows: its outlet count and a link to the official text."""
     members = deps.store.story_members(story_id)
     outlets = len({source or feed_url for feed_url, source, _ in members})
-    official = next((link for url, _, link in members if _is_primary(deps.config, url)), None)
+    official = next((link for url, _, link in members if _is_primary(deps, url)), None)
     return {"outlets": outlets, "official_link": official}
 
 
@@ -328,7 +333,7 @@ def _reschedule(
 ) -> None:
     """Store validators and the next fetch time; back off after errors; raise ops notices."""
     settings = deps.config.settings
-    feed_config = _feed_config(deps.config, feed)
+    feed_config = _feed_config(deps, feed)
     interval = (feed_config.interval if feed_config else None) or settings.poll_interval
     plan = schedule.plan(
         now,
@@ -391,17 +396,18 @@ def _follow_move(deps: Deps, url: str, new_url: str | None) -> str:
 # -- small helpers ---------------------------------------------------------------------------------
 
 
-def _is_primary(config: Config, feed_url: str) -> bool:
-    feed = config.feed(feed_url)
+def _is_primary(deps: Deps, feed_url: str) -> bool:
+    feed = deps.feed_configs.get(feed_url)
     return bool(feed and feed.primary)
 
 
-def _feed_config(config: Config, feed: FeedState) -> FeedConfig | None:
-    return config.feed(feed.url) or (config.feed(feed.moved_from) if feed.moved_from else None)
+def _feed_config(deps: Deps, feed: FeedState) -> FeedConfig | None:
+    configs = deps.feed_configs
+    return configs.get(feed.url) or (configs.get(feed.moved_from) if feed.moved_from else None)
 
 
-def _source(config: Config, feed: FeedState) -> str:
-    feed_config = _feed_config(config, feed)
+def _source(deps: Deps, feed: FeedState) -> str:
+    feed_config = _feed_config(deps, feed)
     return (feed_config.name if feed_config else "") or feed.name or feed.url
 
 
