@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BENCH_ARGS ?=
+READER_VENV  = bench/.venv-reader
+READER_STAMP = $(READER_VENV)/.installed-$(shell cat bench/requirements-reader.txt | cksum | cut -d' ' -f1)
 
 .PHONY: run demo test lint bench clean
 
@@ -28,9 +30,16 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q tests
 
-bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+# The reader peer lives in its own venv: its pins must never touch ours.
+$(READER_STAMP): bench/requirements-reader.txt
+	test -x $(READER_VENV)/bin/python || $(PYTHON) -m venv $(READER_VENV)
+	echo '*' > $(READER_VENV)/.gitignore
+	$(READER_VENV)/bin/python -m pip install --quiet -r bench/requirements-reader.txt
+	rm -f $(READER_VENV)/.installed-*
+	touch $@
+
+bench: $(STAMP) $(READER_STAMP)
 	$(BIN)/python bench/bench_cycle.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(READER_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -92,17 +92,35 @@ SENTENCES = (
     "Earlier coverage of the {thing} is available in our archive.",
 )  # fmt: skip
 ON_TOPIC_TITLES = (
-    "Senate panel advances bill to regulate artificial intelligence in hiring",
-    "President signs executive order on AI safety standards for federal agencies",
-    "Lawmakers in {Place} weigh AI regulation after deepfake election ads",
-    "White House drafts executive order on chip export controls to China",
-    "FTC opens investigation into AI chatbot makers over child safety",
-    "Governor signs executive order creating state AI task force",
-    "EU regulators finalise code of practice under the AI Act",
-    "Trump revokes executive order on artificial intelligence oversight",
-    "Authors sue AI company over training on pirated books",
-    "Congress debates moratorium on state AI laws",
+    "{Body} advances bill to regulate artificial intelligence in {domain}",
+    "President signs executive order on AI standards for {domain}",
+    "Lawmakers in {Place} weigh AI regulation after {incident}",
+    "White House drafts executive order on {export}",
+    "FTC opens investigation into AI chatbot makers over {harm}",
+    "Governor of {Place} signs executive order creating AI task force on {domain}",
+    "EU regulators finalise AI Act rules for {domain}",
+    "Trump revokes executive order on artificial intelligence in {domain}",
+    "{Guild} sue AI company over training on their work",
+    "{Body} debates moratorium on state AI laws for {domain}",
 )  # fmt: skip
+BODIES = (
+    "Senate panel", "House committee", "State assembly", "Congress", "Legislature",
+    "City council in {Place}",
+)  # fmt: skip
+DOMAINS = (
+    "hiring", "health care", "policing", "lending", "schools", "elections", "housing",
+    "insurance", "welfare benefits", "border screening", "courts", "energy grids",
+)  # fmt: skip
+INCIDENTS = (
+    "deepfake election ads", "a chatbot data leak", "a facial recognition arrest",
+    "a voice-clone scam", "a biased hiring tool", "fake robocalls",
+)  # fmt: skip
+EXPORTS = (
+    "chip export controls to China", "advanced AI chip exports", "cloud computing exports",
+    "AI model weight exports",
+)  # fmt: skip
+HARMS = ("child safety", "teen mental health", "false advertising", "data privacy", "fraud")
+GUILDS = ("Authors", "Artists", "Musicians", "News publishers", "Photographers", "Actors")
 ON_TOPIC_SENTENCES = (
     "The executive order directs federal agencies to publish guidance on artificial "
     "intelligence within 90 days.",
@@ -264,6 +282,12 @@ def _slots(rng: random.Random) -> dict[str, str]:
     team, team2 = rng.sample(SPORTS, 2)
     place, place2 = rng.sample(PLACES, 2)
     return {
+        "Body": rng.choice(BODIES).format(Place=place),
+        "domain": rng.choice(DOMAINS),
+        "incident": rng.choice(INCIDENTS),
+        "export": rng.choice(EXPORTS),
+        "harm": rng.choice(HARMS),
+        "Guild": rng.choice(GUILDS),
         "Place": place,
         "Place2": place2,
         "group": rng.choice(GROUPS),
