@@ -122,13 +122,23 @@ EXPORTS = (
 HARMS = ("child safety", "teen mental health", "false advertising", "data privacy", "fraud")
 GUILDS = ("Authors", "Artists", "Musicians", "News publishers", "Photographers", "Actors")
 ON_TOPIC_SENTENCES = (
-    "The executive order directs federal agencies to publish guidance on artificial "
-    "intelligence within 90 days.",
-    "Lawmakers said the AI regulation would require audits of high-risk systems.",
-    "The Commerce Department is expected to tighten export controls on advanced AI chips.",
-    "Regulators in Brussels said the AI Act obligations begin to apply next year.",
-    "By the authority vested in me as President, it is hereby ordered that agencies act.",
+    "The executive order directs agencies to report on AI risks in {domain} within {days} days.",
+    "{Official} said the rules on artificial intelligence would take effect in {month}.",
+    "The measure, known as {bill}, passed by a vote of {a}{b} to {b}{a}.",
+    "Industry groups warned that the regulation could slow AI investment in {Place}.",
+    "Civil liberties advocates welcomed the move but asked {Official} for stronger enforcement.",
+    "Under {bill}, {domain} providers must disclose when an automated system makes a decision.",
+    "Regulators in {Place2} opened a review of AI tools used in {domain} after {incident}.",
+    "{Official} told reporters the administration would defend the order in court.",
 )  # fmt: skip
+OFFICIALS = (
+    "Senator Alvarez", "Governor Brooks", "Commissioner Chen", "Representative Dubois",
+    "Attorney General Evans", "Secretary Faulkner", "Senator Garcia", "Mayor Hollis",
+    "Assemblywoman Ito", "Commissioner Jensen", "Senator Kowalski", "Governor Lindqvist",
+)  # fmt: skip
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "September")
+SYNDICATED_SHARE = 0.3  # on-topic items that cover one of a few big stories, as wires do
+BIG_STORIES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,12 +280,16 @@ def _feed(index: int, seed: int, now: datetime) -> CorpusFeed:
 def _item(rng: random.Random, site: str, key: str, published: datetime) -> Item:
     on_topic = rng.random() < ON_TOPIC_SHARE
     slots = _slots(rng)
+    if on_topic and rng.random() < SYNDICATED_SHARE:
+        # One of a few big stories: every outlet covering it tells the same details.
+        slots = _slots(random.Random(f"story:{rng.randrange(BIG_STORIES)}"))
     shape = rng.choice(ON_TOPIC_TITLES if on_topic else TITLE_SHAPES)
     title = shape.format(**slots)
     title = title[:1].upper() + title[1:]
     slug = "-".join(title.lower().split()[:8]).strip(".,:")
     link = f"{site}/{published:%Y/%m/%d}/{slug}-{key}"
-    return Item(key, title, link, published, _description(rng, site, on_topic), on_topic)
+    story = slots if on_topic else None
+    return Item(key, title, link, published, _description(rng, site, story), on_topic)
 
 
 def _slots(rng: random.Random) -> dict[str, str]:
@@ -288,6 +302,10 @@ def _slots(rng: random.Random) -> dict[str, str]:
         "export": rng.choice(EXPORTS),
         "harm": rng.choice(HARMS),
         "Guild": rng.choice(GUILDS),
+        "Official": rng.choice(OFFICIALS),
+        "bill": f"{rng.choice(('SB', 'HB', 'AB', 'H.R.'))} {rng.randint(100, 9999)}",
+        "days": str(rng.choice((30, 45, 60, 90, 120, 180))),
+        "month": rng.choice(MONTHS),
         "Place": place,
         "Place2": place2,
         "group": rng.choice(GROUPS),
@@ -300,16 +318,23 @@ def _slots(rng: random.Random) -> dict[str, str]:
     }
 
 
-def _description(rng: random.Random, site: str, on_topic: bool) -> str:
-    """HTML of 300-2,000 characters: paragraphs, links, emphasis, the odd image and entity."""
+def _description(rng: random.Random, site: str, story: dict[str, str] | None) -> str:
+    """HTML of 300-2,000 characters: paragraphs, links, emphasis, the odd image and entity.
+
+    An on-topic item (``story`` holds its details) tells those details in about half of its
+    sentences; the rest, like every other item, is local-news filler.
+    """
     target = rng.randint(300, 2000)
     paragraphs: list[str] = []
     size = 0
     while True:
         sentences = []
         for _ in range(rng.randint(2, 5)):
-            pool = ON_TOPIC_SENTENCES if on_topic and rng.random() < 0.4 else SENTENCES
-            sentences.append(html.escape(rng.choice(pool).format(**_slots(rng)), quote=False))
+            if story is not None and rng.random() < 0.5:
+                sentence = rng.choice(ON_TOPIC_SENTENCES).format(**story)
+            else:
+                sentence = rng.choice(SENTENCES).format(**_slots(rng))
+            sentences.append(html.escape(sentence, quote=False))
         if rng.random() < 0.5:
             href = f"{site}/related/{rng.randint(1000, 9999)}"
             sentences.append(f'<a href="{href}">Read more</a>.')
