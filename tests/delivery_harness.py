@@ -252,7 +252,7 @@ def run_soak(
                     count = min(per_round, alerts - queued)
                     _queue(store, serial, names, count)
                     queued += count
-                chaos.called.wait(10)
+                chaos.called.wait(3)  # an idle process makes no call: do not wait long
                 try:
                     chaos.proc.wait(timeout=rng.uniform(0.0, max_delay))
                 except subprocess.TimeoutExpired:
