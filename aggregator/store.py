@@ -876,7 +876,7 @@ def insert_followup(
 
 
 def recent_story_entries(store: Store, since: datetime) -> list[tuple[int, Entry]]:
-    """(story id, entry) for every entry of a story seen since ``since``, oldest first.
+    """(story id, entry) for every matching entry of a story seen since ``since``, oldest first.
 
     Warms the in-memory story index (:class:`aggregator.story_index.StoryIndex`) at start. An entry
     without a published time is dated by when it was first seen. Uses ``stories_last_seen`` and
@@ -885,6 +885,7 @@ def recent_story_entries(store: Store, since: datetime) -> list[tuple[int, Entry
     rows = store.db.query(
         "SELECT e.*, coalesce(e.published, e.first_seen) AS at FROM entries e "
         "WHERE e.story_id IN (SELECT id FROM stories WHERE last_seen >= ?) "
+        "AND EXISTS (SELECT 1 FROM matches m WHERE m.entry_id = e.id) "
         "ORDER BY at, e.id",
         [iso(since)],
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.models import Entry
+from aggregator.models import Entry, TopicMatch
 from aggregator.store import NewEntry, Store, recent_story_entries
 from aggregator.stories import (
     GroupingParams,
@@ -296,10 +296,13 @@ def test_index_warms_from_the_database_and_keeps_deciding(tmp_path: Path) -> Non
     store = Store.open(tmp_path / "agg.db")
     try:
         now = T0 + timedelta(hours=1)
-        store.add_entries([NewEntry(SIGNED, (), ())], now)
+        topic = (TopicMatch("executive-orders", ("executive order",)),)
+        store.add_entries([NewEntry(SIGNED, topic, ())], now)
+        unmatched = entry("Local bakery wins county fair pie contest", hours=0)
+        store.add_entries([NewEntry(unmatched, (), ())], now)  # never a story we alert on
         story_id = recent_story_entries(store, now - timedelta(hours=72))[0][0]
         old = entry("An old story about zeppelins", hours=-200)
-        store.add_entries([NewEntry(old, (), ())], T0 - timedelta(hours=200))
+        store.add_entries([NewEntry(old, topic, ())], T0 - timedelta(hours=200))
 
         index = StoryIndex()
         warm = recent_story_entries(store, now - timedelta(hours=72))
@@ -309,7 +312,7 @@ def test_index_warms_from_the_database_and_keeps_deciding(tmp_path: Path) -> Non
 
         decision = decide(SIGNED_ELSEWHERE, index, T0 + timedelta(hours=2))
         assert decision.story_id == story_id
-        store.add_entries([NewEntry(SIGNED_ELSEWHERE, (), (), story_id=decision.story_id)], now)
+        store.add_entries([NewEntry(SIGNED_ELSEWHERE, topic, (), story_id=decision.story_id)], now)
         members = recent_story_entries(store, now - timedelta(hours=72))
         assert [sid for sid, _ in members] == [story_id, story_id]
     finally:
