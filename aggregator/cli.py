@@ -137,7 +137,7 @@ def poll(obj: Context, once: bool) -> None:
     except AggregatorError as e:
         raise click.ClickException(str(e)) from e
     try:
-        runtime.recover()
+        runtime.recover(alone=False)
         report = runtime.cycle(everything=True)
     finally:
         runtime.close()
