@@ -39,6 +39,7 @@ from aggregator.story_index import StoryIndex, warm_index
 
 log = logging.getLogger(__name__)
 
+IN_FLIGHT_SECONDS = 120.0  # a row in 'sending' this long belongs to no live process
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus names it
 EXIT_FAILURE = 1
 TICK_SECONDS = 30.0  # how often the scheduler looks for due feeds
@@ -135,9 +136,14 @@ class Runtime:
             stories=self.stories,
         )
 
-    def recover(self) -> None:
-        """Settle alerts a crash left in ``sending`` before anything new is sent."""
-        for outcome in self.outbox.recover(utcnow()):
+    def recover(self, *, alone: bool = True) -> None:
+        """Settle alerts a crash left in ``sending`` before anything new is sent.
+
+        ``alone=False`` (``poll --once``, which may run beside the service) leaves rows another
+        live process may be sending right now.
+        """
+        older_than = 0.0 if alone else IN_FLIGHT_SECONDS
+        for outcome in self.outbox.recover(utcnow(), older_than=older_than):
             log.info(
                 "recovered alert %s in %s: %s", outcome.alert_id, outcome.channel, outcome.state
             )
@@ -304,6 +310,8 @@ def _serve(
         if idle and not stop.is_set() and (reload_wanted.is_set() or runtime.config_changed()):
             scheduler.modify_job("cycle", next_run_time=utcnow())
 
+    skipped = _QuietSkippedRuns()
+    logging.getLogger("apscheduler.scheduler").addFilter(skipped)
     scheduler = BackgroundScheduler(
         executors={"cycle": ThreadPoolExecutor(1), "default": ThreadPoolExecutor(1)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -333,8 +341,17 @@ def _serve(
         logging.shutdown()
         os._exit(0)
     runtime.close()
+    logging.getLogger("apscheduler.scheduler").removeFilter(skipped)
     log.info("stopped")
     return 0
+
+
+class _QuietSkippedRuns(logging.Filter):
+    """A cycle longer than the tick makes APScheduler warn at every tick that it skipped a run.
+    That is the design (one cycle at a time, and the watchdog catches a hung one), not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
 
 
 class _Signals:

@@ -237,7 +237,7 @@ class World:
         (self.config / "topics.toml").write_text(topics or shipped, encoding="utf-8")
         (self.config / "aggregator.toml").write_text(
             f'[polling]\ninterval = "10s"\njitter = 0\n{polling}\n'
-            '[fetch]\ntimeout = "2s"\ndeadline = "3s"\nparse_workers = 1\n'
+            '[fetch]\ntimeout = "2s"\ndeadline = "6s"\nparse_workers = 1\n'
             '[slack]\nper_channel_interval = "0.05s"\n' + settings,
             encoding="utf-8",
         )
@@ -389,8 +389,8 @@ def test_sigterm_during_a_fetch_exits_0_and_the_alerts_wait_for_the_next_start(
     world: World,
 ) -> None:
     fast = world.feeds.serve("/fast.xml", rss(SEED_ITEM))
-    # About 1.5 s of drip: the cycle is still fetching when SIGTERM arrives.
-    slow = world.feeds.drip("/slow.xml", rss(DULL_ITEM), interval=0.004)
+    # About 1 s of drip: the cycle is still fetching when SIGTERM arrives.
+    slow = world.feeds.drip("/slow.xml", rss(DULL_ITEM), interval=0.002)
     world.write_config([fast, slow])
     service = world.start()
     wait_until(lambda: world.feeds.count("/slow.xml") >= 1, "the slow fetch to start")
@@ -399,6 +399,7 @@ def test_sigterm_during_a_fetch_exits_0_and_the_alerts_wait_for_the_next_start(
     # The cycle finished its fetch and committed the entries and their alerts, then sent nothing:
     # a stop means no new send starts.
     assert "stopping: finishing the cycle in flight" in service.text()
+    assert "maximum number of running instances" not in service.text()  # a long cycle is no news
     assert world.query("SELECT count(*) FROM entries")[0][0] == 2
     assert world.alert_states() == {"pending": 2}
     assert world.slack.posts() == []
@@ -442,7 +443,7 @@ def test_sigterm_during_a_send_finishes_that_send_and_leaves_the_rest_queued(
 
 
 def test_a_cycle_longer_than_the_stop_grace_is_abandoned_with_exit_0(world: World) -> None:
-    slow = world.feeds.drip("/slow.xml", rss(SEED_ITEM), interval=0.01)  # about 5 s
+    slow = world.feeds.drip("/slow.xml", rss(SEED_ITEM), interval=0.01)  # 5 s, under the deadline
     world.write_config([slow], settings="")
     service = world.start(run_args=("--stop-grace", "0.3"))
     wait_until(lambda: world.feeds.count("/slow.xml") >= 1, "the slow fetch to start")
