@@ -181,7 +181,7 @@ def demo(obj: Context, feeds_dir: Path | None) -> None:
         _fail_config(e)
 
 
-# -- feeds (helper-4; the logic lives in aggregator/feeds_admin.py) ------------------------------
+# -- feeds (the logic lives in aggregator/feeds_admin.py) ---------------------------------------
 
 
 @main.group()
@@ -309,7 +309,7 @@ def feeds_status(obj: Context) -> None:
         store.close()
 
 
-# == topic rules: eval, explain, backtest (owned by the rules helper; logic in evaluation.py) =====
+# -- topic rules: eval, explain, backtest (the logic lives in aggregator/evaluation.py) ---------
 
 from typing import TYPE_CHECKING  # noqa: E402
 

@@ -666,7 +666,7 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
-# == delivery outbox helpers (owned by the delivery helper: aggregator/notify/) ===================
+# -- the outbox, for aggregator/notify/ ----------------------------------------------------------
 # Kept as functions over a Store so this section stays self-contained at the end of the file.
 
 _OUTBOX_SELECT = (
@@ -872,7 +872,7 @@ def insert_followup(
     return int(cursor.lastrowid) if cursor.rowcount == 1 and cursor.lastrowid else None
 
 
-# == story grouping helpers (owned by the story-grouping helper: aggregator/stories.py) ==========
+# -- stories, for the story index ---------------------------------------------------------------
 
 
 def recent_story_entries(store: Store, since: datetime) -> list[tuple[int, Entry]]:
@@ -889,25 +889,10 @@ def recent_story_entries(store: Store, since: datetime) -> list[tuple[int, Entry
         "ORDER BY at, e.id",
         [iso(since)],
     )
-    found: list[tuple[int, Entry]] = []
-    for row in rows:
-        entry = Entry(
-            feed_url=row["feed_url"],
-            guid=row["guid"],
-            link=row["link"],
-            canonical_url=row["canonical_url"],
-            title=row["title"],
-            summary=row["summary"],
-            published=from_iso(row["at"]),
-            content_hash=row["content_hash"],
-            source=row["source"],
-            links=tuple(json.loads(row["links"] or "[]")),
-        )
-        found.append((int(row["story_id"]), entry))
-    return found
+    return [(int(row["story_id"]), _stored_entry(row, row["at"])) for row in rows]
 
 
-# == topic rule helpers (owned by the rules helper: `aggregator explain` / `aggregator backtest`) ==
+# -- stored entries, for `aggregator explain` and `aggregator backtest` -------------------------
 
 
 def _stored_entry(row: dict[str, Any], published: str | None) -> Entry:
@@ -978,7 +963,7 @@ def stored_entries(
         after_at, after_id = rows[-1]["at"], int(rows[-1]["id"])
 
 
-# -- feed health (helper-4: `feeds status`) ------------------------------------------------------
+# -- feed health, for `aggregator feeds status` --------------------------------------------------
 
 
 def feed_health_rows(store: Store, since: datetime) -> list[dict[str, Any]]:
