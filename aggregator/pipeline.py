@@ -231,9 +231,11 @@ def _store_entries(
         fresh = not first_poll or (entry.published is not None and entry.published >= window_start)
         seen_url_story = store.story_of_canonical_url(entry.canonical_url)
         story_id, joined_story = seen_url_story, None
-        if matches and seen_url_story is None:
+        # Computed once: deciding and indexing need the same features (~1 ms an entry).
+        feats = deps.stories.features(entry, now) if matches else None
+        if feats is not None and seen_url_story is None:
             decision = decide(
-                entry, deps.stories, now, timedelta(seconds=config.settings.story_window)
+                feats, deps.stories, now, timedelta(seconds=config.settings.story_window)
             )
             joined_story = story_id = decision.story_id
         alert_channels = (
@@ -249,8 +251,8 @@ def _store_entries(
         new += 1
         matched += bool(matches)
         alerts += added.alerts
-        if matches:
-            deps.stories.add(added.story_id, deps.stories.features(entry, now), entry.title)
+        if feats is not None:
+            deps.stories.add(added.story_id, feats, entry.title)
             if joined_story is not None and fresh:
                 _thread_reply(deps, added.story_id, added.entry_id, entry, now)
     return new, matched, alerts
