@@ -11,7 +11,9 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +21,15 @@ from aggregator import __version__
 from aggregator.config import Config, resolve_config_dir, slack_token
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.logs import setup_logging
+
+if TYPE_CHECKING:  # the commands import what they need when they run, to start fast
+    from collections.abc import Iterable
+
+    from aggregator.config import TopicConfig
+    from aggregator.evaluation import Item
+    from aggregator.match import TopicMatcher
+    from aggregator.models import Entry
+    from aggregator.store import Store
 
 log = logging.getLogger("aggregator")
 
@@ -311,15 +322,6 @@ def feeds_status(obj: Context) -> None:
 
 # -- topic rules: eval, explain, backtest (the logic lives in aggregator/evaluation.py) ---------
 
-from typing import TYPE_CHECKING  # noqa: E402
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from aggregator.config import TopicConfig
-    from aggregator.evaluation import Item
-    from aggregator.match import TopicMatcher
-
 
 def _topics_from(obj: Context, topics_file: Path | None) -> tuple[Config | None, list[TopicConfig]]:
     """The configured topics, or those of a candidate ``topics.toml`` (exit 2 if invalid)."""
@@ -426,6 +428,8 @@ def explain(
             raise click.ClickException(str(e)) from e
         try:
             found = stored_entry(store, entry, [canonical_url(entry)] if "://" in entry else [])
+            if found is not None:
+                notes.append(_story_note(store, found[0], found[1], config))
         finally:
             store.close()
         if found is None:
@@ -450,6 +454,18 @@ def explain(
     click.echo(format_explain(_matcher(topics).explain(doc), mark=mark), nl=False)
     for note in notes:
         click.echo(f"note: {note}")
+
+
+def _story_note(store: Store, entry_id: int, entry: Entry, config: Config) -> str:
+    """Which story a stored entry is in, and the grouping decision that put it there."""
+    from aggregator.store import story_context
+    from aggregator.story_index import replay_decision
+
+    window = timedelta(seconds=config.settings.story_window)
+    story_id, first_seen, earlier = story_context(store, entry_id, window)
+    if entry.canonical_url and any(e.canonical_url == entry.canonical_url for _, e in earlier):
+        return f"story {story_id}: an earlier entry has the same link ({entry.canonical_url})"
+    return f"story {story_id}: {replay_decision(entry, earlier, first_seen, window).explain()}"
 
 
 @main.command()

@@ -892,6 +892,27 @@ def recent_story_entries(store: Store, since: datetime) -> list[tuple[int, Entry
     return [(int(row["story_id"]), _stored_entry(row, row["at"])) for row in rows]
 
 
+def story_context(
+    store: Store, entry_id: int, window: timedelta
+) -> tuple[int | None, datetime, list[tuple[int, Entry]]]:
+    """For explaining a grouping decision: the entry's story, when it was first seen, and the
+    matching entries first seen within ``window`` before it (what the decision could see)."""
+    row = store.db.execute(
+        "SELECT story_id, first_seen FROM entries WHERE id = ?", [entry_id]
+    ).fetchone()
+    if row is None:
+        raise StoreError(f"no stored entry {entry_id}")
+    first_seen = datetime.fromisoformat(row[1])
+    rows = store.db.query(
+        "SELECT e.*, coalesce(e.published, e.first_seen) AS at FROM entries e "
+        "WHERE e.first_seen < ? AND e.first_seen >= ? AND e.story_id IS NOT NULL "
+        "AND EXISTS (SELECT 1 FROM matches m WHERE m.entry_id = e.id) ORDER BY at, e.id",
+        [row[1], iso(first_seen - window)],
+    )
+    earlier = [(int(r["story_id"]), _stored_entry(r, r["at"])) for r in rows]
+    return (int(row[0]) if row[0] is not None else None), first_seen, earlier
+
+
 # -- stored entries, for `aggregator explain` and `aggregator backtest` -------------------------
 
 

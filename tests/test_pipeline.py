@@ -7,6 +7,8 @@ advance a fake clock, so backoff and pacing cost no wall time.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -443,3 +445,25 @@ def test_official_text_from_a_primary_feed_is_linked_from_the_parent(rig: Rig) -
     assert replies and all("Official text" in str(r.blocks) for r in replies)
     edits = rig.slack.updates()
     assert edits and all(order_link in str(e.blocks) for e in edits)
+
+
+def test_explain_names_the_story_an_entry_joined_and_why(rig: Rig) -> None:
+    signed, again = _coverage_items(1)
+    first = rig.feeds.serve("/a.xml", rss(signed))
+    second = rig.feeds.serve("/b.xml", rss(again))
+    config = rig.write_config([first])
+    rig.cycle(config)
+    rig.clock.advance(600)
+    config = rig.write_config([first, second])
+    rig.cycle(config)
+    joined = rig.store.db.execute("SELECT id, story_id FROM entries WHERE guid = 'b-1'").fetchone()
+    database = str(rig.tmp / "bot.db")
+
+    out = subprocess.run(
+        [sys.executable, "-m", "aggregator", "--config", str(config), "--db", database,
+         "explain", str(joined[0])],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+
+    assert f"story {joined[1]}: joins story {joined[1]}" in out
+    assert "similarity" in out
