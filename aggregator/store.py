@@ -148,6 +148,10 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX fetches_feed ON fetches(feed_url, at);
     """,
+    2: """
+    -- A reply or an edit finds its parent's other follow-ups without scanning the outbox.
+    CREATE INDEX alerts_parent ON alerts(json_extract(payload, '$.parent_alert_id'));
+    """,
 }
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from aggregator.config import FeedConfig
 from aggregator.doctor import Check, check_database, check_feeds, format_report, run_checks
-from aggregator.store import Store
+from aggregator.store import MIGRATIONS, Store
 from tests.feedserver import FeedServer
 from tests.slackserver import TOKEN, SlackServer
 
@@ -99,7 +99,7 @@ def test_a_healthy_install_passes_every_check_and_exits_0(
     assert "2 feeds, 2 topics (ai-policy, executive-orders); every topic's examples pass" in (
         doctor.stdout
     )
-    assert "migrated (schema version 1) and in WAL mode" in doctor.stdout
+    assert f"migrated (schema version {max(MIGRATIONS)}) and in WAL mode" in doctor.stdout
     assert "valid: the bot is alertbot in Test Team" in doctor.stdout
     assert "channel #ai-policy: exists (C" in doctor.stdout
     assert "2 of 2 feeds were reachable on their last fetch" in doctor.stdout
@@ -262,10 +262,12 @@ def test_an_older_or_newer_schema_fails_with_the_right_fix(
 
     path = tmp_path / "bot.db"
     Store.open(path).close()
-    monkeypatch.setattr(doctor, "MIGRATIONS", {1: "", 2: ""})  # this bot knows one more
+    current = max(MIGRATIONS)
+    known = {**MIGRATIONS, current + 1: ""}  # this bot knows one more
+    monkeypatch.setattr(doctor, "MIGRATIONS", known)
     check, _ = check_database(str(path))
     assert not check.ok
-    assert "schema version 1; this version of the bot uses 2" in check.detail
+    assert f"schema version {current}; this version of the bot uses {current + 1}" in check.detail
     assert "restart the service" in check.fix
     monkeypatch.undo()
 
