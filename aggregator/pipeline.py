@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import random
-import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
-from itertools import count
-from typing import Any, Generic, Protocol, TypeAlias, TypeVar, cast
+from typing import Protocol, TypeAlias
 
 from aggregator import schedule
+from aggregator.ahead import ReadyAhead
 from aggregator.config import Config, FeedConfig
 from aggregator.match import TopicMatcher
 from aggregator.models import (
@@ -54,7 +52,6 @@ from aggregator.story_index import StoryIndex
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Fed: TypeAlias = "tuple[FeedState, FetchOutcome]"  # a due feed and what fetching it gave
 FETCH_AHEAD_PER_THREAD = 4  # fetched bodies waiting for the parser, per fetch thread
 SETTLE_BATCH = 50  # most feeds stored per transaction
@@ -104,89 +101,21 @@ def run_cycle(deps: Deps, now: datetime, *, deadline: float | None = None) -> Cy
     feeds = deps.store.due_feeds(now)
     deps.stories.expire(now - timedelta(seconds=settings.story_window))
     outcomes: list[FeedOutcome] = []
-    ahead = _ReadyAhead(_fetched_and_parsed(deps, feeds), SETTLE_AHEAD)
-    try:
-        item = ahead.next()
-        while item is not None:
+    with ReadyAhead(_fetched_and_parsed(deps, feeds), SETTLE_AHEAD) as ready:
+        while (first := ready.next()) is not None:
             # A feed's entries, alerts and schedule commit together. Feeds that are ready share
             # a commit; the write lock is never held while waiting for a slow feed.
             with deps.store.transaction():
-                for settled in count(1):
-                    (feed, result), parsed = item
+                for (feed, result), parsed in ready.while_ready(first, SETTLE_BATCH):
                     outcome = _settle_feed(deps, feed, result, parsed, now)
                     outcomes.append(outcome)
                     if outcome.status == "failed":
                         log.warning("feed %s: %s", feed.url, outcome.reason)
-                    if settled >= SETTLE_BATCH or not ahead.ready():
-                        break
-                    item = ahead.next()
-                    if item is None:
-                        break
-            if item is not None:
-                item = ahead.next()
-    finally:
-        ahead.close()
     deliveries = deps.outbox.deliver_due(now, deadline=deadline) if deps.outbox else []
     finished = now + timedelta(seconds=time.monotonic() - started)
     report = CycleReport(now, finished, tuple(outcomes), tuple(deliveries))
     log.info(report.summary())
     return report
-
-
-class _ReadyAhead(Generic[T]):
-    """Runs ``source`` on its own thread, up to ``size`` items ahead of the caller, so that the
-    caller can ask whether the next item is ready before it waits for it."""
-
-    def __init__(self, source: Iterator[T], size: int) -> None:
-        self._items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=size)
-        self._stop = threading.Event()
-        self._ended = False
-        self._thread = threading.Thread(
-            target=self._fill, args=(source,), name="cycle-ahead", daemon=True
-        )
-        self._thread.start()
-
-    def ready(self) -> bool:
-        return self._ended or not self._items.empty()
-
-    def next(self) -> T | None:
-        """The next item, waiting for it if need be; None at the end."""
-        if self._ended:
-            return None
-        kind, value = self._items.get()
-        if kind == "item":
-            return cast(T, value)
-        self._ended = True
-        if kind == "error":
-            raise value
-        return None
-
-    def close(self) -> None:
-        """Stop early if need be; returns once the source is closed (fetches in flight end)."""
-        self._stop.set()
-        self._thread.join()
-
-    def _fill(self, source: Iterator[T]) -> None:
-        end: tuple[str, Any] = ("end", None)
-        try:
-            for item in source:
-                if not self._put(("item", item)):
-                    return
-        except BaseException as e:  # handed to the caller, which raises it
-            end = ("error", e)
-        finally:
-            if isinstance(source, Generator):
-                source.close()
-        self._put(end)
-
-    def _put(self, entry: tuple[str, Any]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._items.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
 
 
 def _fetched_and_parsed(
