@@ -7,7 +7,6 @@ environment or from systemd's ``$CREDENTIALS_DIRECTORY`` (see :func:`slack_token
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -239,40 +238,42 @@ def _dotted(path: tuple[str | int, ...]) -> str:
 
 
 def _line_of(lines: list[str], path: tuple[str | int, ...]) -> int | None:
-    """Best-effort line number of a key path in TOML source (tomllib gives no positions)."""
+    """Best-effort line number of a key path in TOML source (tomllib gives no positions).
+
+    Finds the table the path lives in (``[[feeds]]`` number N, ``[topics.NAME]`` or ``[polling]``),
+    then the key's line inside it; falls back to the table's own line.
+    """
     if not path:
         return None
-    head, rest = path[0], path[1:]
-    start, end = 0, len(lines)
-    found: int | None = None
-    if rest and isinstance(rest[0], int):  # [[head]] number rest[0]
-        count = -1
-        for i, line in enumerate(lines):
-            if re.match(rf"^\s*\[\[\s*{re.escape(str(head))}\s*\]\]", line):
-                count += 1
-                if count == rest[0]:
-                    start, found = i + 1, i + 1
-                    break
-        rest = rest[1:]
-    elif rest:  # [head.name] or [head."name"]
+    head, rest = re.escape(str(path[0])), list(path[1:])
+    table: int | None = None  # index of the table's header line
+    if rest and isinstance(number := rest[0], int):
+        headers = [
+            i for i, line in enumerate(lines) if re.match(rf"^\s*\[\[\s*{head}\s*\]\]", line)
+        ]
+        rest.pop(0)
+        table = headers[number] if number < len(headers) else None
+    elif rest:
         name = re.escape(str(rest[0]))
-        for i, line in enumerate(lines):
-            if re.match(rf"^\s*\[\s*{re.escape(str(head))}\s*\.\s*\"?{name}\"?\s*[\].]", line):
-                start, found = i + 1, i + 1
-                break
-        rest = rest[1:]
-    else:
-        for i, line in enumerate(lines):
-            if re.match(rf"^\s*\[\s*{re.escape(str(head))}\s*\]", line):
-                return i + 1
-        rest = (head,)
-    for i in range(start, end):
+        named = rf"^\s*\[\s*{head}\s*\.\s*\"?{name}\"?\s*[\].]"
+        table = next((i for i, line in enumerate(lines) if re.match(named, line)), None)
+        if table is not None:
+            rest.pop(0)
+    if table is None:
+        plain = rf"^\s*\[\s*{head}\s*\]"
+        table = next((i for i, line in enumerate(lines) if re.match(plain, line)), None)
+        if table is None:
+            return None
+    key = next((p for p in reversed(rest) if isinstance(p, str)), None)
+    if key is None:
+        return table + 1
+    assignment = rf"^\s*(\w+\.)?\"?{re.escape(key)}\"?\s*="
+    for i in range(table + 1, len(lines)):
         if re.match(r"^\s*\[", lines[i]) and not (rest and str(rest[0]) in lines[i]):
             break  # the next table: the key is not in this one
-        key = next((p for p in reversed(rest) if isinstance(p, str)), None)
-        if key and re.match(rf"^\s*(\w+\.)?\"?{re.escape(key)}\"?\s*=", lines[i]):
+        if re.match(assignment, lines[i]):
             return i + 1
-    return found
+    return table + 1
 
 
 def _check_keys(
@@ -564,7 +565,3 @@ def _host(url: str) -> str:
 def config_files(directory: Path) -> list[Path]:
     """The files whose changes trigger a reload."""
     return [directory / name for name in FILES]
-
-
-def environment() -> dict[str, str]:
-    return dict(os.environ)
