@@ -44,6 +44,8 @@ class IndexedStory:
     last_published: datetime | None = None
     stems: set[str] = field(default_factory=set)
     links: set[str] = field(default_factory=set)
+    version: int = 0  # bumped when members change: invalidates ``summed``
+    summed: tuple[tuple[int, ...], dict[str, float], list[StoryFeatures]] | None = None
 
 
 class StoryIndex:
@@ -70,6 +72,7 @@ class StoryIndex:
         self._source_seen: dict[str, int] = {}
         self._source_stems: dict[str, dict[str, float]] = {}
         self._boilerplate: dict[str, frozenset[str]] = {}
+        self._boilerplate_version = 0  # bumped when any outlet's boilerplate changes
 
     def __len__(self) -> int:
         return len(self._stories)
@@ -114,8 +117,11 @@ class StoryIndex:
         if items >= BOILERPLATE_MIN_ITEMS and (seen <= 2 * BOILERPLATE_MIN_ITEMS or seen % 8 == 0):
             floor = BOILERPLATE_SHARE * items
             found = frozenset(s for s, n in counts.items() if n >= floor)
-            if found or feats.source in self._boilerplate:
+            if (found or feats.source in self._boilerplate) and found != self.boilerplate(
+                feats.source
+            ):
                 self._boilerplate[feats.source] = found
+                self._boilerplate_version += 1
 
     def add(self, story_id: int, feats: StoryFeatures, title: str | None = None) -> None:
         """Record that an entry with ``feats`` belongs to ``story_id`` (new or known)."""
@@ -125,6 +131,7 @@ class StoryIndex:
             self._stories[story_id] = story
         self.observe(feats)
         story.members.append(feats)
+        story.version += 1
         if len(story.members) > MAX_STORED_MEMBERS:
             del story.members[0]
         when = feats.published
@@ -178,6 +185,28 @@ class StoryIndex:
             _discard(self._by_link, link, story.story_id)
 
     # -- lookups ----------------------------------------------------------------------------------
+
+    def member_sum(
+        self, story: IndexedStory, limit: int
+    ) -> tuple[dict[str, float], list[StoryFeatures]]:
+        """The sum of the unit vectors of the story's latest ``limit`` members, and the members
+        left out of it because their outlet has boilerplate (which a comparison must ignore).
+
+        Cached on the story until its members or any outlet's boilerplate change.
+        """
+        key = (story.version, self._boilerplate_version, limit)
+        if story.summed is not None and story.summed[0] == key:
+            return story.summed[1], story.summed[2]
+        summed: dict[str, float] = {}
+        apart: list[StoryFeatures] = []
+        for member in story.members[-limit:]:
+            if self._boilerplate.get(member.source):
+                apart.append(member)
+                continue
+            for stem, value in member.unit.items():
+                summed[stem] = summed.get(stem, 0.0) + value
+        story.summed = (key, summed, apart)
+        return summed, apart
 
     def candidates(self, feats: StoryFeatures, since: datetime, limit: int) -> list[int]:
         """Up to ``limit`` stories active since ``since`` sharing the entry's rarest stems."""

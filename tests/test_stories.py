@@ -363,3 +363,57 @@ def test_replay_explains_a_stored_decision() -> None:
     assert "joins story 5" in decision.explain()
     warmed = warm_index(StoryIndex(), earlier, now)
     assert warmed.story(5) is not None
+
+
+def _score_by_hand(feats_entry: Entry, index: StoryIndex, story_id: int) -> float:
+    """The documented score: mean over the story's latest members of cosine minus penalties."""
+    params = index.params
+    assert feats_entry.published is not None
+    feats = index.features(feats_entry, feats_entry.published)
+    story = index.story(story_id)
+    assert story is not None
+    members = story.members[-params.max_members :]
+    own = index.boilerplate(feats.source)
+    total = 0.0
+    for m in members:
+        raw, _ = similarity(feats, m, own | index.boilerplate(m.source))
+        hours = abs((feats.published - m.published).total_seconds()) / 3600
+        total += raw - params.penalty_per_day * max(0.0, hours - params.grace_hours) / 24
+        if m.source == feats.source:
+            total -= params.same_source_penalty
+    return total / len(members)
+
+
+def test_the_fast_score_equals_the_mean_of_member_similarities() -> None:
+    # Scores come from one dot product with a cached sum of the members' unit vectors; members
+    # whose outlet has boilerplate are compared one by one. Both must give the documented mean,
+    # also after the story grows and after an outlet's boilerplate is learned.
+    g = Grouper()
+    for k, title in enumerate(ORDER_TOPICS):
+        g.add(entry(title, PREAMBLE, source="White House", hours=k * 30))
+    story_id = g.next_id
+    g.index.add(story_id, g.index.features(SIGNED, T0), SIGNED.title)
+    probes = [
+        SIGNED_ELSEWHERE,
+        entry(SIGNED.title, PREAMBLE, source="White House", hours=3),
+        entry("Lumber tariff order draws praise from mills", "Softwood lumber, Canada", hours=4),
+    ]
+    joined = 0
+    for k, probe in enumerate(probes):
+        assert probe.published is not None
+        decision = decide(g.index.features(probe, probe.published), g.index, probe.published)
+        scored = decision.score
+        expected = _score_by_hand(probe, g.index, story_id)
+        assert decision.story_id in (story_id, None)
+        if decision.story_id == story_id:
+            joined += 1
+            assert scored == pytest.approx(expected, abs=1e-9)
+        else:
+            assert expected < g.index.params.threshold
+        # grow the story with a member from an outlet with boilerplate, then with another
+        member = entry(f"{SIGNED.title} {k}", PREAMBLE, source="White House", hours=1 + k)
+        g.index.add(story_id, g.index.features(member, member.published or T0))
+    assert joined >= 2
+    assert g.index.boilerplate("White House")
+    story = g.index.story(story_id)
+    assert story is not None and len(story.members) == 4
