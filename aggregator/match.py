@@ -9,14 +9,16 @@ giving each field its own block of positions, so phrases and NEAR never span two
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from aggregator import rules
+from aggregator import rules, story_idf
 from aggregator import text as textnorm
 from aggregator.config import TopicConfig
 from aggregator.errors import RuleSyntaxError
 from aggregator.models import Document, TopicMatch
+from aggregator.stories import stem
 
 FIELD_NUMBER = {name: i for i, name in enumerate(rules.FIELDS)}
 _SHIFT = 20  # positions are field << _SHIFT | word index
@@ -77,6 +79,8 @@ class _Atoms:
         self.prefix: dict[str, int] = {}
         self.capitals_prefix: dict[str, int] = {}
         self.count = 0
+        self.words: dict[int, rules.Word] = {}
+        self.share: dict[int, float] = {}  # estimated share of news items with the word
 
     def add(self, word: rules.Word) -> int:
         if word.prefix:
@@ -85,6 +89,8 @@ class _Atoms:
             table = self.capitals if word.exact_case else self.exact
         if word.text not in table:
             table[word.text] = self.count
+            self.words[self.count] = word
+            self.share[self.count] = _news_share(word)
             self.count += 1
         return table[word.text]
 
@@ -122,10 +128,11 @@ class _Node:
 class _Words(_Node):
     positional = True
 
-    def __init__(self, atoms: tuple[int, ...], fields: frozenset[int]) -> None:
+    def __init__(self, atoms: tuple[int, ...], fields: frozenset[int], key: int) -> None:
         self.atoms = atoms
         self.fields = fields
         self.length = len(atoms)
+        self.key = key  # the rarest word: a phrase cannot hold without it
 
     def spans(self, index: Index) -> list[Span]:
         first = index.get(self.atoms[0])
@@ -258,7 +265,8 @@ def _build(node: rules.Node, atoms: _Atoms, memo: dict[int, _Node]) -> _Node:
     built: _Node
     if isinstance(node, rules.Words):
         ids = tuple(atoms.add(w) for w in node.words)
-        built = _Words(ids, frozenset(FIELD_NUMBER[f] for f in node.fields))
+        key = min(ids, key=atoms.share.__getitem__)
+        built = _Words(ids, frozenset(FIELD_NUMBER[f] for f in node.fields), key)
     elif isinstance(node, rules.Near):
         left = _build(node.left, atoms, memo)
         right = _build(node.right, atoms, memo)
@@ -273,27 +281,34 @@ def _build(node: rules.Node, atoms: _Atoms, memo: dict[int, _Node]) -> _Node:
     return built
 
 
-def _required(node: _Node) -> frozenset[int] | None:
-    """Atoms of which at least one must be present for ``node`` to hold (None: no such set)."""
+def _required(node: _Node, share: dict[int, float]) -> frozenset[int] | None:
+    """Atoms of which at least one must be present for ``node`` to hold (None: no such set).
+
+    Where there is a choice, the rarest in news, so that the set rules out the most items.
+    """
     if isinstance(node, _Words):
-        return frozenset(node.atoms[:1])
+        return frozenset((node.key,))
     if isinstance(node, _AnyWord):
         return node.atoms
-    if isinstance(node, _Near):
-        sides = [r for r in (_required(node.left), _required(node.right)) if r is not None]
-        return min(sides, key=len) if sides else None
+    if isinstance(node, _Near | _And):
+        children = (node.left, node.right) if isinstance(node, _Near) else node.children
+        options = [r for r in (_required(c, share) for c in children) if r is not None]
+        return min(options, key=lambda r: sum(map(share.__getitem__, r))) if options else None
     if isinstance(node, _Or):
         union: set[int] = set()
         for child in node.children:
-            found = _required(child)
+            found = _required(child, share)
             if found is None:
                 return None
             union |= found
         return frozenset(union)
-    if isinstance(node, _And):
-        options = [r for r in map(_required, node.children) if r is not None]
-        return min(options, key=len) if options else None
     return None
+
+
+def _news_share(word: rules.Word) -> float:
+    """Roughly the share of news items that contain ``word`` (from the story IDF table)."""
+    idf = story_idf.table().get(stem(word.text), story_idf.default_idf())
+    return math.exp(-idf) * (4.0 if word.prefix else 1.0)  # a prefix stands for several words
 
 
 def _collect(node: _Node, index: Index, out: list[Span]) -> None:
@@ -343,6 +358,7 @@ class TopicMatcher:
         self._always = always
         self._fields = fields
         self._cache: dict[str, tuple[int, ...]] = {}
+        self._idle: set[str] = set()  # tokens that make no topic a candidate
 
     @classmethod
     def compile(cls, topics: Sequence[TopicConfig]) -> TopicMatcher:
@@ -367,7 +383,7 @@ class TopicMatcher:
                         if isinstance(node, rules.Words):
                             fields.update(FIELD_NUMBER[f] for f in node.fields)
             compiled.append(_Topic(topic.name, query, exclude))
-            required = _required(query.root)
+            required = _required(query.root, atoms.share)
             if required is None:
                 always.append(number)  # e.g. a query that is only NOT ...: no word needed
             else:
@@ -396,15 +412,21 @@ class TopicMatcher:
             textnorm.normalise(doc.link),
         )
 
-    def _index(self, texts: Sequence[str]) -> Index:
+    def _tokens(self, texts: Sequence[str]) -> list[list[str]]:
+        """Each field's words; none for a field that no rule reads."""
+        fields = self._fields
+        return [
+            textnorm.WORD.findall(text) if field in fields and text else []
+            for field, text in enumerate(texts)
+        ]
+
+    def _index(self, tokens: Sequence[Sequence[str]]) -> Index:
         index: Index = {}
         cache = self._cache
         lookup = self._atoms.lookup
-        for field, text in enumerate(texts):
-            if field not in self._fields or not text:
-                continue
+        for field, field_tokens in enumerate(tokens):
             base = field << _SHIFT
-            for i, token in enumerate(textnorm.WORD.findall(text)):
+            for i, token in enumerate(field_tokens):
                 found = cache.get(token)
                 if found is None:
                     if len(cache) >= _CACHE_LIMIT:
@@ -418,6 +440,32 @@ class TopicMatcher:
                         else:
                             positions.append(base + i)
         return index
+
+    def _may_match(self, tokens: Sequence[Sequence[str]]) -> bool:
+        """False when no topic can match because no word a topic requires is present.
+
+        Most news names no topic's required word: set operations in C tell, where indexing every
+        word's positions costs a Python loop over all of them.
+        """
+        if self._always:
+            return True
+        idle, by_atom = self._idle, self._by_atom
+        for field_tokens in tokens:
+            for token in set(field_tokens).difference(idle):
+                if any(atom in by_atom for atom in self._atoms_of(token)):
+                    return True
+                if len(idle) >= _CACHE_LIMIT:
+                    idle.clear()
+                idle.add(token)
+        return False
+
+    def _atoms_of(self, token: str) -> tuple[int, ...]:
+        found = self._cache.get(token)
+        if found is None:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            found = self._cache[token] = self._atoms.lookup(token)
+        return found
 
     def _candidates(self, index: Index) -> list[int]:
         if len(index) == 0:
@@ -433,7 +481,10 @@ class TopicMatcher:
     def match(self, doc: Document) -> list[TopicMatch]:
         """The topics whose query matches and whose exclusion does not, in config order."""
         texts = self._texts(doc)
-        index = self._index(texts)
+        tokens = self._tokens(texts)
+        if not self._may_match(tokens):
+            return []
+        index = self._index(tokens)
         out: list[TopicMatch] = []
         spans_by_field: list[list[tuple[int, int]]] | None = None
         for number in self._candidates(index):
@@ -452,7 +503,7 @@ class TopicMatcher:
     def explain(self, doc: Document) -> list[TopicExplanation]:
         """For every topic: the verdict, which clauses held, the matched words, any veto."""
         texts = self._texts(doc)
-        index = self._index(texts)
+        index = self._index(self._tokens(texts))
         spans_by_field = [textnorm.word_spans(t) for t in texts]
         out: list[TopicExplanation] = []
         for topic in self._topics:

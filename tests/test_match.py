@@ -344,3 +344,31 @@ def test_explain_expands_clauses_that_held_with_their_labels() -> None:
 def test_words(sample: str, expected: list[str]) -> None:
     assert text.words(sample) == expected
     assert [sample[a:b] for a, b in text.word_spans(sample)] == expected
+
+
+def test_the_skip_for_text_without_a_required_word_never_changes_a_verdict() -> None:
+    # A document with none of the words a topic requires is answered without indexing; words
+    # seen that way are remembered. A phrase is required by its rarest word ("vested"), not its
+    # first ("by"), and the memory must not hide a word from a later document.
+    matcher = TopicMatcher.compile(
+        [
+            topic('"by the authority vested in me"', name="order"),
+            topic("NOT (football OR soccer)", name="not-sport"),
+            topic("AI NEAR/3 rules", name="ai"),
+        ]
+    )
+    docs = [
+        ("by the authority of the board", ["not-sport"]),
+        ("By the authority vested in me as President", ["order", "not-sport"]),
+        ("vested interests in football", []),
+        ("New AI rules, by the authority vested in me", ["order", "not-sport", "ai"]),
+        ("football rules for AI", ["ai"]),
+    ]
+    for _ in range(2):  # the second pass runs with every word already remembered
+        for title, expected in docs:
+            found = [m.topic for m in matcher.match(Document(title, "", "", ""))]
+            assert found == expected, title
+    only_phrases = TopicMatcher.compile([topic('"by the authority vested in me"')])
+    for title, expected in docs:
+        found = [m.topic for m in only_phrases.match(Document(title, "", "", ""))]
+        assert found == (["t"] if "order" in expected else []), title
