@@ -7,6 +7,7 @@ stored before, by any feed. Grouping different URLs of one story across outlets 
 from __future__ import annotations
 
 import hashlib
+import re
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 # Query parameters that only track the reader; they never change what the page is.
@@ -31,6 +32,11 @@ TRACKING_PARAMS = frozenset(
     }
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# Most links: lower-case scheme, a bare host name, a path that quoting leaves as it is, no query.
+# Their canonical form needs no port, no quoting and no query rebuilt (the fragment goes anyway).
+_PLAIN_LINK = re.compile(
+    r"(https?)://([A-Za-z0-9.-]+)(/[A-Za-z0-9/:@!$&'()*+,;=._~-]*)?(?:#.*)?", re.S
+)
 
 
 def canonical_url(url: str) -> str:
@@ -40,6 +46,12 @@ def canonical_url(url: str) -> str:
     Returns "" for anything that is not an http(s) URL.
     """
     url = url.strip()
+    plain = _PLAIN_LINK.fullmatch(url)
+    if plain:
+        scheme: str = plain[1]
+        host: str = plain[2].lower().rstrip(".")
+        path: str = plain[3] or "/"
+        return urlunsplit((scheme, host, path, "", ""))
     try:
         parts = urlsplit(url)
         port = parts.port

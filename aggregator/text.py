@@ -46,7 +46,6 @@ _FOLD = str.maketrans(
 _DROP_BLOCKS = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>|<!--.*?-->", re.I | re.S)
 _BLOCK_TAG = re.compile(r"</?(?:p|br|div|li|ul|ol|h[1-6]|tr|td|th|table|blockquote)\b[^>]*>", re.I)
 _TAG = re.compile(r"</?[A-Za-z][^>]*>|<![^>]*>")
-_SPACE = re.compile(r"\s+")
 
 # A word is a run of letters and digits. Initialisms written with dots ("U.S.", "U.S", "A.I.")
 # are one word, so that the query term US or AI finds them; "x.com" stays two words.
@@ -62,7 +61,19 @@ def strip_html(text: str) -> str:
         text = _BLOCK_TAG.sub(" ", text)
         text = _TAG.sub("", text)
     text = html.unescape(text)
-    return _SPACE.sub(" ", text).strip()
+    return fold_space(text)
+
+
+def fold_space(text: str) -> str:
+    """Each run of whitespace as one space, none at either end.
+
+    The same as substituting ``\\s+`` and stripping, in a third of the time. Every whitespace
+    character but the space is unprintable, so printable text without a double space needs only its
+    ends stripped.
+    """
+    if text.isprintable() and "  " not in text:
+        return text.strip()
+    return " ".join(text.split())
 
 
 def _is_latin_base(char: str) -> bool:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import pytest
 
-from aggregator.dedupe import content_hash
+from aggregator.dedupe import TRACKING_PARAMS, canonical_url, content_hash
 from aggregator.models import Entry, ParsedFeed, ParseError, ParseOutcome
 from aggregator.parse import (
     ParseJob,
@@ -19,6 +21,7 @@ from aggregator.parse import (
     parse_feed,
     run_job,
 )
+from aggregator.text import fold_space
 
 URL = "https://news.example.org/politics/rss"
 
@@ -225,6 +228,83 @@ def test_text_is_bounded_and_free_of_control_characters() -> None:
     summary = _feed(body).entries[2].summary
     assert summary.startswith("x y")
     assert len(summary) == 20_000
+
+
+def _ids(body: bytes, url: str = URL) -> list[str]:
+    outcome = parse_feed(url, body)
+    assert isinstance(outcome, ParsedFeed), outcome
+    return [e.guid for e in outcome.entries]
+
+
+def _rss_items(*items: str, channel_attrs: str = "") -> bytes:
+    text = "".join(f"<item><title>t{i}</title>{item}</item>" for i, item in enumerate(items))
+    return (
+        '<?xml version="1.0"?><rss version="2.0" xmlns:atom="http://www.w3.org/2005/Atom">'
+        f"<channel{channel_attrs}><title>c</title>{text}</channel></rss>"
+    ).encode()
+
+
+def test_relative_ids_resolve_against_the_feed_url_as_feedparser_always_did() -> None:
+    # Stored guids are entry identity: parsing without the feed's URL must not change them.
+    body = _rss_items(
+        "<guid>123</guid>",  # a permalink by default: feedparser resolves it
+        '<guid isPermaLink="false">456</guid>',  # not a link: left as it is
+        "<atom:id>t3_abc</atom:id>",  # an Atom id is resolved too
+        "<guid>tag:news.example.org,2026:7</guid>",
+    )
+    base = "https://news.example.org/politics/"
+    assert _ids(body) == [base + "123", "456", base + "t3_abc", "tag:news.example.org,2026:7"]
+    assert _ids(_rss_items('<guid isPermaLink="false">456</guid>')) == ["456"]
+
+
+def test_xml_base_still_decides_links_and_ids() -> None:
+    body = _rss_items(
+        "<link>story/1</link><guid>a/1</guid>", channel_attrs=' xml:base="https://other.example/x/"'
+    )
+    outcome = parse_feed(URL, body)
+    assert isinstance(outcome, ParsedFeed)
+    entry = outcome.entries[0]
+    assert (entry.link, entry.guid) == (
+        "https://other.example/x/story/1",
+        "https://other.example/x/a/1",
+    )
+
+
+def test_text_fast_paths_match_the_regular_expressions() -> None:
+    for text in [
+        "a b",
+        " a  b ",
+        "a\xa0b",
+        "a\u2028\tb\n",
+        "",
+        "x\x1cy",
+        "printable \u201cquoted\u201d",
+    ]:
+        assert fold_space(text) == re.sub(r"\s+", " ", text).strip()
+    for url in [
+        "https://News.Example.org./a/b;c?utm_source=x&b=2&a=1#frag",
+        "https://news.example.org/a%20b/(c)",
+        "http://news.example.org",
+        "http://news.example.org:80/x#y",
+        "HTTP://news.example.org/x",
+        "https://news.example.org/caf\u00e9",
+    ]:
+        assert canonical_url(url) == _canonical_slow(url)
+
+
+def _canonical_slow(url: str) -> str:
+    """canonical_url without its fast path for plain links."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower().rstrip(".")
+    if parts.port not in (None, {"http": 80, "https": 443}[parts.scheme.lower()]):
+        host = f"{host}:{parts.port}"
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if not k.lower().startswith("utm_") and k.lower() not in TRACKING_PARAMS
+    ]
+    path = quote(unquote(parts.path), safe="/:@!$&'()*+,;=-._~%") or "/"
+    return urlunsplit((parts.scheme.lower(), host, path, urlencode(sorted(query)), ""))
 
 
 def test_results_pickle_for_a_process_pool() -> None:
