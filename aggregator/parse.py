@@ -183,18 +183,16 @@ def _base_free(feed_url: str, body: bytes, result: Any) -> bool:
         return False
     ids_resolved: bool | None = None  # looked up once, for the first relative id
     for raw in result.get("entries") or []:
-        value = raw.get("id")
+        entry = dict(raw)  # as in _entry: a plain dict is faster to read
+        value = entry.get("id")
         if isinstance(value, str) and value and not _is_absolute(feed_url, value):
             if ids_resolved is None:
                 ids_resolved = _may_resolve_ids(body)
             if ids_resolved:
                 return False
-        for key in ("title_detail", "summary_detail"):
-            if (raw.get(key) or {}).get("base"):
-                return False
-        for content in raw.get("content") or []:
-            if content.get("base"):
-                return False
+        details = [entry.get("title_detail"), entry.get("summary_detail")]
+        if any(d and d.get("base") for d in [*details, *(entry.get("content") or ())]):
+            return False
     return True
 
 
@@ -271,6 +269,7 @@ def _bozo_reason(result: Any) -> str | None:
 
 
 def _entry(feed_url: str, raw: Any, source: str) -> Entry | None:
+    raw = dict(raw)  # FeedParserDict.get costs a microsecond a key, for aliases we never use
     title = _text(raw.get("title", ""), raw.get("title_detail"), MAX_TITLE_CHARS)
     summary_html, summary_detail = _summary_source(raw)
     summary = _text(summary_html, summary_detail, MAX_SUMMARY_CHARS)
