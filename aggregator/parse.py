@@ -494,7 +494,7 @@ class ParsePool:
                     if item is None:
                         break
                     key, job = item
-                    window.append((key, job, self._submit(job) if job is not None else None))
+                    window.append((key, job, self._ahead(job) if job is not None else None))
                 if not window:
                     return
                 key, job, future = window.popleft()
@@ -519,6 +519,19 @@ class ParsePool:
 
     def _submit(self, job: ParseJob) -> Future[ParseOutcome]:
         return self._executor().submit(self.runner, job)
+
+    def _ahead(self, job: ParseJob) -> Future[ParseOutcome]:
+        """Submit a job to run ahead; a pool that broke meanwhile fails its future, not the stream.
+
+        A worker may die between two submits. The job is then run again alone in its turn, as
+        every job that was in flight is.
+        """
+        try:
+            return self._submit(job)
+        except BrokenProcessPool as e:
+            failed: Future[ParseOutcome] = Future()
+            failed.set_exception(e)
+            return failed
 
     def _alone(self, job: ParseJob) -> ParseOutcome:
         """Parse one job with nothing else in flight; a crash costs this job only."""
