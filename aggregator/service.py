@@ -29,6 +29,7 @@ from aggregator.config import Config, config_files, load_config, slack_token
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.fetch import Fetcher
 from aggregator.match import TopicMatcher, check_examples
+from aggregator.memory import limit_malloc_arenas
 from aggregator.models import CycleReport
 from aggregator.notify import Outbox, make_sink
 from aggregator.parse import ParsePool
@@ -104,6 +105,7 @@ class Runtime:
         parse_workers: int | None = None,
         stopping: threading.Event | None = None,
     ) -> None:
+        limit_malloc_arenas()  # before the fetch threads exist
         self.config_dir = config_dir
         self.environ = dict(environ)
         self.db_override = db_path

@@ -203,10 +203,12 @@ def child(spec_path: Path) -> int:
     from aggregator.config import load_config
     from aggregator.fetch import Fetcher
     from aggregator.match import TopicMatcher
+    from aggregator.memory import limit_malloc_arenas
     from aggregator.parse import ParsePool
     from aggregator.pipeline import Deps, run_cycle
     from aggregator.store import Store
 
+    limit_malloc_arenas()  # as the service does at start (``Runtime``)
     spec = json.loads(spec_path.read_text())
     config = load_config(Path(spec["config"]), {})
     store = Store.open(config.settings.database)
