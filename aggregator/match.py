@@ -128,11 +128,10 @@ class _Node:
 class _Words(_Node):
     positional = True
 
-    def __init__(self, atoms: tuple[int, ...], fields: frozenset[int], key: int) -> None:
+    def __init__(self, atoms: tuple[int, ...], fields: frozenset[int]) -> None:
         self.atoms = atoms
         self.fields = fields
         self.length = len(atoms)
-        self.key = key  # the rarest word: a phrase cannot hold without it
 
     def spans(self, index: Index) -> list[Span]:
         first = index.get(self.atoms[0])
@@ -265,8 +264,7 @@ def _build(node: rules.Node, atoms: _Atoms, memo: dict[int, _Node]) -> _Node:
     built: _Node
     if isinstance(node, rules.Words):
         ids = tuple(atoms.add(w) for w in node.words)
-        key = min(ids, key=atoms.share.__getitem__)
-        built = _Words(ids, frozenset(FIELD_NUMBER[f] for f in node.fields), key)
+        built = _Words(ids, frozenset(FIELD_NUMBER[f] for f in node.fields))
     elif isinstance(node, rules.Near):
         left = _build(node.left, atoms, memo)
         right = _build(node.right, atoms, memo)
@@ -281,21 +279,24 @@ def _build(node: rules.Node, atoms: _Atoms, memo: dict[int, _Node]) -> _Node:
     return built
 
 
-def _required(node: _Node, share: dict[int, float]) -> frozenset[int] | None:
-    """Atoms of which at least one must be present for ``node`` to hold (None: no such set).
+Need = frozenset[int]  # atoms that must all be present: the words of a phrase
+
+
+def _required(node: _Node, share: dict[int, float]) -> frozenset[Need] | None:
+    """Needs of which at least one must be met for ``node`` to hold (None: no such set).
 
     Where there is a choice, the rarest in news, so that the set rules out the most items.
     """
     if isinstance(node, _Words):
-        return frozenset((node.key,))
+        return frozenset((frozenset(node.atoms),))
     if isinstance(node, _AnyWord):
-        return node.atoms
+        return frozenset(frozenset((atom,)) for atom in node.atoms)
     if isinstance(node, _Near | _And):
         children = (node.left, node.right) if isinstance(node, _Near) else node.children
         options = [r for r in (_required(c, share) for c in children) if r is not None]
-        return min(options, key=lambda r: sum(map(share.__getitem__, r))) if options else None
+        return min(options, key=lambda r: sum(_need_share(n, share) for n in r), default=None)
     if isinstance(node, _Or):
-        union: set[int] = set()
+        union: set[Need] = set()
         for child in node.children:
             found = _required(child, share)
             if found is None:
@@ -303,6 +304,15 @@ def _required(node: _Node, share: dict[int, float]) -> frozenset[int] | None:
             union |= found
         return frozenset(union)
     return None
+
+
+def _need_share(need: Need, share: dict[int, float]) -> float:
+    return min(map(share.__getitem__, need))
+
+
+def _key(need: Need, share: dict[int, float]) -> int:
+    """The rarest atom of a need: the one to look for first."""
+    return min(need, key=lambda atom: (share[atom], atom))
 
 
 def _news_share(word: rules.Word) -> float:
@@ -351,14 +361,16 @@ class TopicMatcher:
     """All topics compiled together. Compile once per config load; ``match`` is pure."""
 
     def __init__(self, topics: list[_Topic], atoms: _Atoms, by_atom: dict[int, list[int]],
-                 always: list[int], fields: frozenset[int]) -> None:  # fmt: skip
+                 always: list[int], fields: frozenset[int],
+                 needs: dict[int, set[Need]]) -> None:  # fmt: skip
         self._topics = topics
+        self._needs = needs  # key atom -> the atom sets, one of which a candidate must have
         self._atoms = atoms
         self._by_atom = by_atom
         self._always = always
         self._fields = fields
         self._cache: dict[str, tuple[int, ...]] = {}
-        self._idle: set[str] = set()  # tokens that make no topic a candidate
+        self._silent: set[str] = set()  # tokens that are no rule word
 
     @classmethod
     def compile(cls, topics: Sequence[TopicConfig]) -> TopicMatcher:
@@ -366,6 +378,7 @@ class TopicMatcher:
         atoms = _Atoms()
         compiled: list[_Topic] = []
         by_atom: dict[int, list[int]] = {}
+        needs: dict[int, set[Need]] = {}
         always: list[int] = []
         fields: set[int] = set()
         for number, topic in enumerate(topics):
@@ -387,9 +400,12 @@ class TopicMatcher:
             if required is None:
                 always.append(number)  # e.g. a query that is only NOT ...: no word needed
             else:
-                for atom in required:
-                    by_atom.setdefault(atom, []).append(number)
-        return cls(compiled, atoms, by_atom, always, frozenset(fields))
+                for need in required:
+                    key = _key(need, atoms.share)
+                    if number not in by_atom.get(key, ()):
+                        by_atom.setdefault(key, []).append(number)
+                    needs.setdefault(key, set()).add(need)
+        return cls(compiled, atoms, by_atom, always, frozenset(fields), needs)
 
     @staticmethod
     def _rule(source: str, atoms: _Atoms) -> _Rule:
@@ -442,22 +458,26 @@ class TopicMatcher:
         return index
 
     def _may_match(self, tokens: Sequence[Sequence[str]]) -> bool:
-        """False when no topic can match because no word a topic requires is present.
+        """False when no topic can match because no topic's required words are all present.
 
-        Most news names no topic's required word: set operations in C tell, where indexing every
-        word's positions costs a Python loop over all of them.
+        Most news has none: set operations in C tell, where indexing every word's positions
+        costs a Python loop over all of them.
         """
         if self._always:
             return True
-        idle, by_atom = self._idle, self._by_atom
+        silent = self._silent
+        present: set[int] = set()
         for field_tokens in tokens:
-            for token in set(field_tokens).difference(idle):
-                if any(atom in by_atom for atom in self._atoms_of(token)):
-                    return True
-                if len(idle) >= _CACHE_LIMIT:
-                    idle.clear()
-                idle.add(token)
-        return False
+            for token in set(field_tokens).difference(silent):
+                atoms = self._atoms_of(token)
+                if atoms:
+                    present.update(atoms)
+                else:
+                    if len(silent) >= _CACHE_LIMIT:
+                        silent.clear()
+                    silent.add(token)
+        needs = self._needs
+        return any(need <= present for key in present & needs.keys() for need in needs[key])
 
     def _atoms_of(self, token: str) -> tuple[int, ...]:
         found = self._cache.get(token)
