@@ -15,14 +15,12 @@ import calendar
 import hashlib
 import html
 import io
-import multiprocessing
 import os
 import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -32,6 +30,7 @@ import feedparser
 
 from aggregator.dedupe import canonical_url, content_hash
 from aggregator.models import Entry, ParsedFeed, ParseError, ParseOutcome
+from aggregator.procpool import ProcessPool, WorkerDied
 from aggregator.text import fold_space, strip_html
 
 MAX_SUMMARY_CHARS = 20_000  # plenty for matching and FTS; bounds one hostile item
@@ -408,11 +407,11 @@ def run_job(job: ParseJob) -> ParseOutcome:
 
 
 class ParsePool:
-    """Parses a batch on every core; parsing is CPU-bound and holds the GIL.
+    """Parses on every core; parsing is CPU-bound and holds the GIL.
 
-    Workers come from a ``forkserver`` (never ``fork`` a process that runs fetch threads), are
-    started once and reused across cycles. A worker that dies (a crash in a C parser, the OOM
-    killer) costs only its own feed: the pool is rebuilt and the other jobs run again.
+    Workers are separate interpreters (:mod:`aggregator.procpool`), started on first use and
+    reused across cycles. A worker that dies (a crash in a C parser, the OOM killer) costs only
+    the feed it was parsing; the next feed starts a new worker.
     """
 
     def __init__(
@@ -424,8 +423,8 @@ class ParsePool:
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.inline_below = inline_below  # tiny batches are cheaper in-process than over IPC
-        self.runner = runner  # a top-level function, so that it pickles
-        self._pool: ProcessPoolExecutor | None = None
+        self.runner = runner  # a top-level function, so that a worker can import it
+        self._pool: ProcessPool[ParseJob, ParseOutcome] | None = None
 
     def __enter__(self) -> ParsePool:
         return self
@@ -435,41 +434,15 @@ class ParsePool:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown()
             self._pool = None
 
     def parse_many(self, jobs: Sequence[ParseJob]) -> list[ParseOutcome]:
         """Outcomes in input order; never raises for a single feed."""
         if self.workers <= 1 or len(jobs) < self.inline_below:
             return [self.runner(job) for job in jobs]
-        results: dict[int, ParseOutcome] = {}
-        pool = self._executor()
-        futures = {i: pool.submit(self.runner, job) for i, job in enumerate(jobs)}
-        broken: list[int] = []
-        for i, future in futures.items():
-            try:
-                results[i] = future.result()
-            except BrokenProcessPool:
-                broken.append(i)
-            except Exception as e:  # pickling trouble and the like: this feed only
-                results[i] = _crashed(jobs[i], f"{type(e).__name__}: {e}")
-        # A dead worker breaks every job in flight. Run those again one at a time, so that the
-        # culprit can only take itself down.
-        pool_broken = bool(broken)
-        for i in broken:
-            if pool_broken:
-                self._discard()
-                pool_broken = False
-            try:
-                results[i] = self._executor().submit(self.runner, jobs[i]).result()
-            except BrokenProcessPool:
-                results[i] = _crashed(jobs[i], "the parser process died")
-                pool_broken = True
-            except Exception as e:
-                results[i] = _crashed(jobs[i], f"{type(e).__name__}: {e}")
-        if pool_broken:
-            self._discard()
-        return [results[i] for i in range(len(jobs))]
+        futures = [self._submit(job) for job in jobs]
+        return [_outcome(job, future) for job, future in zip(jobs, futures, strict=True)]
 
     def parse_stream(
         self, items: Iterable[tuple[K, ParseJob | None]], *, ahead: int = 0
@@ -495,81 +468,29 @@ class ParsePool:
                     if item is None:
                         break
                     key, job = item
-                    window.append((key, job, self._ahead(job) if job is not None else None))
+                    window.append((key, job, self._submit(job) if job is not None else None))
                 if not window:
                     return
                 key, job, future = window.popleft()
-                if job is None or future is None:
-                    yield key, None
-                    continue
-                try:
-                    outcome = future.result()
-                except BrokenProcessPool:
-                    # A dead worker broke every job in flight: run each again alone, so that
-                    # the culprit can only take itself down.
-                    self._discard()
-                    outcome = self._alone(job)
-                    window = deque((k, j, _redone(f, j, self._alone)) for k, j, f in window)
-                except Exception as e:  # pickling trouble and the like: this feed only
-                    outcome = _crashed(job, f"{type(e).__name__}: {e}")
-                yield key, outcome
+                yield key, (None if job is None or future is None else _outcome(job, future))
         finally:
             for _, _, future in window:
                 if future is not None:
                     future.cancel()
 
     def _submit(self, job: ParseJob) -> Future[ParseOutcome]:
-        return self._executor().submit(self.runner, job)
-
-    def _ahead(self, job: ParseJob) -> Future[ParseOutcome]:
-        """Submit a job to run ahead; a pool that broke meanwhile fails its future, not the stream.
-
-        A worker may die between two submits. The job is then run again alone in its turn, as
-        every job that was in flight is.
-        """
-        try:
-            return self._submit(job)
-        except BrokenProcessPool as e:
-            failed: Future[ParseOutcome] = Future()
-            failed.set_exception(e)
-            return failed
-
-    def _alone(self, job: ParseJob) -> ParseOutcome:
-        """Parse one job with nothing else in flight; a crash costs this job only."""
-        try:
-            return self._submit(job).result()
-        except BrokenProcessPool:
-            self._discard()
-            return _crashed(job, "the parser process died")
-        except Exception as e:
-            return _crashed(job, f"{type(e).__name__}: {e}")
-
-    def _discard(self) -> None:
-        """Drop a pool that may be broken; the next batch starts a fresh one."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            context = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
-        return self._pool
+            self._pool = ProcessPool(self.runner, self.workers)
+        return self._pool.submit(job)
 
 
-def _redone(
-    future: Future[ParseOutcome] | None,
-    job: ParseJob | None,
-    alone: Callable[[ParseJob], ParseOutcome],
-) -> Future[ParseOutcome] | None:
-    """A finished future as it is; one the broken pool took down, run again alone."""
-    if future is None or job is None:
-        return future
-    if future.done() and not future.cancelled() and future.exception() is None:
-        return future
-    done: Future[ParseOutcome] = Future()
-    done.set_result(alone(job))
-    return done
+def _outcome(job: ParseJob, future: Future[ParseOutcome]) -> ParseOutcome:
+    try:
+        return future.result()
+    except WorkerDied:
+        return _crashed(job, "the parser process died")
+    except Exception as e:  # pickling trouble and the like: this feed only
+        return _crashed(job, f"{type(e).__name__}: {e}")
 
 
 def _crashed(job: ParseJob, detail: str) -> ParseError:

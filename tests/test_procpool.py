@@ -1,0 +1,101 @@
+"""The worker processes behind ParsePool: real interpreters, real pipes, real deaths."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from aggregator.procpool import ProcessPool, WorkerDied
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def square_or_die(n: int) -> int:
+    if n == -1:
+        os._exit(3)  # as a crash in a C extension or the OOM killer would
+    if n == -2:
+        raise ValueError("no negative squares")
+    return n * n
+
+
+def test_results_in_order_and_exceptions_travel_back() -> None:
+    pool: ProcessPool[int, int] = ProcessPool(square_or_die, 2)
+    try:
+        futures = [pool.submit(n) for n in range(40)]
+        assert [f.result(timeout=60) for f in futures] == [n * n for n in range(40)]
+        with pytest.raises(ValueError, match="no negative squares"):
+            pool.submit(-2).result(timeout=60)
+        assert pool.submit(7).result(timeout=60) == 49  # the worker survived the exception
+    finally:
+        pool.shutdown()
+
+
+def test_a_dying_worker_fails_only_the_call_it_was_running() -> None:
+    pool: ProcessPool[int, int] = ProcessPool(square_or_die, 2)
+    try:
+        calls = [*range(10), -1, *range(10, 30), -1, *range(30, 40)]
+        futures = [pool.submit(n) for n in calls]
+        for n, future in zip(calls, futures, strict=True):
+            if n == -1:
+                with pytest.raises(WorkerDied):
+                    future.result(timeout=60)
+            else:
+                assert future.result(timeout=60) == n * n  # in flight behind it: run again
+        assert pool.submit(9).result(timeout=60) == 81  # a new worker took over
+    finally:
+        pool.shutdown()
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        from aggregator.procpool import ProcessPool
+        from tests.test_procpool import square_or_die
+        pool = ProcessPool(square_or_die, 2)
+        futures = [pool.submit(n) for n in range(4)]
+        print(sum(f.result() for f in futures), flush=True)
+        time.sleep(600)
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    assert parent.stdout.readline().strip() == "14"
+    workers = _children(parent.pid)
+    assert len(workers) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers), "a worker outlived its parent"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
