@@ -250,10 +250,10 @@ def child(spec_path: Path) -> int:
 
 
 def tree_peak_rss() -> dict[str, Any]:
-    """Peak RSS of this process plus every live descendant (the forkserver and parse workers).
+    """Peak RSS of this process plus every live descendant (the parse workers).
 
     Each process's own peak is its ``VmHWM``; their sum is an upper bound of the peak of the
-    whole tree (the peaks need not coincide, and pages shared after fork count once per process).
+    whole tree (the peaks need not coincide, and shared library pages count once per process).
     ``getrusage(RUSAGE_CHILDREN)`` would not do: it reports the largest single child, and only
     once that child has exited and been waited for, while the pool's workers live on.
     """
