@@ -234,9 +234,9 @@ def _store_entries(
         # Computed once: deciding and indexing need the same features (~1 ms an entry).
         feats = deps.stories.features(entry, now) if matches else None
         if feats is not None and seen_url_story is None:
-            decision = decide(
-                feats, deps.stories, now, timedelta(seconds=config.settings.story_window)
-            )
+            window = timedelta(seconds=config.settings.story_window)
+            # Only the story id is kept: putting the evidence into words would be wasted.
+            decision = decide(feats, deps.stories, now, window, explain=False)
             joined_story = story_id = decision.story_id
         alert_channels = (
             _by_channel(config, matches) if matches and fresh and seen_url_story is None else ()

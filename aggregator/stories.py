@@ -200,6 +200,19 @@ def similarity(
 
     Stems in ``ignore`` (an outlet's boilerplate) count on neither side.
     """
+    score, shared = _cosine_and_shared(a, b, ignore)
+    shared.sort(key=lambda s: -a.weights[s] * b.weights[s])
+    return score, shared
+
+
+def _cosine(a: StoryFeatures, b: StoryFeatures, ignore: AbstractSet[str]) -> float:
+    """:func:`similarity` without the shared stems, which only explanations show."""
+    return _cosine_and_shared(a, b, ignore)[0]
+
+
+def _cosine_and_shared(
+    a: StoryFeatures, b: StoryFeatures, ignore: AbstractSet[str]
+) -> tuple[float, list[str]]:
     norm_a = _norm_without(a, ignore)
     norm_b = _norm_without(b, ignore)
     if not norm_a or not norm_b:
@@ -207,7 +220,6 @@ def similarity(
     small, large = (a, b) if len(a.weights) <= len(b.weights) else (b, a)
     shared = [s for s in small.weights if s in large.weights and s not in ignore]
     dot = sum(math.sqrt(a.weights[s] * b.weights[s]) for s in shared)
-    shared.sort(key=lambda s: -a.weights[s] * b.weights[s])
     return dot / (norm_a * norm_b), shared
 
 
@@ -227,11 +239,15 @@ def decide(
     now: datetime,
     window: timedelta = timedelta(hours=72),
     params: GroupingParams | None = None,
+    *,
+    explain: bool = True,
 ) -> StoryDecision:
     """Which recent story ``entry`` belongs to, if any. Reads ``index``; never changes it.
 
     After storing the entry, the caller adds its features to the index under the story id it ended
-    up with (:meth:`StoryIndex.add`), so the next decision sees it.
+    up with (:meth:`StoryIndex.add`), so the next decision sees it. With ``explain=False`` the
+    decision of a scored story carries no reasons (story id and score are the same): a caller that
+    only stores the story id skips the cost of putting the evidence into words.
     """
     params = params or GroupingParams()
     feats = entry if isinstance(entry, StoryFeatures) else index.features(entry, now)
@@ -254,7 +270,7 @@ def decide(
     if best_id is None:
         return StoryDecision(None, 0.0, ("no recent story shares a rare word",), 0)
     # Only the winner is explained: finding the shared words costs more than scoring.
-    why = _explain_story(feats, best_id, index, params)
+    why = _explain_story(feats, best_id, index, params) if explain else ()
     if best_score >= params.threshold:
         return StoryDecision(best_id, best_score, why, len(candidate_ids))
     below = f"best story {best_id} scores {best_score:.2f} < {params.threshold:.2f}"
@@ -276,26 +292,33 @@ def _score_story(
     own_boilerplate = index.boilerplate(feats.source)
     if own_boilerplate:
         raw_total = sum(
-            similarity(feats, m, own_boilerplate | index.boilerplate(m.source))[0] for m in members
+            _cosine(feats, m, own_boilerplate | index.boilerplate(m.source)) for m in members
         )
     else:
         summed, apart = index.member_sum(story, params.max_members)
         raw_total = _dot(feats.unit, summed) + sum(
-            similarity(feats, m, index.boilerplate(m.source))[0] for m in apart
+            _cosine(feats, m, index.boilerplate(m.source)) for m in apart
         )
-    penalties = sum(_penalty(feats, m, params) for m in members)
+    penalties = _penalties(feats, members, params)
     if _new_actions(feats, members):
         penalties += params.new_action_penalty * len(members)
     return (raw_total - penalties) / len(members)
 
 
-def _penalty(feats: StoryFeatures, member: StoryFeatures, params: GroupingParams) -> float:
-    """What time apart and a repeated outlet cost, whatever the words."""
-    hours = abs(feats.stamp - member.stamp) / 3600
-    penalty = params.penalty_per_day * max(0.0, hours - params.grace_hours) / 24
-    if feats.source and member.source == feats.source:
-        penalty += params.same_source_penalty
-    return penalty
+def _penalties(
+    feats: StoryFeatures, members: Sequence[StoryFeatures], params: GroupingParams
+) -> float:
+    """What time apart and a repeated outlet cost, whatever the words, summed over ``members``.
+
+    One expression, no call per member: a decision sums it over every member of every candidate.
+    """
+    stamp, source, grace = feats.stamp, feats.source, params.grace_hours
+    per_day, same_source = params.penalty_per_day, params.same_source_penalty
+    return sum(
+        per_day * max(0.0, abs(stamp - m.stamp) / 3600 - grace) / 24
+        + (same_source if source and m.source == source else 0.0)
+        for m in members
+    )
 
 
 def _new_actions(feats: StoryFeatures, members: Sequence[StoryFeatures]) -> list[str]:

@@ -34,6 +34,18 @@ SOURCE_MEMORY = 200  # per outlet, counts are halved past this many items: recen
 
 
 @dataclass(slots=True)
+class _MemberSum:
+    """What :meth:`StoryIndex.member_sum` computed for a story, and from which state."""
+
+    version: int  # the story's version
+    apart_version: int  # the index's
+    limit: int
+    count: int  # the story's members then
+    summed: dict[str, float]
+    apart: list[StoryFeatures]
+
+
+@dataclass(slots=True)
 class IndexedStory:
     """One story in the window: its entries' features, oldest first."""
 
@@ -44,8 +56,8 @@ class IndexedStory:
     last_published: datetime | None = None
     stems: set[str] = field(default_factory=set)
     links: set[str] = field(default_factory=set)
-    version: int = 0  # bumped when members change: invalidates ``summed``
-    summed: tuple[tuple[int, ...], dict[str, float], list[StoryFeatures]] | None = None
+    version: int = 0  # bumped when a member is added
+    summed: _MemberSum | None = None  # see StoryIndex.member_sum
 
 
 class StoryIndex:
@@ -72,7 +84,9 @@ class StoryIndex:
         self._source_seen: dict[str, int] = {}
         self._source_stems: dict[str, dict[str, float]] = {}
         self._boilerplate: dict[str, frozenset[str]] = {}
-        self._boilerplate_version = 0  # bumped when any outlet's boilerplate changes
+        # Bumped when an outlet gains or loses boilerplate: which members ``member_sum`` leaves out
+        # depends on that alone, not on what the boilerplate is.
+        self._apart_version = 0
 
     def __len__(self) -> int:
         return len(self._stories)
@@ -117,11 +131,11 @@ class StoryIndex:
         if items >= BOILERPLATE_MIN_ITEMS and (seen <= 2 * BOILERPLATE_MIN_ITEMS or seen % 8 == 0):
             floor = BOILERPLATE_SHARE * items
             found = frozenset(s for s, n in counts.items() if n >= floor)
-            if (found or feats.source in self._boilerplate) and found != self.boilerplate(
-                feats.source
-            ):
+            before = self.boilerplate(feats.source)
+            if (found or feats.source in self._boilerplate) and found != before:
                 self._boilerplate[feats.source] = found
-                self._boilerplate_version += 1
+                if bool(found) != bool(before):
+                    self._apart_version += 1
 
     def add(self, story_id: int, feats: StoryFeatures, title: str | None = None) -> None:
         """Record that an entry with ``feats`` belongs to ``story_id`` (new or known)."""
@@ -192,21 +206,43 @@ class StoryIndex:
         """The sum of the unit vectors of the story's latest ``limit`` members, and the members
         left out of it because their outlet has boilerplate (which a comparison must ignore).
 
-        Cached on the story until its members or any outlet's boilerplate change.
+        Cached on the story until an outlet gains or loses boilerplate. While the story has no
+        more than ``limit`` members, a member added since adds its vector to the cached sum:
+        the stems are summed in the same order as from scratch, so to the same floats.
         """
-        key = (story.version, self._boilerplate_version, limit)
-        if story.summed is not None and story.summed[0] == key:
-            return story.summed[1], story.summed[2]
+        members = story.members
+        cached = story.summed
+        if (
+            cached is not None
+            and cached.apart_version == self._apart_version
+            and cached.limit == limit
+        ):
+            added = story.version - cached.version
+            if added == 0:
+                return cached.summed, cached.apart
+            # Only appended since (none dropped) and none past the limit: extend in place.
+            if len(members) == cached.count + added and len(members) <= limit:
+                self._sum_into(cached.summed, cached.apart, members[cached.count :])
+                cached.version, cached.count = story.version, len(members)
+                return cached.summed, cached.apart
         summed: dict[str, float] = {}
         apart: list[StoryFeatures] = []
-        for member in story.members[-limit:]:
+        latest = members[-limit:]
+        self._sum_into(summed, apart, latest)
+        story.summed = _MemberSum(
+            story.version, self._apart_version, limit, len(members), summed, apart
+        )
+        return summed, apart
+
+    def _sum_into(
+        self, summed: dict[str, float], apart: list[StoryFeatures], members: list[StoryFeatures]
+    ) -> None:
+        for member in members:
             if self._boilerplate.get(member.source):
                 apart.append(member)
                 continue
             for stem, value in member.unit.items():
                 summed[stem] = summed.get(stem, 0.0) + value
-        story.summed = (key, summed, apart)
-        return summed, apart
 
     def candidates(self, feats: StoryFeatures, since: datetime, limit: int) -> list[int]:
         """Up to ``limit`` stories active since ``since`` sharing the entry's rarest stems."""

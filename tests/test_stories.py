@@ -417,3 +417,44 @@ def test_the_fast_score_equals_the_mean_of_member_similarities() -> None:
     assert g.index.boilerplate("White House")
     story = g.index.story(story_id)
     assert story is not None and len(story.members) == 4
+
+
+def test_a_decision_without_reasons_has_the_same_story_and_score() -> None:
+    g = Grouper()
+    g.add(SIGNED)
+    probes = [SIGNED_ELSEWHERE, entry("Lumber mills praise tariff order", "Canada", hours=30)]
+    for probe in probes:
+        assert probe.published is not None
+        feats = g.index.features(probe, probe.published)
+        full = decide(feats, g.index, probe.published)
+        bare = decide(feats, g.index, probe.published, explain=False)
+        assert (bare.story_id, bare.score, bare.candidates) == (
+            full.story_id,
+            full.score,
+            full.candidates,
+        )
+        # the evidence is left out; a one-line verdict may stay
+        assert len(bare.reasons) <= 1 < len(full.reasons)
+        assert full.reasons[: len(bare.reasons)] == bare.reasons
+
+
+def test_a_member_sum_kept_up_to_date_equals_one_summed_from_scratch() -> None:
+    # The cached sum is extended as a story grows; it must be bit for bit the sum a fresh index
+    # computes, in the same stem order, also past the limit of members compared.
+    limit = 4
+    grown = Grouper().index
+    titles = [f"{SIGNED.title} {k}" for k in range(7)]
+    for k, title in enumerate(titles):
+        feats = grown.features(entry(title, SIGNED.summary, source=f"Outlet {k % 3}"), T0)
+        grown.add(1, feats)
+        story = grown.story(1)
+        assert story is not None
+        incremental = grown.member_sum(story, limit)
+        fresh = StoryIndex()
+        for member in story.members:
+            fresh.add(1, member)
+        fresh_story = fresh.story(1)
+        assert fresh_story is not None
+        from_scratch = fresh.member_sum(fresh_story, limit)
+        assert list(incremental[0].items()) == list(from_scratch[0].items())
+        assert incremental[1] == from_scratch[1]
