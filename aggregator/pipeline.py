@@ -215,33 +215,47 @@ def _store_entries(
     (new, matched, alerts queued)."""
     store, config = deps.store, deps.config
     feed_config = _feed_config(deps, feed)
+    primary = bool(feed_config and feed_config.primary)
     known = store.known_guids(feed.url, (e.guid for e in entries))
     # First poll of a feed: old entries are history, not news, so they are stored silently.
     window_start = now - timedelta(seconds=config.settings.first_poll_window)
     first_poll = feed.first_polled_at is None
     new = matched = alerts = 0
+    # Most entries match no topic and are only stored. They wait here and are inserted as one
+    # batch, before anything reads the entries table again (a changed entry, a story lookup).
+    unmatched: list[NewEntry] = []
+
+    def store_unmatched() -> None:
+        nonlocal new
+        if unmatched:
+            new += sum(added is not None for added in store.insert_entries(unmatched, now))
+            unmatched.clear()
+
     for entry in entries:
         previous_hash = known.get(entry.guid)
         if previous_hash is not None:
             if previous_hash != entry.content_hash:
+                store_unmatched()
                 _entry_changed(deps, feed.url, entry, now)
             continue
         known[entry.guid] = entry.content_hash  # a feed that repeats a guid counts it once
         matches = _matches(deps.matcher, feed_config, entry)
+        if not matches:
+            # Joins the story of an earlier entry with its canonical URL, else starts one.
+            unmatched.append(NewEntry(entry, (), (), None, {"primary": primary}, story_by_url=True))
+            continue
+        store_unmatched()  # the story lookup must see this feed's earlier entries
         fresh = not first_poll or (entry.published is not None and entry.published >= window_start)
         seen_url_story = store.story_of_canonical_url(entry.canonical_url)
         story_id, joined_story = seen_url_story, None
         # Computed once: deciding and indexing need the same features (~1 ms an entry).
-        feats = deps.stories.features(entry, now) if matches else None
-        if feats is not None and seen_url_story is None:
+        feats = deps.stories.features(entry, now)
+        if seen_url_story is None:
             window = timedelta(seconds=config.settings.story_window)
             # Only the story id is kept: putting the evidence into words would be wasted.
             decision = decide(feats, deps.stories, now, window, explain=False)
             joined_story = story_id = decision.story_id
-        alert_channels = (
-            _by_channel(config, matches) if matches and fresh and seen_url_story is None else ()
-        )
-        primary = bool(feed_config and feed_config.primary)
+        alert_channels = _by_channel(config, matches) if fresh and seen_url_story is None else ()
         added = store.add_entry(
             NewEntry(entry, tuple(matches), alert_channels, story_id, {"primary": primary}),
             now,
@@ -249,12 +263,12 @@ def _store_entries(
         if added is None:
             continue
         new += 1
-        matched += bool(matches)
+        matched += 1
         alerts += added.alerts
-        if feats is not None:
-            deps.stories.add(added.story_id, feats, entry.title)
-            if joined_story is not None and fresh:
-                _thread_reply(deps, added.story_id, added.entry_id, entry, now)
+        deps.stories.add(added.story_id, feats, entry.title)
+        if joined_story is not None and fresh:
+            _thread_reply(deps, added.story_id, added.entry_id, entry, now)
+    store_unmatched()
     return new, matched, alerts
 
 

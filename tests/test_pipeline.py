@@ -467,3 +467,19 @@ def test_explain_names_the_story_an_entry_joined_and_why(rig: Rig) -> None:
 
     assert f"story {joined[1]}: joins story {joined[1]}" in out
     assert "similarity" in out
+
+
+def test_entries_matching_nothing_are_stored_in_feed_order_before_a_story_lookup(rig: Rig) -> None:
+    # Unmatched entries are inserted in batches. A matching entry after one with the same link
+    # must still find its story (a story already stored: no alert), and ids follow feed order.
+    link = "https://news.example/shared"
+    dull = ("dull-1", "Local bakery wins county fair pie contest", link, T0, "First prize.")
+    seed = ("seed-1", SEED, link, T0, SEED_TEXT)
+    later = ("dull-2", "Town repaves Main Street", "https://news.example/road", T0, "Roadworks.")
+    url = rig.feeds.serve("/a.xml", rss(dull, seed, later))
+    report = rig.cycle(rig.write_config([url]))
+
+    assert (report.new_entries, report.matched, report.alerts) == (3, 1, 0)
+    rows = rig.store.db.execute("SELECT guid, story_id FROM entries ORDER BY id").fetchall()
+    assert [guid for guid, _ in rows] == ["dull-1", "seed-1", "dull-2"]
+    assert rows[0][1] == rows[1][1] != rows[2][1]
