@@ -151,7 +151,8 @@ def features(
     for word in words(clean(entry.title)):
         title_words.setdefault(stem(word), word_key(word).lower())
     title_stems = set(title_words)
-    all_stems = title_stems | set(stems(entry.summary))
+    # In order of appearance, never set order: float sums and ties must not vary between runs.
+    all_stems = dict.fromkeys([*title_words, *stems(entry.summary)])
     weights: dict[str, float] = {}
     for s in all_stems:
         weight = idf.get(s, default_idf) ** 2
@@ -224,7 +225,7 @@ def _cosine_and_shared(
 
 
 def _norm_without(feats: StoryFeatures, ignore: AbstractSet[str]) -> float:
-    dropped = [feats.weights[s] for s in ignore if s in feats.weights]
+    dropped = [w for s, w in feats.weights.items() if s in ignore]  # in a fixed order
     if not dropped:
         return feats.norm
     return math.sqrt(max(0.0, feats.norm**2 - sum(dropped)))

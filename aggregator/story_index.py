@@ -271,7 +271,7 @@ class StoryIndex:
         self, canonical_url: str, primary_links: Iterable[str], since: datetime
     ) -> list[int]:
         """Stories active since ``since`` holding the same canonical or primary-source link."""
-        keys = [*primary_links, *(["url:" + canonical_url] if canonical_url else [])]
+        keys = [*sorted(primary_links), *(["url:" + canonical_url] if canonical_url else [])]
         found: dict[int, None] = {}
         for key in keys:
             for story_id in self._by_link.get(key, ()):
