@@ -432,6 +432,11 @@ class ParsePool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def start(self) -> None:
+        """Start the workers now (the service does at start), not when the first feed arrives."""
+        if self.workers > 1:
+            self._process_pool().start()
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
@@ -479,9 +484,12 @@ class ParsePool:
                     future.cancel()
 
     def _submit(self, job: ParseJob) -> Future[ParseOutcome]:
+        return self._process_pool().submit(job)
+
+    def _process_pool(self) -> ProcessPool[ParseJob, ParseOutcome]:
         if self._pool is None:
             self._pool = ProcessPool(self.runner, self.workers)
-        return self._pool.submit(job)
+        return self._pool
 
 
 def _outcome(job: ParseJob, future: Future[ParseOutcome]) -> ParseOutcome:

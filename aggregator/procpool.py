@@ -47,6 +47,12 @@ class ProcessPool(Generic[A, R]):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        """Start every worker now rather than on first use, so no call waits for one."""
+        with self._lock:
+            while len(self._threads) < self.workers:
+                self._start_feeder()
+
     def submit(self, arg: A) -> Future[R]:
         future: Future[R] = Future()
         with self._lock:
@@ -76,7 +82,7 @@ class ProcessPool(Generic[A, R]):
         With a call waiting in its pipe, the worker starts the next one while this thread waits
         for the GIL to read the last result.
         """
-        worker: subprocess.Popen[bytes] | None = None
+        worker: subprocess.Popen[bytes] | None = _start_worker(self.fn)
         sent: deque[tuple[A, Future[R]]] = deque()  # in the worker, oldest (running) first
         again: deque[tuple[A, Future[R]]] = deque()  # sent to a worker that died before them
         stopping = False
@@ -102,7 +108,7 @@ class ProcessPool(Generic[A, R]):
                         future.set_exception(e)
                         continue
                     if worker is None:
-                        worker = _start_worker()
+                        worker = _start_worker(self.fn)
                     try:
                         _write_frame(_pipe(worker.stdin), request)
                     except OSError:
@@ -153,11 +159,14 @@ def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
     return stream
 
 
-def _start_worker() -> subprocess.Popen[bytes]:
-    # The worker imports the module of ``fn`` by name: give it our import path.
+def _start_worker(fn: Callable[..., object]) -> subprocess.Popen[bytes]:
+    # The worker imports the module of ``fn`` by name, at once: give it our import path.
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    module = fn.__module__
+    if not module.replace(".", "").replace("_", "").isalnum():
+        raise ValueError(f"{module!r} is not a module name")
     return subprocess.Popen(
-        [sys.executable, "-c", _WORKER],
+        [sys.executable, "-c", f"import {module}\n{_WORKER}"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=environ,

@@ -118,6 +118,7 @@ class Runtime:
         self.sink = make_sink(self.config.settings, self.token)
         workers = self.config.settings.parse_workers if parse_workers is None else parse_workers
         self.parser = ParsePool(workers)
+        self.parser.start()  # the first cycle should not wait for workers to import feedparser
         self.fetcher = Fetcher(self.config.settings)
         self.stories = self._warm_stories(utcnow())
         self.outbox = self._outbox()

@@ -214,6 +214,7 @@ def child(spec_path: Path) -> int:
     store = Store.open(config.settings.database)
     store.sync_feeds(config.feeds, NOW)
     with ParsePool(spec["parse_workers"]) as pool, Fetcher(config.settings) as fetcher:
+        pool.start()  # as the service does at start (``Runtime``)
         deps = Deps(
             config=config,
             store=store,

@@ -99,3 +99,16 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_start_runs_every_worker_before_the_first_call() -> None:
+    pool: ProcessPool[int, int] = ProcessPool(square_or_die, 2)
+    try:
+        pool.start()
+        deadline = time.monotonic() + 30
+        while len(_children(os.getpid())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_children(os.getpid())) >= 2
+        assert [pool.submit(n).result(timeout=60) for n in (2, 3)] == [4, 9]
+    finally:
+        pool.shutdown()
