@@ -13,6 +13,7 @@ dies reads the end of its stdin and exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import queue
@@ -82,7 +83,9 @@ class ProcessPool(Generic[A, R]):
         With a call waiting in its pipe, the worker starts the next one while this thread waits
         for the GIL to read the last result.
         """
-        worker: subprocess.Popen[bytes] | None = _start_worker(self.fn)
+        worker: subprocess.Popen[bytes] | None = None
+        with contextlib.suppress(OSError):  # tried again, and reported, with the first call
+            worker = _start_worker(self.fn)
         sent: deque[tuple[A, Future[R]]] = deque()  # in the worker, oldest (running) first
         again: deque[tuple[A, Future[R]]] = deque()  # sent to a worker that died before them
         stopping = False
@@ -108,7 +111,11 @@ class ProcessPool(Generic[A, R]):
                         future.set_exception(e)
                         continue
                     if worker is None:
-                        worker = _start_worker(self.fn)
+                        try:
+                            worker = _start_worker(self.fn)
+                        except OSError as e:  # no process to be had: this call fails, not hangs
+                            future.set_exception(WorkerDied(f"no worker process: {e}"))
+                            continue
                     try:
                         _write_frame(_pipe(worker.stdin), request)
                     except OSError:

@@ -112,3 +112,20 @@ def test_start_runs_every_worker_before_the_first_call() -> None:
         assert [pool.submit(n).result(timeout=60) for n in (2, 3)] == [4, 9]
     finally:
         pool.shutdown()
+
+
+def test_a_worker_that_cannot_start_fails_the_call_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aggregator.procpool as procpool
+
+    def no_processes(fn: object) -> subprocess.Popen[bytes]:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(procpool, "_start_worker", no_processes)
+    pool: ProcessPool[int, int] = ProcessPool(square_or_die, 1)
+    try:
+        with pytest.raises(WorkerDied, match="no worker process"):
+            pool.submit(3).result(timeout=60)
+    finally:
+        pool.shutdown()
