@@ -91,7 +91,7 @@ class ProcessPool(Generic[A, R]):
         stopping = False
         try:
             while True:
-                while len(sent) < IN_FLIGHT and not stopping:
+                while len(sent) < IN_FLIGHT and (again or not stopping):
                     if again:
                         arg, future = again.popleft()
                     else:

@@ -129,3 +129,15 @@ def test_a_worker_that_cannot_start_fails_the_call_instead_of_hanging(
             pool.submit(3).result(timeout=60)
     finally:
         pool.shutdown()
+
+
+def test_calls_behind_a_dying_worker_still_run_when_the_pool_shuts_down() -> None:
+    # Shutdown queues its stop after the calls: those behind a crash are still run by a new
+    # worker before it returns.
+    pool: ProcessPool[int, int] = ProcessPool(square_or_die, 1)
+    futures = [pool.submit(n) for n in (1, -1, 2, 3)]
+    pool.shutdown()
+    assert futures[0].result(timeout=0) == 1
+    with pytest.raises(WorkerDied):
+        futures[1].result(timeout=0)
+    assert [f.result(timeout=0) for f in futures[2:]] == [4, 9]
