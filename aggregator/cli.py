@@ -463,6 +463,8 @@ def _story_note(store: Store, entry_id: int, entry: Entry, config: Config) -> st
 
     window = timedelta(seconds=config.settings.story_window)
     story_id, first_seen, earlier = story_context(store, entry_id, window)
+    if story_id is None:
+        return "in no story: it matched no topic, and no earlier entry with its link is in one"
     if entry.canonical_url and any(e.canonical_url == entry.canonical_url for _, e in earlier):
         return f"story {story_id}: an earlier entry has the same link ({entry.canonical_url})"
     return f"story {story_id}: {replay_decision(entry, earlier, first_seen, window).explain()}"

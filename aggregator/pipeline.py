@@ -260,7 +260,7 @@ def _store_entries(
             NewEntry(entry, tuple(matches), alert_channels, story_id, {"primary": primary}),
             now,
         )
-        if added is None:
+        if added is None or added.story_id is None:  # a matching entry always has a story
             continue
         new += 1
         matched += 1

@@ -247,14 +247,15 @@ class NewEntry:
     alert_payload: dict[str, Any] = field(default_factory=dict)  # e.g. {"primary": true}
     # With no story_id: join the story of the first stored entry with the same canonical URL, as
     # story_of_canonical_url() would answer just before this entry is stored (an item earlier in
-    # the same batch counts); start a story when there is none.
+    # the same batch counts); when there is none the entry is in no story, unless it alerts.
+    # For entries that match no topic: only matching entries start stories.
     story_by_url: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class AddedEntry:
     entry_id: int
-    story_id: int
+    story_id: int | None  # None: an entry that matched no topic and joined no story
     alerts: int
 
 
@@ -511,7 +512,7 @@ class Store:
         match_rows: list[tuple[int, str, str]] = []
         index_rows: list[tuple[int, str, str]] = []
         alert_rows: list[tuple[int, tuple[Any, ...]]] = []  # (position in batch, parameters)
-        placed: list[tuple[int, int] | None] = []  # (entry id, story id) per item
+        placed: list[tuple[int, int | None] | None] = []  # (entry id, story id) per item
         for position, item in enumerate(batch):
             e = item.entry
             if (e.feed_url, e.guid) in stored:
@@ -522,13 +523,13 @@ class Store:
             story_id = item.story_id
             if story_id is None and item.story_by_url:
                 story_id = story_of_url.get(e.canonical_url)
-            if story_id is None:
+            if story_id is None and _starts_story(item):
                 last_story += 1
                 story_id = last_story
                 new_stories.append((story_id, e.title, e.canonical_url, stamp, stamp, published))
-            else:
+            elif story_id is not None:
                 joined.append((stamp, story_id))
-            if e.canonical_url:
+            if e.canonical_url and story_id is not None:
                 story_of_url.setdefault(e.canonical_url, story_id)
             last_entry += 1
             entry_id = last_entry
@@ -572,7 +573,7 @@ class Store:
         }
 
     def _first_stories(self, urls: set[str]) -> dict[str, int | None]:
-        """For each canonical URL stored, the story of its first entry (story_of_canonical_url)."""
+        """Per canonical URL, the story of its first entry in one (as story_of_canonical_url)."""
         found: dict[str, int | None] = {}
         for chunk in _chunks(sorted(u for u in urls if u), 500):
             marks = ",".join("?" * len(chunk))
@@ -582,7 +583,8 @@ class Store:
                 chunk,
             )
             for url, story_id in rows:
-                found.setdefault(url, None if story_id is None else int(story_id))
+                if story_id is not None:
+                    found.setdefault(url, int(story_id))
         return found
 
     def add_entry(self, item: NewEntry, now: datetime) -> AddedEntry | None:
@@ -615,8 +617,8 @@ class Store:
         story_id = item.story_id
         if story_id is None and item.story_by_url:
             story_id = self.story_of_canonical_url(e.canonical_url)
-        new_story = story_id is None
-        if story_id is None:
+        new_story = story_id is None and _starts_story(item)
+        if new_story:
             cursor = execute(_INSERT_STORY, (e.title, e.canonical_url, stamp, stamp, published))
             story_id = int(cursor.lastrowid or 0)
         # The store's own statements go to the sqlite3 connection directly: sqlite-utils'
@@ -631,7 +633,7 @@ class Store:
                 execute("DELETE FROM stories WHERE id = ?", (story_id,))
             return None
         entry_id = int(cursor.lastrowid or 0)
-        if not new_story:
+        if not new_story and story_id is not None:
             execute(_JOIN_STORY, (stamp, story_id))
         if matches:
             self.db.conn.executemany(
@@ -673,14 +675,18 @@ class Store:
             raise
 
     def story_of_canonical_url(self, url: str) -> int | None:
-        """The story of the first stored entry with this canonical URL, from any feed."""
+        """The story of the first stored entry in a story with this canonical URL, from any feed.
+
+        Entries that matched no topic are in no story: a link first seen there and later in an
+        item that matches is news, not a repeat.
+        """
         if not url:
             return None
         # "!= ''" lets SQLite use the partial index entries_canonical; without it every call
         # scanned the whole table (a cold cycle of 500 feeds went quadratic: 280 s).
         row = self.db.conn.execute(
             "SELECT story_id FROM entries WHERE canonical_url = ? AND canonical_url != '' "
-            "ORDER BY id LIMIT 1",
+            "AND story_id IS NOT NULL ORDER BY id LIMIT 1",
             (url,),
         ).fetchone()
         return int(row[0]) if row and row[0] is not None else None
@@ -818,6 +824,11 @@ def _alert(row: dict[str, Any]) -> Alert:
 
 def _links_json(links: Sequence[str]) -> str:
     return json.dumps(list(links)) if links else "[]"
+
+
+def _starts_story(item: NewEntry) -> bool:
+    """Whether an entry without a story starts one: it matched, or it alerts (alerts need one)."""
+    return not item.story_by_url or bool(item.matches or item.alert_channels)
 
 
 def _topics_json(topics: Sequence[TopicMatch]) -> str:

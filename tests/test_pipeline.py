@@ -469,17 +469,21 @@ def test_explain_names_the_story_an_entry_joined_and_why(rig: Rig) -> None:
     assert "similarity" in out
 
 
-def test_entries_matching_nothing_are_stored_in_feed_order_before_a_story_lookup(rig: Rig) -> None:
-    # Unmatched entries are inserted in batches. A matching entry after one with the same link
-    # must still find its story (a story already stored: no alert), and ids follow feed order.
+def test_a_link_first_seen_in_an_item_matching_nothing_still_alerts(rig: Rig) -> None:
+    # Only matching entries start stories. A matching item whose link came first in an item that
+    # matched nothing (a short summary elsewhere) is news: it alerts. A later item with that link
+    # joins its story instead. Unmatched entries are inserted in batches; ids follow feed order.
     link = "https://news.example/shared"
     dull = ("dull-1", "Local bakery wins county fair pie contest", link, T0, "First prize.")
     seed = ("seed-1", SEED, link, T0, SEED_TEXT)
-    later = ("dull-2", "Town repaves Main Street", "https://news.example/road", T0, "Roadworks.")
-    url = rig.feeds.serve("/a.xml", rss(dull, seed, later))
+    echo = ("dull-2", "Read more on our site", link, T0, "Details.")
+    other = ("dull-3", "Town repaves Main Street", "https://news.example/road", T0, "Roadworks.")
+    url = rig.feeds.serve("/a.xml", rss(dull, seed, echo, other))
     report = rig.cycle(rig.write_config([url]))
 
-    assert (report.new_entries, report.matched, report.alerts) == (3, 1, 0)
+    assert (report.new_entries, report.matched, report.alerts) == (4, 1, 2)
     rows = rig.store.db.execute("SELECT guid, story_id FROM entries ORDER BY id").fetchall()
-    assert [guid for guid, _ in rows] == ["dull-1", "seed-1", "dull-2"]
-    assert rows[0][1] == rows[1][1] != rows[2][1]
+    assert [guid for guid, _ in rows] == ["dull-1", "seed-1", "dull-2", "dull-3"]
+    assert rows[0][1] is None and rows[3][1] is None
+    assert rows[1][1] is not None and rows[2][1] == rows[1][1]
+    assert rig.store.db.execute("SELECT count(*) FROM stories").fetchone()[0] == 1
