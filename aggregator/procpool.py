@@ -49,16 +49,20 @@ class ProcessPool(Generic[A, R]):
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Start every worker now rather than on first use, so no call waits for one."""
+        """Start every worker now rather than on first use, so no call waits for one. Returns
+        once their processes exist (a worker that cannot start is tried again on first use)."""
         with self._lock:
             while len(self._threads) < self.workers:
-                self._start_feeder()
+                worker = None
+                with contextlib.suppress(OSError):
+                    worker = _start_worker(self.fn)
+                self._start_feeder(worker)
 
     def submit(self, arg: A) -> Future[R]:
         future: Future[R] = Future()
         with self._lock:
             if len(self._threads) < self.workers:
-                self._start_feeder()
+                self._start_feeder(None)
         self._calls.put((arg, future))
         return future
 
@@ -71,21 +75,20 @@ class ProcessPool(Generic[A, R]):
         for thread in threads:
             thread.join()
 
-    def _start_feeder(self) -> None:
+    def _start_feeder(self, worker: subprocess.Popen[bytes] | None) -> None:
         number = len(self._threads) + 1
-        thread = threading.Thread(target=self._feed, name=f"worker-{number}", daemon=True)
+        thread = threading.Thread(
+            target=self._feed, args=(worker,), name=f"worker-{number}", daemon=True
+        )
         self._threads.append(thread)
         thread.start()
 
-    def _feed(self) -> None:
+    def _feed(self, worker: subprocess.Popen[bytes] | None) -> None:
         """Keep one worker busy: up to ``IN_FLIGHT`` calls sent ahead, results read in order.
 
         With a call waiting in its pipe, the worker starts the next one while this thread waits
         for the GIL to read the last result.
         """
-        worker: subprocess.Popen[bytes] | None = None
-        with contextlib.suppress(OSError):  # tried again, and reported, with the first call
-            worker = _start_worker(self.fn)
         sent: deque[tuple[A, Future[R]]] = deque()  # in the worker, oldest (running) first
         again: deque[tuple[A, Future[R]]] = deque()  # sent to a worker that died before them
         stopping = False

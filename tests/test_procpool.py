@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -56,13 +56,13 @@ def test_a_dying_worker_fails_only_the_call_it_was_running() -> None:
 def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
-        import os, sys, time
+        import threading
         from aggregator.procpool import ProcessPool
         from tests.test_procpool import square_or_die
         pool = ProcessPool(square_or_die, 2)
         futures = [pool.submit(n) for n in range(4)]
         print(sum(f.result() for f in futures), flush=True)
-        time.sleep(600)
+        threading.Event().wait()  # until killed
         """
     )
     parent = subprocess.Popen(
@@ -70,14 +70,14 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
     )
     assert parent.stdout is not None
     assert parent.stdout.readline().strip() == "14"
-    workers = _children(parent.pid)
+    workers = [os.pidfd_open(pid) for pid in _children(parent.pid)]
     assert len(workers) == 2
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers), "a worker outlived its parent"
+    for pidfd in workers:  # a pidfd turns readable when its process exits
+        exited, _, _ = select.select([pidfd], [], [], 30)
+        os.close(pidfd)
+        assert exited, "a worker outlived its parent"
 
 
 def _children(pid: int) -> list[int]:
@@ -93,22 +93,12 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_start_runs_every_worker_before_the_first_call() -> None:
     pool: ProcessPool[int, int] = ProcessPool(square_or_die, 2)
     try:
+        before = set(_children(os.getpid()))
         pool.start()
-        deadline = time.monotonic() + 30
-        while len(_children(os.getpid())) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(_children(os.getpid())) >= 2
+        assert len(set(_children(os.getpid())) - before) == 2  # running before any call
         assert [pool.submit(n).result(timeout=60) for n in (2, 3)] == [4, 9]
     finally:
         pool.shutdown()
