@@ -20,10 +20,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from aggregator.models import Entry, TopicMatch
 from aggregator.store import NewEntry, Store, outbox_rows
+from tests import waiting
 from tests.slackserver import TOKEN, Fault, SlackServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,11 +180,16 @@ def _service_config(workdir: Path, channels: list[str], interval: float) -> Path
 
 
 def _wait_until_drained(store: Store, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while outbox_rows(store, "pending", "failed", "held", "sending"):
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.2)
+    """Until nothing is left to send, or ``timeout``. The service logs each cycle after its
+    deliveries are committed: each line it writes is the moment to look again."""
+    unsent = ("pending", "failed", "held", "sending")
+    waiting.wait_for(lambda: not outbox_rows(store, *unsent), timeout)
+
+
+def _copy_output(stream: IO[bytes], log: IO[bytes]) -> None:
+    for line in stream:
+        log.write(line)
+        waiting.changed()
 
 
 def run_soak(
@@ -261,11 +267,21 @@ def run_soak(
                     chaos.proc.wait()
             chaos.killing = False
             final = command if service else [*command, "--until-idle"]
-            chaos.proc = subprocess.Popen(final, env=env, stdout=log, stderr=log, cwd=ROOT)
+            output = subprocess.PIPE if service else log
+            chaos.proc = subprocess.Popen(
+                final, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT
+            )
             restarts += 1
             if service:
+                assert chaos.proc.stdout is not None
+                copier = threading.Thread(
+                    target=_copy_output, args=(chaos.proc.stdout, log), daemon=True
+                )
+                copier.start()
                 _wait_until_drained(store, drain_timeout)
                 chaos.proc.send_signal(signal.SIGTERM)
+                chaos.proc.wait(timeout=drain_timeout)
+                copier.join()  # the output ends with the process
             chaos.proc.wait(timeout=drain_timeout)
         finally:
             if chaos.proc is not None and chaos.proc.poll() is None:

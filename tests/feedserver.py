@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from tests.waiting import changed
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -158,6 +160,7 @@ class FeedServer:
     def _record(self, hit: Hit) -> None:
         with self._lock:
             self.hits.append(hit)
+        changed()
 
 
 class _Server(ThreadingHTTPServer):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import threading
 import time
@@ -34,6 +35,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.waiting import changed
 
 TOKEN = "xoxb-test-token"
 # What a correctly installed bot holds; sent in the x-oauth-scopes header, as Slack does.
@@ -400,6 +403,7 @@ def _make_handler(server: SlackServer) -> type[BaseHTTPRequestHandler]:
                     status, body = server.handle(method, params, auth)
                     outcome = "ok" if body.get("ok") else str(body.get("error"))
                     server.calls.append(Call(method, at, params, outcome))
+            changed()
             if fault is None:
                 scopes = {"x-oauth-scopes": ",".join(server.scopes)} if server.scopes else {}
                 self._reply(status, body, headers=scopes)
@@ -446,8 +450,5 @@ def _make_handler(server: SlackServer) -> type[BaseHTTPRequestHandler]:
 if __name__ == "__main__":
     with SlackServer() as slack:
         print(f"Slack Web API stand-in at {slack.url} (token {TOKEN}); Ctrl-C to stop")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()

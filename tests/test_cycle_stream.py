@@ -10,7 +10,8 @@ from __future__ import annotations
 import random
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from aggregator.models import CycleReport
 from aggregator.parse import ParsePool
 from aggregator.pipeline import Deps, run_cycle
 from aggregator.store import Store
+from tests import waiting
 from tests.feedserver import FeedServer, Reply
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,13 +52,14 @@ def write_config(directory: Path, urls: list[str]) -> Path:
     return directory
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    tick = threading.Event()
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return
-        tick.wait(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+class CommitWatchingStore(Store):
+    """The real store, which also tells waiting tests when a transaction has committed."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with super().transaction():
+            yield
+        waiting.changed()
 
 
 def test_ready_feeds_commit_before_the_cycle_waits_for_a_slow_one(tmp_path: Path) -> None:
@@ -73,7 +76,7 @@ def test_ready_feeds_commit_before_the_cycle_waits_for_a_slow_one(tmp_path: Path
         fast = [server.serve(f"/a{i}.xml", rss(f"fast-{i}", f"Pie contest {i}")) for i in range(8)]
         slow = server.route("/z-slow.xml", Reply(stream=held_body, length=len(slow_body)))
         config = load_config(write_config(tmp_path / "config", [*fast, slow]), {})
-        store = Store.open(config.settings.database)
+        store = CommitWatchingStore.open(config.settings.database)
         store.sync_feeds(config.feeds, NOW)
         reports: list[CycleReport] = []
         with ParsePool(2) as pool, Fetcher(config.settings) as fetcher:
@@ -89,9 +92,10 @@ def test_ready_feeds_commit_before_the_cycle_waits_for_a_slow_one(tmp_path: Path
             cycle.start()
             other = sqlite3.connect(config.settings.database, timeout=0)
             try:
-                wait_until(
+                waiting.wait_until(
                     lambda: other.execute("SELECT count(*) FROM entries").fetchone()[0] >= 1,
                     "a fast feed's entry to be committed while the slow one downloads",
+                    10.0,
                 )
                 assert server.count("/z-slow.xml") == 1
                 other.execute(

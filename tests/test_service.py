@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests import waiting
 from tests.feedserver import FeedServer
 from tests.slackserver import TOKEN, Fault, SlackServer
 
@@ -55,11 +56,7 @@ DULL_ITEM = ("dull-1", "Local bakery wins county fair pie contest", "A bakery to
 
 
 def wait_until(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
+    waiting.wait_until(condition, what, timeout)
 
 
 class NotifyListener:
@@ -77,7 +74,6 @@ class NotifyListener:
             self.address = "@" + name
         self.sock.settimeout(0.1)
         self.lines: list[str] = []
-        self.last_ping = 0.0  # time.monotonic() of the latest WATCHDOG=1
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -93,8 +89,7 @@ class NotifyListener:
                 return
             with self._lock:
                 self.lines.extend(data.decode().splitlines())
-                if b"WATCHDOG=1" in data:
-                    self.last_ping = time.monotonic()
+            waiting.changed()
 
     def pings(self) -> int:
         with self._lock:
@@ -158,6 +153,8 @@ class Service:
     def _collect(stream: Any, into: list[str]) -> None:
         for line in stream:
             into.append(line.rstrip("\n"))
+            waiting.changed()
+        waiting.changed()  # the stream ended: the service exited
 
     def log_index(self, text: str, after: int = -1) -> int:
         """The index of the first stderr line after ``after`` that contains ``text``, or -1."""
@@ -330,12 +327,14 @@ def test_the_watchdog_is_fed_only_while_cycles_complete(world: World) -> None:
         [world.feeds.serve("/a.xml", rss(SEED_ITEM))], polling='cycle_timeout = "1s"'
     )
     service = world.start()
-    wait_until(entered.is_set, "the cycle to hang in a send")
+    assert entered.wait(WAIT), "the cycle never hung in a send"
     wait_until(lambda: world.notify.pings() > 0, "the first pings")  # start-up counts as success
     # With no cycle completing for cycle_timeout + 3 ticks (1.6 s), the pings stop: under systemd
     # WatchdogSec= would now run out and the process would be restarted.
-    wait_until(lambda: time.monotonic() - world.notify.last_ping > 2.0, "the pings to stop")
-    stalled = world.notify.pings()
+    stalled, deadline = world.notify.pings(), time.monotonic() + WAIT
+    while waiting.wait_for(lambda seen=stalled: world.notify.pings() > seen, 2.0):
+        stalled = world.notify.pings()  # still pinging: wait for a 2 s silence
+        assert time.monotonic() < deadline, "the pings never stopped"
     release.set()
     wait_until(lambda: world.notify.pings() > stalled, "the pings to resume after the cycle")
     # The hung cycle ran past its deadline, so the second alert goes out with the next cycle.
@@ -426,7 +425,7 @@ def test_sigterm_during_a_send_finishes_that_send_and_leaves_the_rest_queued(
     world.slack.chaos = slow_first_post
     world.write_config([world.feeds.serve("/a.xml", rss(SEED_ITEM))])
     service = world.start()
-    wait_until(entered.is_set, "the first post to reach Slack")
+    assert entered.wait(WAIT), "the first post never reached Slack"
     service.signal(signal.SIGTERM)
     service.wait_log("stopping: finishing the cycle in flight")
     release.set()
