@@ -438,16 +438,11 @@ class TopicMatcher:
 
     def _index(self, tokens: Sequence[Sequence[str]]) -> Index:
         index: Index = {}
-        cache = self._cache
-        lookup = self._atoms.lookup
+        atoms_of = self._atoms_of
         for field, field_tokens in enumerate(tokens):
             base = field << _SHIFT
             for i, token in enumerate(field_tokens):
-                found = cache.get(token)
-                if found is None:
-                    if len(cache) >= _CACHE_LIMIT:
-                        cache.clear()
-                    found = cache[token] = lookup(token)
+                found = atoms_of(token)
                 if found and i <= _MAX_WORDS:
                     for atom in found:
                         positions = index.get(atom)
