@@ -30,6 +30,7 @@ import feedparser
 
 from aggregator.dedupe import canonical_url, content_hash
 from aggregator.models import Entry, ParsedFeed, ParseError, ParseOutcome
+from aggregator.parse_tuning import tune
 from aggregator.procpool import ProcessPool, WorkerDied
 from aggregator.text import fold_space, strip_html
 
@@ -63,6 +64,8 @@ _NORMAL_URL = re.compile(
 )
 _CHAR_REF = re.compile(rb"&#([xX][0-9a-fA-F]{1,16}|[0-9]{1,20});")
 K = TypeVar("K")
+
+tune(feedparser)
 
 
 def body_hash(body: bytes) -> str:

@@ -109,6 +109,8 @@ def measure_floor(bodies: list[bytes]) -> float:
     """Bare feedparser, default settings, one process. A stream, as bytes would be a file name."""
     import feedparser
 
+    if getattr(feedparser, "_aggregator_tuned", False):  # see aggregator/parse_tuning.py
+        raise RuntimeError("the floor must be bare feedparser, but this process has tuned it")
     started = time.perf_counter()
     for body in bodies:
         feedparser.parse(io.BytesIO(body))
