@@ -432,7 +432,7 @@ class TopicMatcher:
         """Each field's words; none for a field that no rule reads."""
         fields = self._fields
         return [
-            textnorm.WORD.findall(text) if field in fields and text else []
+            textnorm.words(text) if field in fields and text else []
             for field, text in enumerate(texts)
         ]
 

@@ -123,8 +123,28 @@ def word_key(token: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    """The words of already-cleaned text, as written (case kept)."""
+    """The words of already-cleaned text, as written (case kept): ``WORD.findall(text)``.
+
+    ASCII text without an initialism takes a path twice as fast with the same words: letters and
+    digits kept, every other byte made a space, then split.
+    """
+    if text.isascii() and not _may_hold_initialism(text):
+        return text.encode("ascii").translate(_ASCII_WORD_BYTES).decode("ascii").split()
     return WORD.findall(text)
+
+
+# Each ASCII letter and digit as itself, every other byte as a space.
+_ASCII_WORD_BYTES = bytes(code if chr(code).isalnum() and code < 128 else 32 for code in range(256))
+
+
+def _may_hold_initialism(text: str) -> bool:
+    """True when a letter, a dot and a letter follow each other, as in "U.S" or "x.com"."""
+    dot = text.find(".", 1)
+    while dot != -1:
+        if text[dot - 1].isalpha() and text[dot + 1 : dot + 2].isalpha():
+            return True
+        dot = text.find(".", dot + 1)
+    return False
 
 
 def word_spans(text: str) -> list[tuple[int, int]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from aggregator import text
@@ -344,6 +346,21 @@ def test_explain_expands_clauses_that_held_with_their_labels() -> None:
 def test_words(sample: str, expected: list[str]) -> None:
     assert text.words(sample) == expected
     assert [sample[a:b] for a, b in text.word_spans(sample)] == expected
+
+
+def test_the_fast_path_for_ascii_words_finds_what_the_pattern_finds() -> None:
+    # words() splits plain ASCII without a regex; it must agree with WORD everywhere, above all
+    # around dots (initialisms), underscores, digits and the first and last character.
+    rng = random.Random(11)
+    alphabet = "aZq9._-' \t\n,;:/U.S.\u00e9"
+    samples = ["", ".", ".a", "a.", "a.b", "1.a", "a.1", "_a_b", "a_b.c_d", "e.g. x", "\u00e9.b"]
+    samples += [
+        "".join(rng.choice(alphabet) for _ in range(rng.randrange(40))) for _ in range(20_000)
+    ]
+    differing = [s for s in samples if text.words(s) != text.WORD.findall(s)]
+    assert differing == []
+    ascii_plain = sum(1 for s in samples if s.isascii() and not text._may_hold_initialism(s))
+    assert ascii_plain > 1000  # the fast path was exercised, not only the pattern
 
 
 def test_the_skip_for_text_without_a_required_word_never_changes_a_verdict() -> None:
