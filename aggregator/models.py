@@ -86,6 +86,9 @@ class ParsedFeed:
     title: str
     entries: tuple[Entry, ...]
     warning: str | None = None  # a recoverable problem the parser noted
+    # Each entry's rule matches, in entry order, when the parse job carried the rules: matching
+    # then runs on the parse worker's core, not on the cycle's thread. None when it did not.
+    matches: tuple[tuple[TopicMatch, ...], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

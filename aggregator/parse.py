@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urljoin
@@ -29,6 +29,7 @@ from urllib.parse import urljoin
 import feedparser
 
 from aggregator.dedupe import canonical_url, content_hash
+from aggregator.match import MatchRules, match_entries
 from aggregator.models import Entry, ParsedFeed, ParseError, ParseOutcome
 from aggregator.parse_tuning import tune
 from aggregator.procpool import ProcessPool, WorkerDied
@@ -402,11 +403,15 @@ class ParseJob:
     body: bytes
     source: str = ""
     content_type: str = ""
+    rules: MatchRules = ()  # when given, the entries are matched too, on the worker's core
 
 
 def run_job(job: ParseJob) -> ParseOutcome:
-    """Top-level and picklable: what a pool worker runs."""
-    return parse_feed(job.feed_url, job.body, source=job.source, content_type=job.content_type)
+    """Top-level and picklable: what a pool worker runs. Parses, then matches when asked."""
+    outcome = parse_feed(job.feed_url, job.body, source=job.source, content_type=job.content_type)
+    if job.rules and isinstance(outcome, ParsedFeed):
+        outcome = replace(outcome, matches=match_entries(job.rules, outcome.entries))
+    return outcome
 
 
 class ParsePool:

@@ -1,7 +1,7 @@
 """One poll cycle: the whole system in one page.
 
 ```
-due feeds -> fetch (threads) -> parse changed bodies (processes) -> new entries -> match topics
+due feeds -> fetch (threads) -> parse changed bodies and match topics (processes) -> new entries
           -> group into stories -> store entries + alerts (a transaction per batch of ready feeds)
           -> deliver the outbox
 ```
@@ -136,7 +136,8 @@ def _fetched_and_parsed(
             job = None
             if changed:
                 assert isinstance(result, FetchResult)
-                job = ParseJob(feed.url, result.body, _source(deps, feed), result.content_type)
+                job = ParseJob(feed.url, result.body, _source(deps, feed), result.content_type,
+                               deps.matcher.rules)  # fmt: skip
             yield (feed, result), job
 
     return deps.parser.parse_stream(jobs())
@@ -198,7 +199,7 @@ def _settle_feed(
                         elapsed=result.elapsed, error=parsed.reason)  # fmt: skip
         return FeedOutcome(url, "failed", parsed.reason, parsed=True)
 
-    counts = _store_entries(deps, feed, parsed.entries, now)
+    counts = _store_entries(deps, feed, parsed, now)
     _reschedule(deps, feed, now, ok=True, result=result, body=body_hash(result.body))
     store.log_fetch(url, now, "fetched", status_code=result.status, size=len(result.body),
                     elapsed=result.elapsed, new_entries=counts[0])  # fmt: skip
@@ -209,10 +210,13 @@ def _settle_feed(
 
 
 def _store_entries(
-    deps: Deps, feed: FeedState, entries: Sequence[Entry], now: datetime
+    deps: Deps, feed: FeedState, parsed: ParsedFeed, now: datetime
 ) -> tuple[int, int, int]:
     """Insert the entries not seen before; queue alerts for those that match. Returns counts
     (new, matched, alerts queued)."""
+    entries = parsed.entries
+    # The parse worker matched them with this cycle's rules (jobs carry deps.matcher.rules).
+    by_worker = parsed.matches
     store, config = deps.store, deps.config
     feed_config = _feed_config(deps, feed)
     primary = bool(feed_config and feed_config.primary)
@@ -231,7 +235,7 @@ def _store_entries(
             new += sum(added is not None for added in store.insert_entries(unmatched, now))
             unmatched.clear()
 
-    for entry in entries:
+    for position, entry in enumerate(entries):
         previous_hash = known.get(entry.guid)
         if previous_hash is not None:
             if previous_hash != entry.content_hash:
@@ -239,7 +243,8 @@ def _store_entries(
                 _entry_changed(deps, feed.url, entry, now)
             continue
         known[entry.guid] = entry.content_hash  # a feed that repeats a guid counts it once
-        matches = _matches(deps.matcher, feed_config, entry)
+        found = by_worker[position] if by_worker is not None else None
+        matches = _matches(deps.matcher, feed_config, entry, found)
         if not matches:
             # Joins the story of an earlier entry with its canonical URL, else starts one.
             unmatched.append(NewEntry(entry, (), (), None, {"primary": primary}, story_by_url=True))
@@ -272,10 +277,17 @@ def _store_entries(
     return new, matched, alerts
 
 
-def _matches(matcher: TopicMatcher, feed: FeedConfig | None, entry: Entry) -> list[TopicMatch]:
-    """Rule matches, plus the topics every item of this feed belongs to."""
-    doc = Document(entry.title, entry.summary, entry.source, entry.link)
-    found = {m.topic: m for m in matcher.match(doc)}
+def _matches(
+    matcher: TopicMatcher,
+    feed: FeedConfig | None,
+    entry: Entry,
+    rule_matches: Sequence[TopicMatch] | None = None,
+) -> list[TopicMatch]:
+    """Rule matches (``rule_matches`` when the parse worker found them), plus the topics every
+    item of this feed belongs to."""
+    if rule_matches is None:
+        rule_matches = matcher.match(Document(entry.title, entry.summary, entry.source, entry.link))
+    found = {m.topic: m for m in rule_matches}
     for topic in feed.topics if feed else ():
         found.setdefault(topic, TopicMatch(topic, ()))
     return list(found.values())

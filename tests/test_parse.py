@@ -7,12 +7,16 @@ import pickle
 import re
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import pytest
 
+from aggregator import match as match_module
+from aggregator.config import load_config
 from aggregator.dedupe import TRACKING_PARAMS, canonical_url, content_hash
-from aggregator.models import Entry, ParsedFeed, ParseError, ParseOutcome
+from aggregator.match import TopicMatcher, match_entries
+from aggregator.models import Document, Entry, ParsedFeed, ParseError, ParseOutcome
 from aggregator.parse import (
     ParseJob,
     ParsePool,
@@ -24,6 +28,7 @@ from aggregator.parse import (
 from aggregator.text import fold_space
 
 URL = "https://news.example.org/politics/rss"
+REPO = Path(__file__).resolve().parents[1]
 
 RSS = b"""<?xml version="1.0" encoding="utf-8"?>
 <rss version="2.0">
@@ -336,6 +341,54 @@ def test_parse_pool_matches_inline_parsing() -> None:
         again = pool.parse_many(jobs[:2])  # below the threshold: parsed in-process
     assert pooled == [run_job(j) for j in jobs]
     assert again == pooled[:2]
+
+
+MATCHING_RSS = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>Policy</title>
+<item><guid>a</guid><title>Senate passes the AI Act after a long debate</title>
+<link>https://news.example.org/a</link>
+<description>Artificial intelligence rules.</description></item>
+<item><guid>b</guid><title>President signs executive order on ports</title>
+<link>https://news.example.org/b</link></item>
+<item><guid>c</guid><title>Local bakery wins the county fair</title>
+<link>https://news.example.org/c</link></item>
+</channel></rss>"""
+
+
+def _shipped_matcher() -> TopicMatcher:
+    return TopicMatcher.compile(load_config(REPO / "config", {}).topics)
+
+
+def test_a_job_with_rules_comes_back_matched_as_the_matcher_would_match() -> None:
+    matcher = _shipped_matcher()
+    job = ParseJob(URL, MATCHING_RSS, source="S", rules=matcher.rules)
+    with ParsePool(workers=2) as pool:
+        in_worker = pool.parse_many([job] * 4)  # four: at the threshold, so on the workers
+    inline = run_job(job)
+    assert isinstance(inline, ParsedFeed) and inline.matches is not None
+    expected = tuple(
+        tuple(matcher.match(Document(e.title, e.summary, e.source, e.link))) for e in inline.entries
+    )
+    assert inline.matches == expected
+    assert [[m.topic for m in ms] for ms in expected] == [["ai-policy"], ["executive-orders"], []]
+    assert in_worker == [inline] * 4
+    unmatched = run_job(ParseJob(URL, MATCHING_RSS, source="S"))
+    assert isinstance(unmatched, ParsedFeed) and unmatched.matches is None
+    assert unmatched.entries == inline.entries
+
+
+def test_a_worker_compiles_each_rule_set_once_and_follows_a_change() -> None:
+    matcher = _shipped_matcher()
+    entries = _feed(MATCHING_RSS).entries
+    first = match_entries(matcher.rules, entries)
+    compiled = match_module._compiled[matcher.rules]
+    assert match_entries(matcher.rules, entries) == first
+    assert match_module._compiled[matcher.rules] is compiled  # not compiled again
+    renamed = tuple(("renamed-" + name, query, exclude) for name, query, exclude in matcher.rules)
+    assert [[m.topic for m in ms] for ms in match_entries(renamed, entries)] == [
+        ["renamed-ai-policy"],
+        ["renamed-executive-orders"],
+        [],
+    ]
 
 
 def test_a_dying_worker_costs_only_its_own_feed() -> None:

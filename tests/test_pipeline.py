@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -20,9 +20,9 @@ import pytest
 from aggregator.config import load_config
 from aggregator.fetch import Fetcher
 from aggregator.match import TopicMatcher
-from aggregator.models import CycleReport
+from aggregator.models import CycleReport, ParseOutcome
 from aggregator.notify import Outbox, make_sink
-from aggregator.parse import ParsePool
+from aggregator.parse import K, ParseJob, ParsePool
 from aggregator.pipeline import Deps, run_cycle
 from aggregator.store import Store
 from aggregator.story_index import StoryIndex
@@ -187,6 +187,32 @@ def test_seed_story_becomes_one_message_per_topic_channel(rig: Rig) -> None:
     posted = rig.slack.posts()[0]
     assert SEED in posted.text
     assert posted.metadata and posted.metadata["event_type"] == "aggregator_alert"
+
+
+class ParsingOnly(ParsePool):
+    """Parses with the rules left out of every job, so the cycle must match entries itself."""
+
+    def parse_stream(
+        self, items: Iterable[tuple[K, ParseJob | None]], *, ahead: int = 0
+    ) -> Iterator[tuple[K, ParseOutcome | None]]:
+        stripped = ((key, None if job is None else replace(job, rules=())) for key, job in items)
+        return super().parse_stream(stripped, ahead=ahead)
+
+
+@pytest.mark.parametrize("parser", [ParsePool, ParsingOnly])
+def test_entries_are_matched_on_the_parse_workers_or_in_the_cycle_alike(
+    rig: Rig, parser: type[ParsePool]
+) -> None:
+    rig._pool = parser(2)
+    url = rig.feeds.serve("/a.xml", rss(SEED_ITEM, DULL_ITEM))
+    report = rig.cycle(rig.write_config([url]))
+
+    assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
+    assert (report.new_entries, report.matched, report.alerts) == (2, 1, 2)
+    stored = rig.store.db.execute(
+        "SELECT e.guid, m.topic FROM matches m JOIN entries e ON e.id = m.entry_id ORDER BY 2"
+    ).fetchall()
+    assert stored == [("seed-1", "ai-policy"), ("seed-1", "executive-orders")]
 
 
 def test_second_poll_posts_nothing(rig: Rig) -> None:
