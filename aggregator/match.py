@@ -26,7 +26,6 @@ _MAX_WORDS = (1 << _SHIFT) - 1
 # Words remembered per matcher (with or without atoms). Each parse worker holds a matcher of its
 # own: 100,000 words is about 8 MB, and twice the vocabulary of 47,000 news items.
 _CACHE_LIMIT = 100_000
-_COMPILED_PER_PROCESS = 4  # rule sets a worker keeps compiled (old ones after a reload)
 
 # What a matcher is compiled from, as plain values another process can compile again:
 # (name, query, exclude) per topic, in config order.
@@ -695,12 +694,12 @@ def match_entries(
     """Each entry's matches under ``rules`` (a :attr:`TopicMatcher.rules`), in entry order.
 
     What a parse worker runs after parsing: the rules are compiled once per process and kept, so
-    a worker compiles again only after the topics change.
+    a worker compiles again only after the topics change. Only the latest rules are kept: every
+    job of a cycle carries the same ones, and an old matcher's word cache is memory.
     """
     matcher = _compiled.get(rules)
     if matcher is None:
-        if len(_compiled) >= _COMPILED_PER_PROCESS:
-            _compiled.clear()
+        _compiled.clear()
         topics = [TopicConfig(name, "", query, exclude) for name, query, exclude in rules]
         matcher = _compiled[rules] = TopicMatcher.compile(topics)
     return tuple(

@@ -384,7 +384,9 @@ def test_a_worker_compiles_each_rule_set_once_and_follows_a_change() -> None:
     assert match_entries(matcher.rules, entries) == first
     assert match_module._compiled[matcher.rules] is compiled  # not compiled again
     renamed = tuple(("renamed-" + name, query, exclude) for name, query, exclude in matcher.rules)
-    assert [[m.topic for m in ms] for ms in match_entries(renamed, entries)] == [
+    renamed_matches = match_entries(renamed, entries)
+    assert list(match_module._compiled) == [renamed]  # the old rules' matcher is let go
+    assert [[m.topic for m in ms] for ms in renamed_matches] == [
         ["renamed-ai-policy"],
         ["renamed-executive-orders"],
         [],
