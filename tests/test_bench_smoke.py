@@ -67,3 +67,27 @@ def test_tiny_benchmark_runs_the_reader_peer() -> None:
     assert set(result) >= PEER_KEYS, PEER_KEYS - set(result)
     assert result["reader_entries"] == result["items"]
     assert result["reader_broken_feeds"] == 0
+
+
+def test_tiny_parse_tuning_benchmark_reports_both_modes() -> None:
+    script = ROOT / "bench" / "bench_parse_tuning.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--feeds", "5", "--repeat", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert (result["feeds"], result["repetitions"]) == (5, 1)
+    for mode in ("no_url", "url"):
+        figures = result[mode]
+        assert set(figures) == {
+            "untuned_seconds",
+            "tuned_seconds",
+            "tuned_over_untuned",
+            "tuned_ms_per_feed",
+        }
+        assert figures["untuned_seconds"] > 0 and figures["tuned_seconds"] > 0
