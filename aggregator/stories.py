@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import operator
 import sys
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -67,7 +68,9 @@ class StoryFeatures:
     """What the decision knows about one entry: its word stems with weights, links, time, outlet."""
 
     weights: Mapping[str, float]  # stem -> squared weight (IDF^2, boosted in the title)
-    unit: Mapping[str, float]  # stem -> sqrt(weight) / norm: the cosine is a dot product of these
+    # sqrt(weight) / norm per stem, in the order of ``weights``: the cosine is a dot product of
+    # these. An array of doubles, not a second dict: the story window keeps thousands of entries.
+    unit: array[float]
     title_stems: frozenset[str]
     title_words: Mapping[str, str]  # stem -> the word the title wrote, for explanations
     norm: float  # sqrt of the sum of the squared weights
@@ -162,7 +165,7 @@ def features(
     norm = math.sqrt(sum(weights.values()))
     return StoryFeatures(
         weights=weights,
-        unit={s: math.sqrt(w) / norm for s, w in weights.items()} if norm else {},
+        unit=array("d", [math.sqrt(w) / norm for w in weights.values()] if norm else []),
         title_stems=frozenset(title_stems),
         title_words=title_words,
         norm=norm,
@@ -297,7 +300,7 @@ def _score_story(
         )
     else:
         summed, apart = index.member_sum(story, params.max_members)
-        raw_total = _dot(feats.unit, summed) + sum(
+        raw_total = _unit_dot(feats, summed) + sum(
             _cosine(feats, m, index.boilerplate(m.source)) for m in apart
         )
     penalties = _penalties(feats, members, params)
@@ -331,12 +334,14 @@ def _new_actions(feats: StoryFeatures, members: Sequence[StoryFeatures]) -> list
     return sorted(a for a in own_actions if not any(a in m.weights for m in members))
 
 
-def _dot(small: Mapping[str, float], large: Mapping[str, float]) -> float:
-    if len(small) > len(large):
-        small, large = large, small
+def _unit_dot(feats: StoryFeatures, summed: Mapping[str, float]) -> float:
+    """The dot product of the entry's unit vector with ``summed``, over the shorter of the two."""
     # map() keeps the loop in C: this is the hot spot of a cycle that groups many stories
-    products = map(operator.mul, small.values(), map(large.get, small.keys(), repeat(0.0)))
-    return float(sum(products))
+    if len(feats.unit) <= len(summed):
+        lookups = map(summed.get, feats.weights.keys(), repeat(0.0))
+        return float(sum(map(operator.mul, feats.unit, lookups)))
+    unit = dict(zip(feats.weights, feats.unit, strict=True))
+    return float(sum(map(operator.mul, summed.values(), map(unit.get, summed, repeat(0.0)))))
 
 
 def _explain_story(

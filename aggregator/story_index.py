@@ -241,7 +241,7 @@ class StoryIndex:
             if self._boilerplate.get(member.source):
                 apart.append(member)
                 continue
-            for stem, value in member.unit.items():
+            for stem, value in zip(member.weights, member.unit, strict=True):
                 summed[stem] = summed.get(stem, 0.0) + value
 
     def candidates(self, feats: StoryFeatures, since: datetime, limit: int) -> list[int]:
