@@ -10,7 +10,7 @@ result, and :func:`tune` removes them in the process that parses:
    ``copy.deepcopy``'s generic machinery.
 4. URL joins against an element's base are memoised: every start tag joins the same two strings.
 
-Together they take 0.66-0.69 of the time, or 0.57 when feedparser is told the feed's URL
+Together they take 0.66-0.68 of the time, or 0.55-0.57 when feedparser is told the feed's URL
 (``bench/bench_parse_tuning.py``, 500 bench feeds, two runs). Every result is the same,
 compared over feedparser's own test fixtures, the real feed snapshots and the bench corpus
 (``tests/test_parse_tuning.py``). The changes reach into feedparser's internals, so they apply to
