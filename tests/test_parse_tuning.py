@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tomllib
 import types
+import xml.sax
 from pathlib import Path
 
 import feedparser
@@ -58,6 +59,9 @@ def test_the_pinned_feedparser_is_tuned() -> None:
     assert feedparser.__version__ == parse_tuning.TUNED_VERSION
     assert getattr(feedparser, "_aggregator_tuned", False)
     assert parse_tuning.__name__ in feedparser.api.PREFERRED_XML_PARSERS
+    # the driver really loads: a failed import would silently fall back to plain expat
+    sax_parser = xml.sax.make_parser(feedparser.api.PREFERRED_XML_PARSERS)  # noqa: S317  (no input)
+    assert isinstance(sax_parser, parse_tuning._BufferedExpatParser)
     assert parse_tuning.tune(feedparser)  # a second time: nothing more
     assert feedparser.api.PREFERRED_XML_PARSERS.count(parse_tuning.__name__) == 1
 
