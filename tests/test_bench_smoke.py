@@ -26,8 +26,13 @@ PEER_KEYS = {"reader_cold", "reader_warm", "reader_cold_seconds", "reader_cold_o
 
 
 def run_bench(*args: str) -> dict[str, Any]:
+    return run_json(BENCH, "--feeds", "10", "--repeat", "1", "--json", *args)
+
+
+def run_json(script: Path, *args: str) -> dict[str, Any]:
+    """A benchmark's one JSON object, after checking that it ran clean."""
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--feeds", "10", "--repeat", "1", "--json", *args],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=180,
@@ -71,16 +76,7 @@ def test_tiny_benchmark_runs_the_reader_peer() -> None:
 
 def test_tiny_parse_tuning_benchmark_reports_both_modes() -> None:
     script = ROOT / "bench" / "bench_parse_tuning.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--feeds", "5", "--repeat", "1", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
+    result = run_json(script, "--feeds", "5", "--repeat", "1", "--json")
     assert (result["feeds"], result["repetitions"]) == (5, 1)
     for mode in ("no_url", "url"):
         figures = result[mode]

@@ -20,13 +20,13 @@ import pytest
 import aggregator.store as store_module
 from aggregator.models import Entry, TopicMatch
 from aggregator.store import AddedEntry, NewEntry, Store
+from tests.schema_v1 import v1_database
 
 NOW = datetime(2026, 11, 28, 9, 30, tzinfo=UTC)
 FEED = "https://feeds.example/a.xml"
 OTHER_FEED = "https://feeds.example/b.xml"
 AI = TopicMatch("ai-policy", ("AI", "regulation"))
 ORDERS = TopicMatch("executive-orders", ("executive order",))
-FIXTURE = Path(__file__).parent / "fixtures" / "schema_v1.sql"
 TABLES = ("stories", "entries", "matches", "alerts")
 
 
@@ -326,13 +326,7 @@ def test_a_new_database_indexes_entries_without_an_insert_trigger(store: Store) 
 
 
 def test_a_v1_database_keeps_its_index_and_indexes_new_entries(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    try:
-        conn.executescript(FIXTURE.read_text(encoding="utf-8"))
-    finally:
-        conn.close()
-    store = Store.open(path)
+    store = Store.open(v1_database(tmp_path))
     try:
         assert [r["id"] for r in store.search("executive order")] == [1]
         fts_consistent(store)

@@ -17,20 +17,10 @@ import pytest
 import aggregator.store as store_module
 from aggregator.errors import StoreError
 from aggregator.store import Store, outbox_due
+from tests.schema_v1 import FIXTURE, v1_database
 
-FIXTURE = Path(__file__).parent / "fixtures" / "schema_v1.sql"
 TABLES = ("feeds", "stories", "entries", "matches", "alerts", "channel_state", "fetches")
 LATER = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-def v1_database(directory: Path) -> Path:
-    path = directory / "old.db"
-    conn = sqlite3.connect(path)
-    try:
-        conn.executescript(FIXTURE.read_text(encoding="utf-8"))
-    finally:
-        conn.close()
-    return path
 
 
 def snapshot(path: Path, columns: dict[str, list[str]] | None = None) -> dict[str, Any]:
