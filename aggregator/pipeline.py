@@ -26,10 +26,11 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Protocol, TypeAlias
 
-from aggregator import schedule
-from aggregator.ahead import ReadyAhead
-from aggregator.config import Config, FeedConfig
-from aggregator.match import TopicMatcher
+from aggregator.config.model import Config, FeedConfig
+from aggregator.cycle import schedule
+from aggregator.cycle.ahead import ReadyAhead
+from aggregator.ingest.parse import body_hash
+from aggregator.ingest.workers import ParseJob
 from aggregator.models import (
     CycleReport,
     DeliveryOutcome,
@@ -45,10 +46,10 @@ from aggregator.models import (
     ParseOutcome,
     TopicMatch,
 )
-from aggregator.parse import ParseJob, body_hash
+from aggregator.rules.matcher import TopicMatcher
 from aggregator.store import FeedState, NewEntry, Store, insert_followup, insert_notice
-from aggregator.stories import decide
-from aggregator.story_index import StoryIndex
+from aggregator.stories.decide import decide
+from aggregator.stories.index import StoryIndex
 
 log = logging.getLogger(__name__)
 

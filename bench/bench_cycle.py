@@ -202,12 +202,12 @@ def run_peer(url_file: Path, db: Path, args: argparse.Namespace) -> dict[str, An
 
 def child(spec_path: Path) -> int:
     """Run cold, warm and churn cycles; print one JSON line per cycle."""
-    from aggregator.config import load_config
-    from aggregator.fetch import Fetcher
-    from aggregator.match import TopicMatcher
-    from aggregator.memory import limit_malloc_arenas
-    from aggregator.parse import ParsePool
+    from aggregator.config.load import load_config
+    from aggregator.ingest.fetch import Fetcher
+    from aggregator.ingest.workers import ParsePool
     from aggregator.pipeline import Deps, run_cycle
+    from aggregator.rules.matcher import TopicMatcher
+    from aggregator.service.memory import limit_malloc_arenas
     from aggregator.store import Store
 
     limit_malloc_arenas()  # as the service does at start (``Runtime``)

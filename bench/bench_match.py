@@ -24,11 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aggregator import rules  # noqa: E402
-from aggregator.config import TopicConfig, parse_config  # noqa: E402
-from aggregator.evaluation import read_items_csv  # noqa: E402
-from aggregator.match import TopicMatcher  # noqa: E402
+from aggregator.config.load import parse_config  # noqa: E402
+from aggregator.config.model import TopicConfig  # noqa: E402
+from aggregator.measure.topics import read_items_csv  # noqa: E402
 from aggregator.models import Document  # noqa: E402
+from aggregator.rules import syntax as rules  # noqa: E402
+from aggregator.rules.matcher import TopicMatcher  # noqa: E402
 
 DEFAULT_CSV = ROOT.parent / "shared" / "corpus" / "news-items.csv"
 

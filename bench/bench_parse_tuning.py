@@ -34,7 +34,7 @@ def parse_all(folder: Path, tuned: bool) -> dict[str, float]:
     import feedparser
 
     if tuned:
-        from aggregator.parse_tuning import tune
+        from aggregator.ingest.tuning import tune
 
         if not tune(feedparser):
             raise SystemExit(f"feedparser {feedparser.__version__} is not the tuned version")

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from aggregator.models import Entry  # noqa: E402
 from aggregator.store import NewEntry, Store, recent_story_entries  # noqa: E402
-from aggregator.stories import decide  # noqa: E402
-from aggregator.story_index import StoryIndex  # noqa: E402
+from aggregator.stories.decide import decide  # noqa: E402
+from aggregator.stories.index import StoryIndex  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus" / "news-items.csv"
 WINDOW = timedelta(hours=72)

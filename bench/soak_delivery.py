@@ -2,13 +2,13 @@
 
     .venv/bin/python bench/soak_delivery.py [--alerts 220] [--kills 55] [--channels 4]
 
-Alerts are queued while a real ``python -m aggregator.notify.worker`` delivers them to the local
-Slack server of ``tests/slackserver.py``, which answers at random with 429 (``ratelimited`` and
-``rate_limited``), 500, 503, dropped connections and lost responses. The worker is killed with
+Alerts are queued while a real delivery worker (``tests/delivery_worker.py``) delivers them to the
+local Slack server of ``tests/slackserver.py``, which answers at random with 429 (``ratelimited``
+and ``rate_limited``), 500, 503, dropped connections and lost responses. The worker is killed with
 SIGKILL from inside the server during posts (before and after Slack accepted the message) and at
 random moments, then restarted; a last clean run drains the outbox. It prints lost and duplicated
-alerts (from the server's records) and per-channel pacing measured on the server's receive times
-of every ``chat.postMessage`` request, faulted ones included, at the real 1 message/second setting.
+alerts (from the server's records) and per-channel pacing measured on the server's receive times of
+every ``chat.postMessage`` request, faulted ones included, at the real 1 message/second setting.
 """
 
 from __future__ import annotations

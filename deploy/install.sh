@@ -167,7 +167,7 @@ install_all() {
     [ -f "$source_dir/pyproject.toml" ] || die "$source_dir is not an aggregator checkout (use --source DIR)"
     local shipped=("$source_dir"/config/*.toml)
     if [ ! -e "${shipped[0]}" ]; then
-        shipped=("$source_dir"/aggregator/defaults/*.toml)
+        shipped=("$source_dir"/aggregator/config/defaults/*.toml)
     fi
     [ -e "${shipped[0]}" ] || die "no default config (*.toml) in $source_dir/config"
 

@@ -1,6 +1,6 @@
 """Crash-and-outage runs of the real delivery worker, shared by the crash test and the soak bench.
 
-A producer queues alerts into a real SQLite outbox while ``python -m aggregator.notify.worker``
+A producer queues alerts into a real SQLite outbox while ``tests/delivery_worker.py``
 delivers them to a local :class:`SlackServer` that misbehaves at random (429, 500, 503, dropped
 connections, lost responses). The worker is SIGKILLed again and again, sometimes from inside the
 server while a post is in flight (before or after the message is accepted), sometimes at a random
@@ -26,6 +26,8 @@ from aggregator.models import Entry, TopicMatch
 from aggregator.store import NewEntry, Store, outbox_rows
 from tests import waiting
 from tests.slackserver import TOKEN, Fault, SlackServer
+
+WORKER = Path(__file__).with_name("delivery_worker.py")  # a process that only delivers
 
 ROOT = Path(__file__).resolve().parents[1]
 READS = ("conversations.history", "conversations.list")
@@ -234,7 +236,7 @@ def run_soak(
             server.add_channel(name)
         env["SLACK_API_URL"] = server.url
         command = [
-            sys.executable, "-m", "aggregator.notify.worker", "--db", str(db),
+            sys.executable, str(WORKER), "--db", str(db),
             "--per-channel-interval", str(per_channel_interval), "--retry-base", "0.2",
             "--pause-base", "0.1", "--pause-cap", "1.0", "--idle", "0.05",
         ]  # fmt: skip

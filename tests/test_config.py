@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import (
+from aggregator.config.load import (
     DEFAULTS_DIR,
     load_config,
     parse_config,

@@ -17,8 +17,9 @@ from urllib.parse import quote
 
 import pytest
 
-from aggregator.config import Settings
-from aggregator.fetch import Fetcher
+from aggregator.config.model import Settings
+from aggregator.ingest.fetch import Fetcher
+from aggregator.ingest.workers import ParseJob, ParsePool
 from aggregator.models import (
     FetchError,
     FetchRequest,
@@ -26,7 +27,6 @@ from aggregator.models import (
     NotModified,
     ParsedFeed,
 )
-from aggregator.parse import ParseJob, ParsePool
 from aggregator.store import NewEntry, Store
 from tests.feedserver import FeedServer, Reply
 

@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aggregator.config import load_config
-from aggregator.fetch import Fetcher
-from aggregator.match import TopicMatcher
+from aggregator.config.load import load_config
+from aggregator.ingest.fetch import Fetcher
+from aggregator.ingest.workers import ParsePool
 from aggregator.models import CycleReport
-from aggregator.parse import ParsePool
 from aggregator.pipeline import Deps, run_cycle
+from aggregator.rules.matcher import TopicMatcher
 from aggregator.store import Store
 from tests import waiting
 from tests.feedserver import FeedServer, Reply

@@ -226,8 +226,8 @@ def test_python_and_every_module_work_under_memory_deny_write_execute() -> None:
     if "unsupported" in with_mdwe:
         pytest.skip(f"this kernel has no PR_SET_MDWE (errno {with_mdwe['unsupported']})")
     assert with_mdwe == probe("plain")
-    assert with_mdwe["aggregator.sdnotify"] == "ok"
-    assert with_mdwe["aggregator.logs"] == "ok"
+    assert with_mdwe["aggregator.service.sdnotify"] == "ok"
+    assert with_mdwe["aggregator.service.logs"] == "ok"
 
 
 # -- the installer in a temporary root -------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_python_and_every_module_work_under_memory_deny_write_execute() -> None:
 
 def shipped_configs() -> list[Path]:
     configs = sorted((REPO / "config").glob("*.toml"))
-    return configs or sorted((REPO / "aggregator" / "defaults").glob("*.toml"))
+    return configs or sorted((REPO / "aggregator" / "config" / "defaults").glob("*.toml"))
 
 
 def install(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import FeedConfig
-from aggregator.doctor import Check, check_database, check_feeds, format_report, run_checks
+from aggregator.admin.doctor import Check, check_database, check_feeds, format_report, run_checks
+from aggregator.config.model import FeedConfig
 from aggregator.store import MIGRATIONS, Store
 from tests.feedserver import FeedServer
 from tests.slackserver import TOKEN, SlackServer
@@ -258,7 +258,7 @@ def test_a_database_not_in_wal_mode_fails_and_is_not_switched(tmp_path: Path) ->
 def test_an_older_or_newer_schema_fails_with_the_right_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import aggregator.doctor as doctor
+    import aggregator.admin.doctor as doctor
 
     path = tmp_path / "bot.db"
     Store.open(path).close()

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import TopicConfig, parse_config
-from aggregator.evaluation import (
+from aggregator.config.load import parse_config
+from aggregator.config.model import TopicConfig
+from aggregator.measure.topics import (
     Item,
     LabelledDataError,
     backtest,
@@ -22,8 +23,8 @@ from aggregator.evaluation import (
     score,
     scores_json,
 )
-from aggregator.match import TopicMatcher, check_examples
 from aggregator.models import Document
+from aggregator.rules.matcher import TopicMatcher, check_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).parents[1].parent / "shared"

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import Config, parse_config
-from aggregator.fetch import Fetcher
-from aggregator.match import TopicMatcher
-from aggregator.parse import ParsePool
+from aggregator.config.load import parse_config
+from aggregator.config.model import Config
+from aggregator.ingest.fetch import Fetcher
+from aggregator.ingest.workers import ParsePool
 from aggregator.pipeline import Deps, run_cycle
+from aggregator.rules.matcher import TopicMatcher
 from aggregator.store import FeedState, Store
 from tests.feedserver import FeedServer, Reply
 

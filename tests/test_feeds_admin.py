@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import FeedConfig, Settings, load_config
-from aggregator.errors import ConfigError
-from aggregator.feeds_admin import (
+from aggregator.admin.feeds import (
     add_to_config,
     feed_health,
     import_opml_file,
@@ -24,6 +22,9 @@ from aggregator.feeds_admin import (
     render_list,
     render_status,
 )
+from aggregator.config.load import load_config
+from aggregator.config.model import FeedConfig, Settings
+from aggregator.errors import ConfigError
 from aggregator.models import Entry
 from aggregator.store import NewEntry, Store
 from tests.feedserver import FeedServer

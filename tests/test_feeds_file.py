@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import FeedConfig
-from aggregator.errors import ConfigError
-from aggregator.feeds_file import (
+from aggregator.config.feeds_file import (
     OpmlFeed,
     add_feed,
     export_opml,
@@ -20,6 +18,8 @@ from aggregator.feeds_file import (
     remove_feed,
     write_text_atomic,
 )
+from aggregator.config.model import FeedConfig
+from aggregator.errors import ConfigError
 
 FEEDS = """\
 # Feeds the bot polls. Keep this list short and official where possible.

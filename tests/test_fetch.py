@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aggregator.config import Settings
-from aggregator.fetch import Fetcher, parse_max_age, parse_retry_after
+from aggregator.config.model import Settings
+from aggregator.ingest.fetch import Fetcher, parse_max_age, parse_retry_after
 from aggregator.models import FetchError, FetchRequest, FetchResult, NotModified
 from tests.feedserver import FeedServer, Reply
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import Settings
-from aggregator.fetch import Fetcher
+from aggregator.config.model import Settings
+from aggregator.ingest.fetch import Fetcher
+from aggregator.ingest.parse import parse_feed
 from aggregator.models import FetchError, FetchRequest, FetchResult, NotModified, ParseError
-from aggregator.parse import parse_feed
 from tests.feedserver import FeedServer, Reply, gzip_zeros
 
 REPO = Path(__file__).resolve().parents[1]

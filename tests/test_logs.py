@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.logs import (
+from aggregator.service.logs import (
     REDACTED,
     Redactor,
     journal_priority,

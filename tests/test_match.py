@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from aggregator import text
-from aggregator.config import TopicConfig
+from aggregator.config.model import TopicConfig
 from aggregator.errors import RuleSyntaxError
-from aggregator.match import TopicMatcher, check_examples
 from aggregator.models import Document
+from aggregator.rules.matcher import TopicMatcher, check_examples
+from aggregator.text import normalise as text
 
 
 def topic(

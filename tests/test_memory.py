@@ -15,7 +15,7 @@ import pytest
 def test_the_arena_cap_applies_and_threads_still_allocate() -> None:
     code = (
         "from concurrent.futures import ThreadPoolExecutor\n"
-        "from aggregator.memory import limit_malloc_arenas\n"
+        "from aggregator.service.memory import limit_malloc_arenas\n"
         "assert limit_malloc_arenas(2) is True\n"
         "with ThreadPoolExecutor(8) as pool:\n"
         "    sizes = list(pool.map(lambda n: len(bytes(n * 100_000)), range(1, 33)))\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import Settings, TopicConfig
+from aggregator.config.model import Settings, TopicConfig
 from aggregator.models import Entry, TopicMatch
 from aggregator.notify import ConsoleSink, Outbox, make_sink
 from aggregator.notify.render import metadata_for, render

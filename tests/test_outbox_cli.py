@@ -13,7 +13,7 @@ from aggregator.store import NewEntry, Store, set_alerts
 from tests.slackserver import TOKEN, SlackServer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "aggregator" / "defaults"
+CONFIG = ROOT / "aggregator" / "config" / "defaults"
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

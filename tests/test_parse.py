@@ -12,20 +12,14 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 import pytest
 
-from aggregator import match as match_module
-from aggregator.config import load_config
-from aggregator.dedupe import TRACKING_PARAMS, canonical_url, content_hash
-from aggregator.match import TopicMatcher, match_entries
+from aggregator.config.load import load_config
+from aggregator.ingest.dedupe import TRACKING_PARAMS, canonical_url, content_hash
+from aggregator.ingest.parse import body_hash, declares_entities, parse_feed
+from aggregator.ingest.workers import ParseJob, ParsePool, run_job
 from aggregator.models import Document, Entry, ParsedFeed, ParseError, ParseOutcome
-from aggregator.parse import (
-    ParseJob,
-    ParsePool,
-    body_hash,
-    declares_entities,
-    parse_feed,
-    run_job,
-)
-from aggregator.text import fold_space
+from aggregator.rules import matcher as match_module
+from aggregator.rules.matcher import TopicMatcher, match_entries
+from aggregator.text.normalise import fold_space
 
 URL = "https://news.example.org/politics/rss"
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from aggregator.ingest.workers import ParseJob, ParsePool, run_job
 from aggregator.models import ParsedFeed, ParseError, ParseOutcome
-from aggregator.parse import ParseJob, ParsePool, run_job
 
 URL = "https://example.org/feed.xml"
 RSS = (

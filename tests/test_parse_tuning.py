@@ -19,8 +19,8 @@ from pathlib import Path
 import feedparser
 import pytest
 
-import aggregator.parse  # noqa: F401  (tunes feedparser)
-from aggregator import parse_tuning
+import aggregator.ingest.parse  # noqa: F401  (tunes feedparser)
+from aggregator.ingest import tuning as parse_tuning
 from bench.corpus import build_corpus, render
 from tests.feedparser_results import canonical, results
 

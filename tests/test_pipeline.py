@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import load_config
-from aggregator.fetch import Fetcher
-from aggregator.match import TopicMatcher
+from aggregator.config.load import load_config
+from aggregator.ingest.fetch import Fetcher
+from aggregator.ingest.workers import K, ParseJob, ParsePool
 from aggregator.models import CycleReport, ParseOutcome
 from aggregator.notify import Outbox, make_sink
-from aggregator.parse import K, ParseJob, ParsePool
 from aggregator.pipeline import Deps, run_cycle
+from aggregator.rules.matcher import TopicMatcher
 from aggregator.store import Store
-from aggregator.story_index import StoryIndex
+from aggregator.stories.index import StoryIndex
 from tests.feedserver import FeedServer, Reply
 from tests.slackserver import TOKEN, Fault, SlackServer
 

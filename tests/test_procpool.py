@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.procpool import ProcessPool, WorkerDied
+from aggregator.ingest.procpool import ProcessPool, WorkerDied
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import threading
-        from aggregator.procpool import ProcessPool
+        from aggregator.ingest.procpool import ProcessPool
         from tests.test_procpool import square_or_die
         pool = ProcessPool(square_or_die, 2)
         futures = [pool.submit(n) for n in range(4)]
@@ -107,7 +107,7 @@ def test_start_runs_every_worker_before_the_first_call() -> None:
 def test_a_worker_that_cannot_start_fails_the_call_instead_of_hanging(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import aggregator.procpool as procpool
+    import aggregator.ingest.procpool as procpool
 
     def no_processes(fn: object) -> subprocess.Popen[bytes]:
         raise OSError(11, "Resource temporarily unavailable")

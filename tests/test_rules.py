@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator import rules
 from aggregator.errors import RuleSyntaxError
-from aggregator.rules import And, Near, Not, Or, Word, Words, parse
+from aggregator.rules import syntax as rules
+from aggregator.rules.syntax import And, Near, Not, Or, Word, Words, parse
 
 
 def shape(node: rules.Node) -> object:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.schedule import (
+from aggregator.cycle.schedule import (
     FAILING_AFTER_ERRORS,
     MAX_AGE_CEILING,
     RETRY_AFTER_CEILING,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.sdnotify import Notifier, socket_address, watchdog_interval
+from aggregator.service.sdnotify import Notifier, socket_address, watchdog_interval
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_a_vanished_socket_is_logged_not_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
-    with caplog.at_level(logging.DEBUG, logger="aggregator.sdnotify"):
+    with caplog.at_level(logging.DEBUG, logger="aggregator.service.sdnotify"):
         assert not notifier.ready()
         assert not notifier.watchdog()
     levels = [r.levelno for r in caplog.records]
@@ -94,7 +94,7 @@ def test_a_vanished_socket_is_logged_not_raised(
 
 
 def test_unsupported_address_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="aggregator.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="aggregator.service.sdnotify"):
         notifier = Notifier({"NOTIFY_SOCKET": "vsock:2:1234"})
     assert not notifier.enabled
     assert not notifier.ready()

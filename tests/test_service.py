@@ -547,8 +547,8 @@ def test_the_service_starts_on_a_database_from_an_earlier_version_and_delivers_i
 
 
 def test_the_reload_summary_names_what_changed(tmp_path: Path) -> None:
-    from aggregator.config import load_config
-    from aggregator.service import describe_reload
+    from aggregator.config.load import load_config
+    from aggregator.service.runtime import describe_reload
 
     def config(name: str, feeds: list[str], settings: str, topics: str) -> Any:
         directory = tmp_path / name

@@ -9,16 +9,10 @@ import pytest
 
 from aggregator.models import Entry, TopicMatch
 from aggregator.store import NewEntry, Store, recent_story_entries
-from aggregator.stories import (
-    GroupingParams,
-    StoryDecision,
-    decide,
-    primary_source_link,
-    similarity,
-    stem,
-    stems,
-)
-from aggregator.story_index import StoryIndex, replay_decision, warm_index
+from aggregator.stories.decide import StoryDecision, decide, replay_decision
+from aggregator.stories.features import GroupingParams, primary_source_link, similarity
+from aggregator.stories.index import StoryIndex, warm_index
+from aggregator.text.stems import stem, stems
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 WH_LINK = (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.story_eval import (
+from aggregator.measure.stories import (
     StoryDataError,
     bcubed_f1,
     eval_stories_output,
@@ -196,10 +196,10 @@ def test_eval_stories_command_on_the_dev_set() -> None:
 _REPLAY = """
 import json, sys
 from datetime import datetime, timedelta
-from aggregator.dedupe import canonical_url
+from aggregator.ingest.dedupe import canonical_url
 from aggregator.models import Entry
-from aggregator.stories import decide
-from aggregator.story_index import StoryIndex
+from aggregator.stories.decide import decide
+from aggregator.stories.index import StoryIndex
 
 rows = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
 entries = sorted(

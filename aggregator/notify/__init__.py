@@ -6,7 +6,7 @@ The pipeline builds a sink with :func:`make_sink` and an :class:`Outbox` over th
 
 from __future__ import annotations
 
-from aggregator.config import Settings
+from aggregator.config.model import Settings
 from aggregator.notify.console import ConsoleSink
 from aggregator.notify.outbox import Outbox
 from aggregator.notify.render import Message, render, render_digest

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from aggregator.config import TopicConfig
+from aggregator.config.model import TopicConfig
 from aggregator.errors import DeliveryError
 from aggregator.notify.render import render_test
 from aggregator.notify.sink import Sink

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aggregator.config import Settings, TopicConfig
+from aggregator.config.model import Settings, TopicConfig
 from aggregator.errors import DeliveryError
 from aggregator.models import DeliveryOutcome
 from aggregator.notify.render import Message, render, render_digest, render_replies

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from aggregator.config import TopicConfig
+from aggregator.config.model import TopicConfig
 from aggregator.models import TopicMatch
 
 

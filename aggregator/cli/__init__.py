@@ -1,0 +1,10 @@
+"""The ``aggregator`` command: a thin click layer over the modules.
+
+:mod:`aggregator.cli.main` holds the group and the service commands; each other module adds the
+commands of one area to it when imported here.
+"""
+
+from aggregator.cli import delivery, feeds, topics
+from aggregator.cli.main import main
+
+__all__ = ["delivery", "feeds", "main", "topics"]

@@ -1,0 +1,250 @@
+"""Worker processes for CPU-bound calls, and nothing else running beside them.
+
+multiprocessing's ``forkserver`` start method (we never ``fork`` a process that runs fetch
+threads) adds two helper processes, a fork server and a resource tracker, of 13 MB each, to every
+pool. Here each worker is a fresh interpreter that reads pickled calls on its stdin and writes
+pickled results on its stdout, one at a time; a thread in the parent feeds each worker from one
+shared queue.
+
+A worker that dies (a crash in a C extension, the OOM killer) fails only the call it was running,
+with :class:`WorkerDied`; the next call on that thread starts a new worker. A worker whose parent
+dies reads the end of its stdin and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import IO, Generic, TypeVar
+
+A = TypeVar("A")
+R = TypeVar("R")
+_LENGTH = 8  # bytes of the big-endian length before each frame
+IN_FLIGHT = 2  # calls sent to one worker ahead of its results
+_WORKER = "from aggregator.ingest.procpool import serve_stdio; serve_stdio()"
+
+
+class WorkerDied(Exception):
+    """The worker process exited while running the call."""
+
+
+class ProcessPool(Generic[A, R]):
+    """Runs ``fn(arg)`` on ``workers`` processes. ``fn`` must be a top-level function and
+    ``arg`` picklable; the module of ``fn`` is imported in the worker."""
+
+    def __init__(self, fn: Callable[[A], R], workers: int) -> None:
+        self.fn = fn
+        self.workers = max(1, workers)
+        self._calls: queue.SimpleQueue[tuple[A, Future[R]] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start every worker now rather than on first use, so no call waits for one. Returns
+        once their processes exist (a worker that cannot start is tried again on first use)."""
+        with self._lock:
+            while len(self._threads) < self.workers:
+                worker = None
+                with contextlib.suppress(OSError):
+                    worker = _start_worker(self.fn)
+                self._start_feeder(worker)
+
+    def submit(self, arg: A) -> Future[R]:
+        future: Future[R] = Future()
+        with self._lock:
+            if len(self._threads) < self.workers:
+                self._start_feeder(None)
+        self._calls.put((arg, future))
+        return future
+
+    def shutdown(self) -> None:
+        """Let the calls queued so far finish, then stop every worker."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._calls.put(None)
+        for thread in threads:
+            thread.join()
+
+    def _start_feeder(self, worker: subprocess.Popen[bytes] | None) -> None:
+        number = len(self._threads) + 1
+        thread = threading.Thread(
+            target=self._feed, args=(worker,), name=f"worker-{number}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _feed(self, worker: subprocess.Popen[bytes] | None) -> None:
+        """Keep one worker busy: up to ``IN_FLIGHT`` calls sent ahead, results read in order.
+
+        With a call waiting in its pipe, the worker starts the next one while this thread waits
+        for the GIL to read the last result.
+        """
+        sent: deque[tuple[A, Future[R]]] = deque()  # in the worker, oldest (running) first
+        again: deque[tuple[A, Future[R]]] = deque()  # sent to a worker that died before them
+        stopping = False
+        try:
+            while True:
+                while len(sent) < IN_FLIGHT and (again or not stopping):
+                    if again:
+                        arg, future = again.popleft()
+                    else:
+                        try:
+                            call = self._calls.get(block=not sent)
+                        except queue.Empty:
+                            break
+                        if call is None:
+                            stopping = True
+                            break
+                        arg, future = call
+                        if not future.set_running_or_notify_cancel():
+                            continue  # cancelled while queued
+                    try:
+                        request = pickle.dumps((self.fn, arg), pickle.HIGHEST_PROTOCOL)
+                    except Exception as e:  # an argument that does not pickle: this call only
+                        future.set_exception(e)
+                        continue
+                    if worker is None:
+                        try:
+                            worker = _start_worker(self.fn)
+                        except OSError as e:  # no process to be had: this call fails, not hangs
+                            future.set_exception(WorkerDied(f"no worker process: {e}"))
+                            continue
+                    try:
+                        _write_frame(_pipe(worker.stdin), request)
+                    except OSError:
+                        if not sent:  # died with nothing to blame: this call fails, not loops
+                            future.set_exception(WorkerDied("the worker process died"))
+                            _stop(worker)
+                            worker = None
+                            continue
+                        again.appendleft((arg, future))  # the read below finds the culprit
+                        break
+                    sent.append((arg, future))
+                if not sent:
+                    if stopping and not again:
+                        return
+                    continue
+                assert worker is not None
+                try:
+                    reply = _read_frame(_pipe(worker.stdout))
+                except (OSError, EOFError):
+                    # The oldest call was running: it dies with the worker. The others never
+                    # started, so a new worker runs them.
+                    sent.popleft()[1].set_exception(WorkerDied("the worker process died"))
+                    again.extendleft(reversed(sent))
+                    sent.clear()
+                    _stop(worker)
+                    worker = None
+                    continue
+                _resolve(sent.popleft()[1], reply)
+        finally:
+            if worker is not None:
+                _stop(worker)
+
+
+def _resolve(future: Future[R], reply: bytes) -> None:
+    try:
+        ok, value = pickle.loads(reply)  # noqa: S301 (our own worker, over a private pipe)
+    except Exception as e:  # a result that does not unpickle: this call only
+        future.set_exception(e)
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
+    assert stream is not None
+    return stream
+
+
+def _start_worker(fn: Callable[..., object]) -> subprocess.Popen[bytes]:
+    # The worker imports the module of ``fn`` by name, at once: give it our import path.
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    module = fn.__module__
+    if not module.replace(".", "").replace("_", "").isalnum():
+        raise ValueError(f"{module!r} is not a module name")
+    return subprocess.Popen(
+        [sys.executable, "-c", f"import {module}\n{_WORKER}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=environ,
+        close_fds=True,
+    )
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    try:
+        if worker.stdin is not None:
+            worker.stdin.close()  # the worker sees the end of its input and exits
+        worker.wait(timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        worker.kill()
+        worker.wait()
+    if worker.stdout is not None:
+        worker.stdout.close()
+
+
+def _write_frame(stream: IO[bytes], data: bytes) -> None:
+    stream.write(len(data).to_bytes(_LENGTH, "big"))
+    stream.write(data)
+    stream.flush()
+
+
+def _read_frame(stream: IO[bytes]) -> bytes:
+    size = int.from_bytes(_read_exactly(stream, _LENGTH), "big")
+    return _read_exactly(stream, size)
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    chunks: list[bytes] = []
+    while size:
+        chunk = stream.read(size)
+        if not chunk:
+            raise EOFError("the stream ended inside a frame")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def serve_stdio() -> None:
+    """The worker's main loop: one call at a time, until stdin ends.
+
+    A thread drains stdin, so that the parent's next request never waits for this parse to end
+    (and a large request and a large reply cannot block each other in the pipes).
+    """
+    # Ctrl-C and the service's stop reach the parent, which stops us by closing stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must not corrupt a frame
+    waiting: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while True:
+                waiting.put(_read_frame(requests))
+        except (EOFError, OSError):
+            waiting.put(None)
+
+    threading.Thread(target=read, name="requests", daemon=True).start()
+    while (request := waiting.get()) is not None:
+        fn, arg = pickle.loads(request)  # noqa: S301 (from our parent, over a private pipe)
+        try:
+            reply = pickle.dumps((True, fn(arg)), pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # the caller gets the exception, as from a local call
+            try:
+                reply = pickle.dumps((False, e), pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                reply = pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}")))
+        _write_frame(replies, reply)

@@ -1,0 +1,309 @@
+"""The compiled form of a topic query: numbered word patterns and a tree of tests over them.
+
+All topics' word patterns are numbered once at compile time ("atoms"). A document is indexed as
+``atom -> word positions``; each compiled node tests that index, and positional nodes (words,
+phrases, NEAR) also return the spans that satisfied them, for explanations. Fields are kept apart
+by giving each field its own block of positions, so phrases and NEAR never span two fields.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from aggregator.rules import syntax as rules
+from aggregator.text import idf as news_idf
+from aggregator.text import normalise as textnorm
+from aggregator.text.stems import stem
+
+FIELD_NUMBER = {name: i for i, name in enumerate(rules.FIELDS)}
+SHIFT = 20  # positions are field << SHIFT | word index
+MAX_WORDS = (1 << SHIFT) - 1
+
+Index = dict[int, list[int]]
+Span = tuple[int, int]  # first and last position, inclusive
+
+
+class Atoms:
+    """Numbers every distinct word pattern of every topic."""
+
+    def __init__(self) -> None:
+        self.exact: dict[str, int] = {}  # lower-cased words
+        self.capitals: dict[str, int] = {}  # words that must be written in capitals
+        self.prefix: dict[str, int] = {}
+        self.capitals_prefix: dict[str, int] = {}
+        self.count = 0
+        self.words: dict[int, rules.Word] = {}
+        self.share: dict[int, float] = {}  # estimated share of news items with the word
+
+    def add(self, word: rules.Word) -> int:
+        if word.prefix:
+            table = self.capitals_prefix if word.exact_case else self.prefix
+        else:
+            table = self.capitals if word.exact_case else self.exact
+        if word.text not in table:
+            table[word.text] = self.count
+            self.words[self.count] = word
+            self.share[self.count] = news_share(word)
+            self.count += 1
+        return table[word.text]
+
+    def lookup(self, token: str) -> tuple[int, ...]:
+        key = textnorm.word_key(token)
+        low = key.lower()
+        found: list[int] = []
+        if low in self.exact:
+            found.append(self.exact[low])
+        if key in self.capitals:
+            found.append(self.capitals[key])
+        if self.prefix:
+            for end in range(rules.MIN_WILDCARD_PREFIX, len(low) + 1):
+                atom = self.prefix.get(low[:end])
+                if atom is not None:
+                    found.append(atom)
+        if self.capitals_prefix:
+            for end in range(rules.MIN_WILDCARD_PREFIX, len(key) + 1):
+                atom = self.capitals_prefix.get(key[:end])
+                if atom is not None:
+                    found.append(atom)
+        return tuple(found)
+
+
+class Node:
+    positional = False
+
+    def test(self, index: Index) -> bool:
+        raise NotImplementedError
+
+    def spans(self, index: Index) -> list[Span]:
+        raise NotImplementedError
+
+
+class _Words(Node):
+    positional = True
+
+    def __init__(self, atoms: tuple[int, ...], fields: frozenset[int]) -> None:
+        self.atoms = atoms
+        self.fields = fields
+        self.length = len(atoms)
+
+    def spans(self, index: Index) -> list[Span]:
+        first = index.get(self.atoms[0])
+        if not first:
+            return []
+        fields = self.fields
+        if self.length == 1:
+            return [(p, p) for p in first if p >> SHIFT in fields]
+        rest = []
+        for atom in self.atoms[1:]:
+            positions = index.get(atom)
+            if not positions:
+                return []
+            rest.append(positions)
+        out = []
+        for p in first:
+            if p >> SHIFT in fields and all(p + k in rest[k - 1] for k in range(1, self.length)):
+                out.append((p, p + self.length - 1))
+        return out
+
+    def test(self, index: Index) -> bool:
+        if self.length == 1:
+            first = index.get(self.atoms[0])
+            if not first:
+                return False
+            fields = self.fields
+            return any(p >> SHIFT in fields for p in first)
+        return bool(self.spans(index))
+
+
+class _Near(Node):
+    positional = True
+
+    def __init__(self, left: Node, right: Node, distance: int) -> None:
+        self.left = left
+        self.right = right
+        self.distance = distance
+
+    def spans(self, index: Index) -> list[Span]:
+        lefts = self.left.spans(index)
+        if not lefts:
+            return []
+        rights = self.right.spans(index)
+        out: list[Span] = []
+        for a in lefts:
+            for b in rights:
+                if a[0] >> SHIFT != b[0] >> SHIFT:
+                    continue
+                gap = b[0] - a[1] if b[0] > a[1] else a[0] - b[1]
+                if gap <= self.distance:
+                    out.append(a)
+                    out.append(b)
+        return out
+
+    def test(self, index: Index) -> bool:
+        return bool(self.spans(index))
+
+
+class _AnyWord(Node):
+    """Many single words in the same fields, ORed: one set intersection instead of a loop."""
+
+    positional = True
+
+    def __init__(self, atoms: frozenset[int], fields: frozenset[int]) -> None:
+        self.atoms = atoms
+        self.fields = fields
+
+    def test(self, index: Index) -> bool:
+        fields = self.fields
+        for atom in self.atoms.intersection(index):
+            if any(p >> SHIFT in fields for p in index[atom]):
+                return True
+        return False
+
+    def spans(self, index: Index) -> list[Span]:
+        fields = self.fields
+        return [
+            (p, p)
+            for atom in self.atoms.intersection(index)
+            for p in index[atom]
+            if p >> SHIFT in fields
+        ]
+
+
+def _grouped(children: list[Node]) -> list[Node]:
+    """OR's children with its single-word alternatives merged per field set."""
+    groups: dict[frozenset[int], set[int]] = {}
+    rest: list[Node] = []
+    for child in children:
+        if isinstance(child, _Words) and child.length == 1:
+            groups.setdefault(child.fields, set()).add(child.atoms[0])
+        else:
+            rest.append(child)
+    merged: list[Node] = [_AnyWord(frozenset(a), f) for f, a in groups.items()]
+    return merged + rest
+
+
+class _Or(Node):
+    def __init__(self, children: list[Node]) -> None:
+        self.children = _grouped(children)
+        self.positional = all(c.positional for c in children)
+
+    def test(self, index: Index) -> bool:
+        return any(c.test(index) for c in self.children)
+
+    def spans(self, index: Index) -> list[Span]:
+        out: list[Span] = []
+        for child in self.children:
+            out.extend(child.spans(index))
+        return out
+
+
+class _And(Node):
+    def __init__(self, children: list[Node]) -> None:
+        self.children = children
+
+    def test(self, index: Index) -> bool:
+        return all(c.test(index) for c in self.children)
+
+
+class _Not(Node):
+    def __init__(self, child: Node) -> None:
+        self.child = child
+
+    def test(self, index: Index) -> bool:
+        return not self.child.test(index)
+
+
+def build(node: rules.Node, atoms: Atoms, memo: dict[int, Node]) -> Node:
+    built: Node
+    if isinstance(node, rules.Words):
+        ids = tuple(atoms.add(w) for w in node.words)
+        built = _Words(ids, frozenset(FIELD_NUMBER[f] for f in node.fields))
+    elif isinstance(node, rules.Near):
+        left = build(node.left, atoms, memo)
+        right = build(node.right, atoms, memo)
+        built = _Near(left, right, node.distance)
+    elif isinstance(node, rules.Or):
+        built = _Or([build(c, atoms, memo) for c in node.children])
+    elif isinstance(node, rules.And):
+        built = _And([build(c, atoms, memo) for c in node.children])
+    else:
+        built = _Not(build(node.child, atoms, memo))
+    memo[id(node)] = built
+    return built
+
+
+Need = frozenset[int]  # atoms that must all be present: the words of a phrase
+
+
+def required_needs(node: Node, share: dict[int, float]) -> frozenset[Need] | None:
+    """Needs of which at least one must be met for ``node`` to hold (None: no such set).
+
+    Where there is a choice, the rarest in news, so that the set rules out the most items.
+    """
+    if isinstance(node, _Words):
+        return frozenset((frozenset(node.atoms),))
+    if isinstance(node, _AnyWord):
+        return frozenset(frozenset((atom,)) for atom in node.atoms)
+    if isinstance(node, _Near | _And):
+        children = (node.left, node.right) if isinstance(node, _Near) else node.children
+        options = [r for r in (required_needs(c, share) for c in children) if r is not None]
+        return min(options, key=lambda r: sum(_need_share(n, share) for n in r), default=None)
+    if isinstance(node, _Or):
+        union: set[Need] = set()
+        for child in node.children:
+            found = required_needs(child, share)
+            if found is None:
+                return None
+            union |= found
+        return frozenset(union)
+    return None
+
+
+def _need_share(need: Need, share: dict[int, float]) -> float:
+    return min(map(share.__getitem__, need))
+
+
+def need_key(need: Need, share: dict[int, float]) -> int:
+    """The rarest atom of a need: the one to look for first."""
+    return min(need, key=lambda atom: (share[atom], atom))
+
+
+def news_share(word: rules.Word) -> float:
+    """Roughly the share of news items that contain ``word`` (from the story IDF table)."""
+    idf = news_idf.table().get(stem(word.text), news_idf.default_idf())
+    return math.exp(-idf) * (4.0 if word.prefix else 1.0)  # a prefix stands for several words
+
+
+def collect(node: Node, index: Index, out: list[Span]) -> None:
+    """Spans of the words that made ``node`` true (words under NOT are not reasons)."""
+    if node.positional:
+        out.extend(node.spans(index))
+    elif isinstance(node, _And | _Or):
+        for child in node.children:
+            if child.test(index):
+                collect(child, index, out)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One compiled query (a topic's ``query`` or its ``exclude``)."""
+
+    query: rules.Query
+    root: Node
+    nodes: dict[int, Node]  # id(rules node) -> compiled node, for explanations
+
+
+def top_clauses(rule: Rule) -> list[rules.Node]:
+    root = rule.query.root
+    if isinstance(root, rules.Or | rules.And):
+        return list(root.children)
+    return [root]
+
+
+def compile_rule(source: str, atoms: Atoms) -> Rule:
+    """Parse one query and compile it against ``atoms``. Raises RuleSyntaxError."""
+    query = rules.parse(source)
+    memo: dict[int, Node] = {}
+    root = build(query.root, atoms, memo)
+    return Rule(query, root, memo)
