@@ -6,8 +6,81 @@ are always timezone-aware UTC.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
+
+# -- states --------------------------------------------------------------------------------------
+# StrEnums: they are stored and printed as their plain values ("sent"), and mypy checks them.
+
+
+class FeedStatus(StrEnum):
+    """A feed's polling state, in the ``feeds`` table."""
+
+    ACTIVE = "active"
+    FAILING = "failing"  # errors in a row: still polled, with backoff, and reported
+    GONE = "gone"  # HTTP 410: no longer polled
+    REMOVED = "removed"  # no longer in feeds.toml
+
+
+class FeedResult(StrEnum):
+    """What one fetch of a feed came to, in a cycle report and the fetch log."""
+
+    FETCHED = "fetched"
+    UNCHANGED = "unchanged"
+    FAILED = "failed"
+    GONE = "gone"
+
+
+class AlertKind(StrEnum):
+    """What an outbox row sends."""
+
+    ALERT = "alert"  # the message for a story in a channel
+    REPLY = "reply"  # a thread reply: further outlets of the story
+    UPDATE = "update"  # an edit of a posted alert
+    OPS = "ops"  # an operations notice
+    TEST = "test"
+
+
+class AlertState(StrEnum):
+    """Where an outbox row is: ``pending -> sending -> sent``, or failed, held or dead."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"  # retried at ``next_attempt_at``
+    HELD = "held"  # waiting for a digest or the end of quiet hours
+    DEAD = "dead"  # given up, with its reason
+
+
+class HoldMode(StrEnum):
+    DIGEST = "digest"
+    QUIET = "quiet"
+
+
+# -- feeds ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """A feed's row: its validators and schedule state."""
+
+    url: str
+    name: str
+    status: FeedStatus
+    etag: str | None
+    last_modified: str | None
+    body_hash: str | None
+    consecutive_errors: int
+    last_error: str | None
+    last_success_at: datetime | None
+    last_fetch_at: datetime | None
+    next_fetch_at: datetime | None
+    first_polled_at: datetime | None
+    failing_since: datetime | None
+    moved_from: str | None = None
+    ops_notified_at: datetime | None = None
+
 
 # -- fetch ---------------------------------------------------------------------------------------
 
@@ -126,29 +199,92 @@ class TopicMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyItem:
+    """One further outlet of a story, listed in a thread reply."""
+
+    source: str
+    title: str
+    link: str
+    primary: bool = False  # from an official source
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPayload:
+    """Kind ``alert``: the story's first alert in a channel."""
+
+    primary: bool = False  # the entry comes from an official source
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyPayload:
+    """Kind ``reply``: further outlets, posted in the parent alert's thread."""
+
+    parent_alert_id: int
+    items: tuple[ReplyItem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EditPayload:
+    """Kind ``update``: a ``chat.update`` of a posted alert (its coverage, or its new text)."""
+
+    parent_alert_id: int
+    primary: bool = False
+    outlets: int = 0  # outlets covering the story
+    official_link: str | None = None  # the official text, once an official source joined
+    updated: bool = False  # the story's own text changed, not only its coverage
+
+
+@dataclass(frozen=True, slots=True)
+class NoticePayload:
+    """Kinds ``ops`` and ``test``: plain words from our own code."""
+
+    text: str
+
+
+Payload = AlertPayload | ReplyPayload | EditPayload | NoticePayload
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryMarks:
+    """The outbox's own notes on a row, kept between attempts."""
+
+    verify: bool = False  # Slack may have this message already: look before sending again
+    hold: HoldMode | None = None  # set once the row was held (it is never held twice)
+    digest: str | None = None  # the digest a held row goes out in
+    batched: bool = False  # a reply that already waited for its story's reply slot
+
+
+@dataclass(frozen=True, slots=True)
 class Alert:
     """One outbox row joined with what the renderer needs to build its message."""
 
     id: int
     channel: str
-    kind: str  # alert | reply | update | digest | ops | test
+    kind: AlertKind
     title: str
     link: str
     source: str
     published: datetime | None
     summary: str
     topics: tuple[TopicMatch, ...]
+    payload: Payload
     attempts: int = 0
     story_id: int | None = None
     thread_ts: str | None = None  # the parent's ts, for replies and edits
-    extra: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def parent_alert_id(self) -> int | None:
+        """The alert a reply or an edit belongs to."""
+        if isinstance(self.payload, ReplyPayload | EditPayload):
+            return self.payload.parent_alert_id
+        return None
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryOutcome:
     alert_id: int
     channel: str
-    state: str  # sent | failed | dead | held
+    state: AlertState
     reason: str = ""
     ts: str | None = None
 
@@ -161,7 +297,7 @@ class FeedOutcome:
     """What happened to one feed in one cycle."""
 
     url: str
-    status: str  # fetched | unchanged | failed | gone
+    status: FeedResult
     reason: str = ""
     new_entries: int = 0
     matched: int = 0
@@ -176,7 +312,7 @@ class CycleReport:
     feeds: tuple[FeedOutcome, ...]
     deliveries: tuple[DeliveryOutcome, ...] = ()
 
-    def count(self, status: str) -> int:
+    def count(self, status: FeedResult) -> int:
         return sum(1 for f in self.feeds if f.status == status)
 
     @property
@@ -196,12 +332,15 @@ class CycleReport:
         return sum(1 for f in self.feeds if f.parsed)
 
     def summary(self) -> str:
-        sent = sum(1 for d in self.deliveries if d.state == "sent")
-        failed = sum(1 for d in self.deliveries if d.state in ("failed", "dead"))
+        sent = sum(1 for d in self.deliveries if d.state == AlertState.SENT)
+        failed = sum(1 for d in self.deliveries if d.state in (AlertState.FAILED, AlertState.DEAD))
         seconds = (self.finished - self.started).total_seconds()
+        fetched, unchanged, failed_feeds = (
+            self.count(s) for s in (FeedResult.FETCHED, FeedResult.UNCHANGED, FeedResult.FAILED)
+        )
         return (
-            f"cycle: {len(self.feeds)} feeds: {self.count('fetched')} fetched, "
-            f"{self.count('unchanged')} unchanged, {self.count('failed')} failed; "
+            f"cycle: {len(self.feeds)} feeds: {fetched} fetched, "
+            f"{unchanged} unchanged, {failed_feeds} failed; "
             f"{self.new_entries} new entries, {self.matched} matched, {self.alerts} alerts queued; "
             f"{sent} delivered, {failed} delivery failures; {seconds:.2f} s"
         )

@@ -214,7 +214,7 @@ def child(spec_path: Path) -> int:
     spec = json.loads(spec_path.read_text())
     config = load_config(Path(spec["config"]), {})
     store = Store.open(config.settings.database)
-    store.sync_feeds(config.feeds, NOW)
+    store.feeds.sync(config.feeds, NOW)
     with ParsePool(spec["parse_workers"]) as pool, Fetcher(config.settings) as fetcher:
         pool.start()  # as the service does at start (``Runtime``)
         deps = Deps(
@@ -229,7 +229,7 @@ def child(spec_path: Path) -> int:
         for phase, now in (("cold", NOW), ("warm", NOW + WARM_AFTER), ("churn", NOW + CHURN_AFTER)):
             if phase == "churn" and sys.stdin.readline().strip() != "churn":
                 return 1
-            store.make_all_due(now)
+            store.feeds.make_all_due(now)
             sampler = TreeSampler(os.getpid()) if phase == "cold" else None
             started = time.perf_counter()
             report = run_cycle(deps, now)

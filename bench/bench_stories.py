@@ -23,8 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aggregator.models import Entry  # noqa: E402
-from aggregator.store import NewEntry, Store, recent_story_entries  # noqa: E402
+from aggregator.cycle.plan import FeedPlan, NewEntry  # noqa: E402
+from aggregator.models import Entry, FeedOutcome, FeedResult, TopicMatch  # noqa: E402
+from aggregator.store import Store  # noqa: E402
 from aggregator.stories.decide import decide  # noqa: E402
 from aggregator.stories.index import StoryIndex  # noqa: E402
 
@@ -102,6 +103,9 @@ def run(window_size: int, decisions: int, pool: list[Entry]) -> dict[str, float]
     }
 
 
+MATCHED = (TopicMatch("bench", ()),)
+
+
 def store_warmup(pool: list[Entry], stored: int, recent: int) -> tuple[float, int]:
     """Seconds to read the window's story entries from a database holding ``stored`` entries."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,14 +117,16 @@ def store_warmup(pool: list[Entry], stored: int, recent: int) -> tuple[float, in
                 last = min(stored, first + 5_000)
                 for fresh in (False, True):
                     when = fresh_at if fresh else old
-                    batch = [
-                        NewEntry(_copy(pool[k % len(pool)], k, when), (), ())
-                        for k in range(first, last)
-                        if (k >= stored - recent) == fresh
-                    ]
-                    store.add_entries(batch, when)
+                    ks = [k for k in range(first, last) if (k >= stored - recent) == fresh]
+                    # every entry matched a topic and started its own story, as in a cycle
+                    steps = tuple(
+                        NewEntry(_copy(pool[k % len(pool)], k, when), MATCHED, k + 1, True)
+                        for k in ks
+                    )
+                    outcome = FeedOutcome("bench", FeedResult.FETCHED)
+                    store.apply(FeedPlan("bench", steps, False, None, None, outcome), when)
             began = time.perf_counter()
-            rows = recent_story_entries(store, END - WINDOW)
+            rows = store.entries.recent_story_entries(END - WINDOW)
             return time.perf_counter() - began, len(rows)
         finally:
             store.close()

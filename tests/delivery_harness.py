@@ -22,12 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from aggregator.models import Entry, TopicMatch
-from aggregator.store import NewEntry, Store, outbox_rows
+from aggregator.models import AlertState, Entry
+from aggregator.store import Store
 from tests import waiting
 from tests.slackserver import TOKEN, Fault, SlackServer
+from tests.storing import alert_item, store_items
 
 WORKER = Path(__file__).with_name("delivery_worker.py")  # a process that only delivers
+UNSENT = (AlertState.PENDING, AlertState.FAILED, AlertState.HELD, AlertState.SENDING)
 
 ROOT = Path(__file__).resolve().parents[1]
 READS = ("conversations.history", "conversations.list")
@@ -139,9 +141,8 @@ def _queue(store: Store, serial: itertools.count[int], channels: list[str], coun
             content_hash=f"h{n}",
             source="Soak News",
         )
-        match = TopicMatch(topic, ("AI",))
-        batch.append(NewEntry(entry, (match,), ((channel, (match,)),)))
-    store.add_entries(batch, now)
+        batch.append(alert_item(entry, topic, channel, "AI"))
+    store_items(store, batch, now)
 
 
 def _pacing(server: SlackServer, window: float) -> dict[str, ChannelPacing]:
@@ -184,8 +185,7 @@ def _service_config(workdir: Path, channels: list[str], interval: float) -> Path
 def _wait_until_drained(store: Store, timeout: float) -> None:
     """Until nothing is left to send, or ``timeout``. The service logs each cycle after its
     deliveries are committed: each line it writes is the moment to look again."""
-    unsent = ("pending", "failed", "held", "sending")
-    waiting.wait_for(lambda: not outbox_rows(store, *unsent), timeout)
+    waiting.wait_for(lambda: not store.outbox.rows(*UNSENT), timeout)
 
 
 def _copy_output(stream: IO[bytes], log: IO[bytes]) -> None:
@@ -292,8 +292,8 @@ def run_soak(
             log.close()
         counts = server.alert_counts()
         pacing = _pacing(server, per_channel_interval)
-    ids = [r.alert.id for r in outbox_rows(store)]
-    not_sent = len(outbox_rows(store, "pending", "failed", "held", "sending", "dead"))
+    ids = [r.alert.id for r in store.outbox.rows()]
+    not_sent = len(store.outbox.rows(*UNSENT, AlertState.DEAD))
     store.close()
     return SoakResult(
         alerts=len(ids),

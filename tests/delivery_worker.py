@@ -20,8 +20,9 @@ from types import FrameType
 
 from aggregator.config.load import load_config, slack_token
 from aggregator.config.model import Settings
+from aggregator.models import AlertState
 from aggregator.notify import Outbox, make_sink
-from aggregator.store import Store, outbox_rows
+from aggregator.store import Store
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         outbox.recover(datetime.now(UTC))
         while not stopping:
             outbox.deliver_due(datetime.now(UTC), deadline=time.monotonic() + args.idle * 10)
-            waiting = outbox_rows(store, "pending", "failed", "held", "sending")
+            waiting = store.outbox.rows(
+                AlertState.PENDING, AlertState.FAILED, AlertState.HELD, AlertState.SENDING
+            )
             if args.until_idle and not waiting:
                 break
             due = outbox.next_due()

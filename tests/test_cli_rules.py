@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from aggregator.models import Entry
-from aggregator.store import NewEntry, Store
+from aggregator.store import Store
+from tests.storing import Item, store_items
 
 ROOT = Path(__file__).resolve().parents[1]
 WHITE_HOUSE = "https://www.whitehouse.gov/presidential-actions/feed/"
@@ -136,8 +137,8 @@ def test_explain_needs_an_item(config_dir: Path) -> None:
 def stored_db(path: Path) -> Path:
     now = datetime.now(UTC)
 
-    def entry(n: int, feed: str, title: str, summary: str, age_days: int) -> NewEntry:
-        return NewEntry(
+    def entry(n: int, feed: str, title: str, summary: str, age_days: int) -> Item:
+        return Item(
             Entry(
                 feed,
                 f"g{n}",
@@ -148,14 +149,13 @@ def stored_db(path: Path) -> Path:
                 now - timedelta(days=age_days),
                 f"h{n}",
                 "src",
-            ),
-            matches=(),
-            alert_channels=(),
+            )
         )
 
     store = Store.open(path)
     try:
-        store.add_entries(
+        store_items(
+            store,
             [
                 entry(
                     1,

@@ -18,17 +18,20 @@ from urllib.parse import quote
 import pytest
 
 from aggregator.config.model import Settings
+from aggregator.cycle.plan import FetchRecord
 from aggregator.ingest.fetch import Fetcher
 from aggregator.ingest.workers import ParseJob, ParsePool
 from aggregator.models import (
+    FeedResult,
     FetchError,
     FetchRequest,
     FetchResult,
     NotModified,
     ParsedFeed,
 )
-from aggregator.store import NewEntry, Store
+from aggregator.store import Store
 from tests.feedserver import FeedServer, Reply
+from tests.storing import Item, store_items
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CORPORA = {
@@ -106,7 +109,7 @@ def test_every_corpus_file_is_ingested_or_recorded(tmp_path: Path) -> None:
     with ParsePool() as pool:  # every core, as the pipeline does
         parsed = dict(zip([o.url for o in fetched], pool.parse_many(jobs), strict=True))
 
-    batch: list[NewEntry] = []
+    batch: list[Item] = []
     errors: list[str] = []
     for outcome in outcomes:
         url = outcome.url
@@ -115,42 +118,34 @@ def test_every_corpus_file_is_ingested_or_recorded(tmp_path: Path) -> None:
             if isinstance(outcome, FetchError):
                 counts[f"{corpus}: fetch errors"] += 1
                 errors.append(outcome.reason)
-                store.log_fetch(
-                    url, NOW, "failed", status_code=outcome.status, error=outcome.reason
-                )
+                record = FetchRecord(FeedResult.FAILED, outcome.status, error=outcome.reason)
+                store.history.log_fetch(url, NOW, record)
                 continue
             if isinstance(outcome, NotModified):
                 counts[f"{corpus}: not modified"] += 1
-                store.log_fetch(url, NOW, "unchanged", status_code=304)
+                store.history.log_fetch(url, NOW, FetchRecord(FeedResult.UNCHANGED, 304))
                 continue
             result = parsed[url]
             if not isinstance(result, ParsedFeed):
                 counts[f"{corpus}: parse errors"] += 1
                 errors.append(result.reason)
-                store.log_fetch(url, NOW, "failed", status_code=200, error=result.reason)
+                record = FetchRecord(FeedResult.FAILED, 200, error=result.reason)
+                store.history.log_fetch(url, NOW, record)
                 continue
             key = "feeds with entries" if result.entries else "valid feeds without entries"
             counts[f"{corpus}: {key}"] += 1
             entry_counts[corpus] += len(result.entries)
-            batch.extend(NewEntry(e, (), ()) for e in result.entries)
-            store.log_fetch(
-                url,
-                NOW,
-                "fetched",
-                status_code=200,
-                size=len(outcome.body),
-                new_entries=len(result.entries),
-                error=result.warning,
-            )
+            batch.extend(Item(e) for e in result.entries)
+            record = FetchRecord(FeedResult.FETCHED, 200, len(outcome.body), None,
+                                 len(result.entries), result.warning)  # fmt: skip
+            store.history.log_fetch(url, NOW, record)
         except Exception as e:  # a crash is what this test hunts for: count it, then fail
             crashes.append(f"{url}: {type(e).__name__}: {e}")
-    stored = store.add_entries(batch, NOW)
-    logged = int(store.db.execute("SELECT count(DISTINCT feed_url) FROM fetches").fetchone()[0])
+    stored = len(store_items(store, batch, NOW).entry_ids)
+    logged = int(store.db.value("SELECT count(DISTINCT feed_url) FROM fetches"))
     store.close()
 
-    print(
-        f"\ncorpus: {len(files)} files, {len(crashes)} crashes, {stored['entries']} entries stored"
-    )
+    print(f"\ncorpus: {len(files)} files, {len(crashes)} crashes, {stored} entries stored")
     for corpus in CORPORA:
         parts = ", ".join(
             f"{counts[k]} {k.split(': ', 1)[1]}" for k in sorted(counts) if k.startswith(corpus)
@@ -163,4 +158,4 @@ def test_every_corpus_file_is_ingested_or_recorded(tmp_path: Path) -> None:
     assert sum(counts.values()) == len(files)
     real = sum(v for k, v in counts.items() if k.startswith("real-feeds"))
     assert counts["real-feeds: feeds with entries"] >= 0.9 * real
-    assert stored["entries"] == sum(entry_counts.values())
+    assert stored == sum(entry_counts.values())

@@ -77,7 +77,7 @@ def test_ready_feeds_commit_before_the_cycle_waits_for_a_slow_one(tmp_path: Path
         slow = server.route("/z-slow.xml", Reply(stream=held_body, length=len(slow_body)))
         config = load_config(write_config(tmp_path / "config", [*fast, slow]), {})
         store = CommitWatchingStore.open(config.settings.database)
-        store.sync_feeds(config.feeds, NOW)
+        store.feeds.sync(config.feeds, NOW)
         reports: list[CycleReport] = []
         with ParsePool(2) as pool, Fetcher(config.settings) as fetcher:
             deps = Deps(

@@ -16,6 +16,8 @@ import pytest
 
 from aggregator.admin.doctor import Check, check_database, check_feeds, format_report, run_checks
 from aggregator.config.model import FeedConfig
+from aggregator.cycle.plan import FeedUpdate
+from aggregator.models import FeedStatus
 from aggregator.store import MIGRATIONS, Store
 from tests.feedserver import FeedServer
 from tests.slackserver import TOKEN, SlackServer
@@ -304,14 +306,16 @@ def test_feeds_counts_reachable_failing_gone_and_not_yet_fetched(tmp_path: Path)
     urls = [f"https://feeds.example/{name}.xml" for name in ("ok", "down", "gone", "new", "moved")]
     feeds = [FeedConfig(url=u, name=u) for u in urls]
     store = Store.open(path)
-    store.sync_feeds(feeds, NOW)
-    store.update_feed(urls[0], last_fetch_at=NOW, last_success_at=NOW)
+    store.feeds.sync(feeds, NOW)
+    store.feeds.record(urls[0], FeedUpdate(FeedStatus.ACTIVE, NOW, 0, None, last_fetch_at=NOW))
     error = "fetch failed: 'https://feeds.example/down.xml': HTTP 503"
-    store.update_feed(urls[1], last_fetch_at=NOW, consecutive_errors=2, status="failing",
-                      last_error=error)  # fmt: skip
-    store.update_feed(urls[2], last_fetch_at=NOW, status="gone", consecutive_errors=1)
-    store.rename_feed(urls[4], "https://feeds.example/new-home.xml")  # a permanent redirect
-    store.update_feed("https://feeds.example/new-home.xml", last_fetch_at=NOW)
+    down = FeedUpdate(FeedStatus.FAILING, NOW, 2, NOW, last_fetch_at=NOW, error=error)
+    store.feeds.record(urls[1], down)
+    gone = FeedUpdate(FeedStatus.GONE, None, 1, NOW, last_fetch_at=NOW, error="HTTP 410 Gone")
+    store.feeds.record(urls[2], gone)
+    store.feeds.rename(urls[4], "https://feeds.example/new-home.xml")  # a permanent redirect
+    moved = FeedUpdate(FeedStatus.ACTIVE, NOW, 0, None, last_fetch_at=NOW)
+    store.feeds.record("https://feeds.example/new-home.xml", moved)
     store.close()
 
     db_check, rows = check_database(str(path))

@@ -314,17 +314,13 @@ def test_the_corpus_csv_reads_and_backtests() -> None:
 
 def test_stored_entries_feed_explain_and_backtest(tmp_path: Path) -> None:
     from aggregator.models import Entry
-    from aggregator.store import (
-        NewEntry,
-        Store,
-        count_stored_entries,
-        stored_entries,
-        stored_entry,
-    )
+    from aggregator.store import Store
+    from tests.storing import Item as Stored
+    from tests.storing import store_items
 
-    def entry(n: int, title: str, published: datetime | None) -> NewEntry:
+    def entry(n: int, title: str, published: datetime | None) -> Stored:
         link = f"https://news.example/{n}?utm_source=x"
-        return NewEntry(
+        return Stored(
             Entry(
                 feed_url="https://news.example/feed",
                 guid=f"g{n}",
@@ -335,15 +331,14 @@ def test_stored_entries_feed_explain_and_backtest(tmp_path: Path) -> None:
                 published=published,
                 content_hash=f"h{n}",
                 source="Example News",
-            ),
-            matches=(),
-            alert_channels=(),
+            )
         )
 
     now = datetime(2025, 3, 10, tzinfo=UTC)
     store = Store.open(tmp_path / "db.sqlite")
     try:
-        store.add_entries(
+        store_items(
+            store,
             [
                 entry(1, "AI law", datetime(2025, 3, 1, tzinfo=UTC)),
                 entry(2, "AI rules", datetime(2025, 3, 5, tzinfo=UTC)),
@@ -352,25 +347,32 @@ def test_stored_entries_feed_explain_and_backtest(tmp_path: Path) -> None:
             ],
             now,
         )
-        found = stored_entry(store, "https://news.example/2?utm_source=x")
-        assert found is not None and found[1].title == "AI rules"
-        by_canonical = stored_entry(store, "https://NEWS.example/2#x", ["https://news.example/2"])
-        assert by_canonical is not None and by_canonical[0] == found[0]
-        by_id = stored_entry(store, str(found[0]))
-        assert by_id is not None and by_id[1].title == "AI rules"
-        assert stored_entry(store, "https://nowhere.example/") is None
-        assert stored_entry(store, "999") is None
+        found = store.entries.find("https://news.example/2?utm_source=x")
+        assert found is not None and found.entry.title == "AI rules"
+        by_canonical = store.entries.find("https://NEWS.example/2#x", ["https://news.example/2"])
+        assert by_canonical is not None and by_canonical.id == found.id
+        by_id = store.entries.find(str(found.id))
+        assert by_id is not None and by_id.entry.title == "AI rules"
+        assert store.entries.find("https://nowhere.example/") is None
+        assert store.entries.find("999") is None
 
         since = datetime(2025, 3, 2, tzinfo=UTC)
-        assert count_stored_entries(store, since) == 3
-        assert count_stored_entries(store) == 4
-        rows = list(stored_entries(store, since, page=2))  # pages of two: keyset paging
-        assert [e.title for _, e in rows] == ["AI rules", "Sports", "Undated AI order"]
-        assert rows[-1][1].published == now
+        assert store.entries.count_since(since) == 3
+        assert store.entries.count_since() == 4
+        rows = list(store.entries.since(since, page=2))  # pages of two: keyset paging
+        assert [s.entry.title for s in rows] == ["AI rules", "Sports", "Undated AI order"]
+        assert rows[-1].entry.published == now
 
         items = [
-            Item(str(i), e.title, e.summary, e.source, e.link, e.published)
-            for i, e in stored_entries(store)
+            Item(
+                str(s.id),
+                s.entry.title,
+                s.entry.summary,
+                s.entry.source,
+                s.entry.link,
+                s.entry.published,
+            )
+            for s in store.entries.since()
         ]
         result = backtest(items, matcher(("ai", "AI")))
         assert result.topics["ai"].per_day == {"2025-03-01": 1, "2025-03-05": 1, "2025-03-10": 1}

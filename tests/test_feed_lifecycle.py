@@ -15,9 +15,10 @@ from aggregator.config.load import parse_config
 from aggregator.config.model import Config
 from aggregator.ingest.fetch import Fetcher
 from aggregator.ingest.workers import ParsePool
+from aggregator.models import FeedState
 from aggregator.pipeline import Deps, run_cycle
 from aggregator.rules.matcher import TopicMatcher
-from aggregator.store import FeedState, Store
+from aggregator.store import Store
 from tests.feedserver import FeedServer, Reply
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -60,7 +61,7 @@ class Harness:
             {"aggregator.toml": SETTINGS, "feeds.toml": feeds, "topics.toml": TOPICS}
         )
         self.store = Store.open(tmp_path / "db.sqlite")
-        self.store.sync_feeds(self.config.feeds, T0)
+        self.store.feeds.sync(self.config.feeds, T0)
         self.fetcher = Fetcher(self.config.settings)
         self.parser = ParsePool(workers=1)
         self.deps = Deps(
@@ -73,12 +74,12 @@ class Harness:
         )
 
     def cycle(self, now: datetime) -> dict[str, str]:
-        self.store.sync_feeds(self.config.feeds, now)
+        self.store.feeds.sync(self.config.feeds, now)
         report = run_cycle(self.deps, now)
         return {f.url: f.status for f in report.feeds}
 
     def state(self, url: str) -> FeedState:
-        state = self.store.feed_state(url)
+        state = self.store.feeds.state(url)
         assert state is not None
         return state
 
@@ -196,10 +197,10 @@ def test_permanent_redirect_moves_the_feed(server: FeedServer, make: Make) -> No
     new = server.serve("/new", rss("moved"), etag='"m"')
     h = make([old])
     h.cycle(T0)
-    assert h.store.feed_state(old) is None
+    assert h.store.feeds.state(old) is None
     moved = h.state(new)
     assert moved.moved_from == old and moved.etag == '"m"'
     h.cycle(T0 + timedelta(minutes=5))  # the config still names the old URL
     assert server.count("/old") == 1
     assert server.statuses("/new") == {200: 1, 304: 1}
-    assert h.store.entry_count() == 1
+    assert h.store.entries.count() == 1

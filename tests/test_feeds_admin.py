@@ -24,10 +24,12 @@ from aggregator.admin.feeds import (
 )
 from aggregator.config.load import load_config
 from aggregator.config.model import FeedConfig, Settings
+from aggregator.cycle.plan import FeedUpdate, FetchRecord
 from aggregator.errors import ConfigError
-from aggregator.models import Entry
-from aggregator.store import NewEntry, Store
+from aggregator.models import Entry, FeedResult, FeedStatus
+from aggregator.store import Store
 from tests.feedserver import FeedServer
+from tests.storing import Item, store_items
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TOPICS = '[topics.ai-policy]\nchannel = "#ai-policy"\nquery = "AI"\n'
@@ -134,26 +136,22 @@ def test_status_table_from_a_real_database(tmp_path: Path) -> None:
         FeedConfig("https://bad.example/feed", "Broken"),
         FeedConfig("https://gone.example/feed", "Gone"),
     ]
-    store.sync_feeds(feeds, NOW - timedelta(days=10))
-    store.update_feed(
-        "https://ok.example/feed",
-        last_success_at=NOW - timedelta(minutes=3),
-        next_fetch_at=NOW + timedelta(minutes=2),
-    )
-    store.update_feed(
-        "https://bad.example/feed",
-        status="failing",
-        consecutive_errors=4,
-        last_error="fetch failed: 'https://bad.example/feed': ReadTimeout after 10.0 s",
-        last_error_at=NOW - timedelta(minutes=1),
-        next_fetch_at=NOW + timedelta(hours=1),
-    )
-    store.update_feed("https://gone.example/feed", status="gone", last_error="HTTP 410 Gone")
-    store.rename_feed("https://ok.example/feed", "https://ok.example/new-feed")
-    for ms in (0.1, 0.3):
-        store.log_fetch("https://ok.example/new-feed", NOW, "fetched", elapsed=ms)
+    store.feeds.sync(feeds, NOW - timedelta(days=10))
+    ok = FeedUpdate(FeedStatus.ACTIVE, NOW + timedelta(minutes=2), 0, None,
+                    last_fetch_at=NOW - timedelta(minutes=3))  # fmt: skip
+    store.feeds.record("https://ok.example/feed", ok)
+    error = "fetch failed: 'https://bad.example/feed': ReadTimeout after 10.0 s"
+    bad = FeedUpdate(FeedStatus.FAILING, NOW + timedelta(hours=1), 4, NOW - timedelta(hours=2),
+                     last_fetch_at=NOW - timedelta(minutes=1), error=error)  # fmt: skip
+    store.feeds.record("https://bad.example/feed", bad)
+    gone = FeedUpdate(FeedStatus.GONE, None, 1, NOW, last_fetch_at=NOW, error="HTTP 410 Gone")
+    store.feeds.record("https://gone.example/feed", gone)
+    store.feeds.rename("https://ok.example/feed", "https://ok.example/new-feed")
+    for seconds in (0.1, 0.3):
+        record = FetchRecord(FeedResult.FETCHED, elapsed=seconds)
+        store.history.log_fetch("https://ok.example/new-feed", NOW, record)
     entries = [
-        NewEntry(
+        Item(
             Entry(
                 feed_url="https://ok.example/new-feed",
                 guid=f"g{i}",
@@ -163,13 +161,11 @@ def test_status_table_from_a_real_database(tmp_path: Path) -> None:
                 summary="",
                 published=NOW - timedelta(days=i, hours=1),
                 content_hash=str(i),
-            ),
-            (),
-            (),
+            )
         )
         for i in range(10)  # 7 inside the 7-day window (days 0-6)
     ]
-    store.add_entries(entries, NOW)
+    store_items(store, entries, NOW)
     rows = {r.name: r for r in feed_health(store, NOW)}
     store.close()
     assert rows["Healthy"].items_per_day == pytest.approx(1.0)

@@ -16,14 +16,16 @@ from pathlib import Path
 import pytest
 
 from aggregator.config.model import Settings, TopicConfig
-from aggregator.models import Entry, TopicMatch
+from aggregator.models import AlertState, EditPayload, Entry, ReplyItem, ReplyPayload, TopicMatch
 from aggregator.notify import ConsoleSink, Outbox, make_sink
 from aggregator.notify.render import metadata_for, render
 from aggregator.notify.slack import SlackSink
-from aggregator.store import NewEntry, Store, claim_alerts, outbox_due, outbox_rows
+from aggregator.store import Store
 from tests.slackserver import TOKEN, Fault, SlackServer
+from tests.storing import alert_item, store_items
 
 START = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+UNSENT = (AlertState.PENDING, AlertState.FAILED, AlertState.HELD, AlertState.SENDING)
 SETTINGS = Settings(per_channel_interval=1.0, max_attempts=4)
 TOPICS = (
     TopicConfig("ai-policy", "#ai-policy", "ai"),
@@ -112,22 +114,21 @@ def add_alerts(
             content_hash=f"h{n}",
             source="Example News",
         )
-        match = TopicMatch(topic, ("AI",))
-        batch.append(NewEntry(entry, (match,), ((channel, (match,)),)))
-    store.add_entries(batch, START)
-    rows = outbox_rows(store, "pending")
+        batch.append(alert_item(entry, topic, channel, "AI"))
+    store_items(store, batch, START)
+    rows = store.outbox.rows(AlertState.PENDING)
     return [r.alert.id for r in rows][-count:]
 
 
 def states(store: Store) -> dict[int, str]:
-    return {r.alert.id: r.state for r in outbox_rows(store)}
+    return {r.alert.id: r.state for r in store.outbox.rows()}
 
 
 def drain(box: Outbox, clock: FakeClock, rounds: int = 60, step: float = 1.0) -> None:
     """Run the loop the way the service does, letting fake time pass between passes."""
     for _ in range(rounds):
         box.deliver_due(clock())
-        if not outbox_rows(box.store, "pending", "failed", "held", "sending"):
+        if not box.store.outbox.rows(*UNSENT):
             return
         clock.advance(step)
 
@@ -139,9 +140,10 @@ def test_happy_path_sends_each_alert_once(
     outcomes = outbox(store, slack, clock).deliver_due(clock())
     assert [o.state for o in outcomes] == ["sent"] * 3
     assert slack.alert_counts() == dict.fromkeys(ids, 1)
-    row = store.alert_row(ids[0])
-    assert row is not None and row["state"] == "sent" and row["slack_ts"]
-    assert row["slack_channel"].startswith("C") and row["attempts"] == 1
+    row = store.outbox.row(ids[0])
+    assert row is not None and row.state == "sent" and row.slack_ts
+    assert row.slack_channel is not None and row.slack_channel.startswith("C")
+    assert row.alert.attempts == 1
 
 
 def test_pacing_one_message_per_second_per_channel(
@@ -184,8 +186,8 @@ def test_429_waits_exactly_retry_after(store: Store, slack: SlackServer, clock: 
     outcomes = box.deliver_due(clock())
     assert [o.state for o in outcomes] == ["failed"]  # the channel is paused, the second waits
     assert "ratelimited" in outcomes[0].reason
-    row = store.alert_row(first)
-    assert row is not None and row["attempts"] == 0  # a 429 is not the message's fault
+    row = store.outbox.row(first)
+    assert row is not None and row.alert.attempts == 0  # a 429 is not the message's fault
     clock.advance(1.5)
     assert box.deliver_due(clock()) == []  # 5.5 s left: more than a pass waits inline
     assert slack.count("chat.postMessage") == 1
@@ -225,11 +227,9 @@ def test_in_body_rate_limited_and_retry_after_cap(
     slack.script("chat.postMessage", Fault.in_body_rate_limited(5000))
     box = outbox(store, slack, clock)
     box.deliver_due(clock())
-    row = store.alert_row(alert)
-    assert row is not None and row["state"] == "failed"
-    assert row["next_attempt_at"] == (START + timedelta(minutes=15)).isoformat(
-        timespec="microseconds"
-    )
+    row = store.outbox.row(alert)
+    assert row is not None and row.state == "failed"
+    assert row.next_attempt_at == START + timedelta(minutes=15)
 
 
 @pytest.mark.parametrize("fault", [Fault.status(500), Fault.status(503), Fault.drop()])
@@ -255,8 +255,8 @@ def test_outage_never_kills_an_alert(store: Store, slack: SlackServer, clock: Fa
     slack.script("chat.postMessage", *[Fault.status(503)] * 12)
     box = outbox(store, slack, clock)
     drain(box, clock, rounds=2000, step=5)
-    row = store.alert_row(alert)
-    assert row is not None and row["state"] == "sent" and row["attempts"] == 13
+    row = store.outbox.row(alert)
+    assert row is not None and row.state == "sent" and row.alert.attempts == 13
     assert slack.alert_counts() == {alert: 1}
 
 
@@ -270,8 +270,8 @@ def test_lost_response_is_not_sent_twice(
     assert states(store)[first] == "failed"
     drain(box, clock)
     assert slack.alert_counts() == {first: 1, second: 1}
-    row = store.alert_row(first)
-    assert row is not None and row["slack_ts"] == slack.posts()[0].ts
+    row = store.outbox.row(first)
+    assert row is not None and row.slack_ts == slack.posts()[0].ts
 
 
 @pytest.mark.parametrize(
@@ -288,8 +288,8 @@ def test_permanent_error_is_dead_with_reason(
     by_id = {o.alert_id: o for o in outcomes}
     assert by_id[bad].state == "dead" and by_id[bad].reason.startswith(code)
     assert by_id[good].state == "sent"
-    row = store.alert_row(bad)
-    assert row is not None and row["state"] == "dead" and code in row["last_error"]
+    row = store.outbox.row(bad)
+    assert row is not None and row.state == "dead" and code in row.last_error
 
 
 def test_unknown_error_dies_after_max_attempts(
@@ -299,9 +299,9 @@ def test_unknown_error_dies_after_max_attempts(
     slack.script("chat.postMessage", *[Fault.error("weird_error")] * 10)
     box = outbox(store, slack, clock)
     drain(box, clock, rounds=500, step=10)
-    row = store.alert_row(alert)
-    assert row is not None and row["state"] == "dead"
-    assert row["last_error"].startswith("gave up after 4 attempts")
+    row = store.outbox.row(alert)
+    assert row is not None and row.state == "dead"
+    assert row.last_error.startswith("gave up after 4 attempts")
     assert slack.count("chat.postMessage") == SETTINGS.max_attempts
 
 
@@ -309,14 +309,14 @@ def test_recover_finds_a_message_slack_already_has(
     store: Store, slack: SlackServer, clock: FakeClock
 ) -> None:
     [delivered, missing] = add_alerts(store, 2)
-    rows = outbox_rows(store, "pending")
-    claim_alerts(store, rows, clock())  # the process died after claiming both...
+    rows = store.outbox.rows(AlertState.PENDING)
+    store.outbox.claim(rows, clock())  # the process died after claiming both...
     posted = SlackSink(TOKEN, slack.url).post("#ai-policy", render(rows[0].alert))  # ...one landed
     box = outbox(store, slack, clock)
     outcomes = box.recover(clock())
     assert {o.alert_id: o.state for o in outcomes} == {delivered: "sent", missing: "pending"}
-    row = store.alert_row(delivered)
-    assert row is not None and row["slack_ts"] == posted.ts
+    row = store.outbox.row(delivered)
+    assert row is not None and row.slack_ts == posted.ts
     drain(box, clock)
     assert slack.alert_counts() == {delivered: 1, missing: 1}
 
@@ -325,7 +325,7 @@ def test_recover_when_history_is_unreachable(
     store: Store, slack: SlackServer, clock: FakeClock
 ) -> None:
     [alert] = add_alerts(store, 1)
-    claim_alerts(store, outbox_rows(store, "pending"), clock())
+    store.outbox.claim(store.outbox.rows(AlertState.PENDING), clock())
     slack.script("conversations.list", Fault.status(503))
     box = outbox(store, slack, clock)
     [outcome] = box.recover(clock())
@@ -353,7 +353,7 @@ def test_digest_collects_stories_until_digest_time(
     [post] = slack.posts()
     assert sorted(post.alert_ids) == [*ids, ids[-1] + 1]
     assert "Digest: ai-policy: 4 stories" in post.blocks[0]["text"]["text"]
-    assert {r.slack_ts for r in outbox_rows(store)} == {post.ts}
+    assert {r.slack_ts for r in store.outbox.rows()} == {post.ts}
 
 
 def test_hourly_digest_split_across_messages(
@@ -392,9 +392,9 @@ def test_quiet_hours_hold_unless_urgent(store: Store, slack: SlackServer, clock:
 
 def test_claim_is_compare_and_set(store: Store, clock: FakeClock) -> None:
     add_alerts(store, 2)
-    rows = outbox_due(store, clock())
-    assert len(claim_alerts(store, rows, clock())) == 2
-    assert claim_alerts(store, rows, clock()) == []  # a second process read the same rows
+    rows = store.outbox.due(clock())
+    assert [r.state for r in store.outbox.claim(rows, clock())] == ["sending", "sending"]
+    assert store.outbox.claim(rows, clock()) == []  # a second process read the same rows
 
 
 def test_console_sink_without_token(store: Store, clock: FakeClock) -> None:
@@ -448,7 +448,7 @@ def test_stuck_sending_rows_are_settled_by_the_loop(
     store: Store, slack: SlackServer, clock: FakeClock
 ) -> None:
     [alert] = add_alerts(store, 1)
-    claim_alerts(store, outbox_rows(store, "pending"), clock())  # a send that never finished
+    store.outbox.claim(store.outbox.rows(AlertState.PENDING), clock())  # a send that never finished
     box = outbox(store, slack, clock)
     clock.advance(30)
     assert box.deliver_due(clock()) == []  # may still be in flight in another process
@@ -461,15 +461,15 @@ def test_stuck_sending_rows_are_settled_by_the_loop(
 def test_thread_reply_and_edit_follow_their_parent(
     store: Store, slack: SlackServer, clock: FakeClock
 ) -> None:
-    from aggregator.store import insert_followup
-
     [parent] = add_alerts(store, 1)
-    item = {"source": "Ars", "title": "Same story <!here>", "link": "https://a.example/1"}
-    items = {"items": [item]}
-    reply = insert_followup(store, parent, "reply", items, clock(), f"reply:{parent}:1")
-    edit = insert_followup(store, parent, "update", {}, clock(), f"update:{parent}:1")
+    row = store.outbox.row(parent)
+    assert row is not None
+    item = ReplyItem("Ars", "Same story <!here>", "https://a.example/1")
+    items = ReplyPayload(parent, (item,))
+    reply = store.outbox.queue_reply(row, items, clock(), f"reply:{parent}:1")
+    edit = store.outbox.queue_edit(row, EditPayload(parent), clock())
     assert reply is not None and edit is not None
-    assert insert_followup(store, parent, "reply", items, clock(), f"reply:{parent}:1") is None
+    assert store.outbox.queue_reply(row, items, clock(), f"reply:{parent}:1") is None
     slack.script("chat.postMessage", None, Fault.accept_then_drop())
     box = outbox(store, slack, clock)
     drain(box, clock)
@@ -485,10 +485,10 @@ def test_thread_reply_and_edit_follow_their_parent(
 def test_reply_to_a_dead_parent_dies_too(
     store: Store, slack: SlackServer, clock: FakeClock
 ) -> None:
-    from aggregator.store import insert_followup
-
     [parent] = add_alerts(store, 1)
-    reply = insert_followup(store, parent, "reply", {}, clock(), "r")
+    row = store.outbox.row(parent)
+    assert row is not None
+    reply = store.outbox.queue_reply(row, ReplyPayload(parent), clock(), "r")
     slack.script("chat.postMessage", Fault.error("is_archived"))
     outbox(store, slack, clock).deliver_due(clock())
     assert states(store) == {parent: "dead", reply: "dead"}
@@ -548,16 +548,15 @@ def test_make_sink_picks_slack_with_a_token() -> None:
 def test_replies_are_batched_one_per_story_per_window(
     store: Store, slack: SlackServer, clock: FakeClock
 ) -> None:
-    from aggregator.store import insert_followup
-
     [parent] = add_alerts(store, 1)
     box = outbox(store, slack, clock, settings=replace(SETTINGS, reply_batch=300.0))
     box.deliver_due(clock())
+    row = store.outbox.row(parent)
+    assert row is not None
 
     def outlet(n: int, primary: bool = False) -> int:
-        item = {"source": f"Outlet {n}", "title": f"Take {n}", "link": f"https://o{n}.example/",
-                "primary": primary}  # fmt: skip
-        reply = insert_followup(store, parent, "reply", {"items": [item]}, clock(), f"r{n}")
+        item = ReplyItem(f"Outlet {n}", f"Take {n}", f"https://o{n}.example/", primary)
+        reply = store.outbox.queue_reply(row, ReplyPayload(parent, (item,)), clock(), f"r{n}")
         assert reply is not None
         return reply
 
@@ -577,3 +576,30 @@ def test_replies_are_batched_one_per_story_per_window(
     assert "Also covered by Outlet 2, Outlet 3" in batch.blocks[0]["text"]["text"]
     assert "Official text" in batch.blocks[0]["text"]["text"]
     assert batch.at - one.at >= 300.0
+
+
+def test_a_reply_another_loop_already_sent_is_not_sent_again(
+    store: Store, slack: SlackServer, clock: FakeClock, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Two delivery loops (``run`` and ``poll --once``) read the same due reply; one sends it.
+    The other, acting on what it read, must not attach it to its thread and post it again."""
+    settings = replace(SETTINGS, reply_batch=0.0)
+    [parent] = add_alerts(store, 1)
+    outbox(store, slack, clock, settings=settings).deliver_due(clock())
+    row = store.outbox.row(parent)
+    assert row is not None
+    item = ReplyItem("Ars", "Same story", "https://a.example/1")
+    reply = store.outbox.queue_reply(row, ReplyPayload(parent, (item,)), clock(), "reply:1")
+    other = Store.open(tmp_path / "outbox.db")  # the other process's connection
+    try:
+        stale = other.outbox.due(clock())  # it reads the reply, then is slower than this loop
+        outbox(store, slack, clock, settings=settings).deliver_due(clock())
+        assert slack.alert_counts()[reply] == 1
+        monkeypatch.setattr(other.outbox, "due", lambda now, limit=500: stale)
+        outcomes = outbox(other, slack, clock, settings=settings).deliver_due(clock())
+    finally:
+        other.close()
+    assert outcomes == []
+    assert slack.alert_counts() == {parent: 1, reply: 1}
+    assert states(store) == {parent: "sent", reply: "sent"}

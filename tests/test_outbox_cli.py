@@ -8,9 +8,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aggregator.models import Entry, TopicMatch
-from aggregator.store import NewEntry, Store, set_alerts
+from aggregator.models import Entry
+from aggregator.store import Store
 from tests.slackserver import TOKEN, SlackServer
+from tests.storing import alert_item, store_items
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "aggregator" / "config" / "defaults"
@@ -34,11 +35,11 @@ def queue(db: Path) -> list[int]:
     for n in (1, 2):
         entry = Entry("https://f.example/", f"g{n}", f"https://n.example/{n}",
                       f"https://n.example/{n}", f"Story {n}", "", now, f"h{n}", "News")  # fmt: skip
-        match = TopicMatch("ai-policy", ("AI",))
-        batch.append(NewEntry(entry, (match,), (("#ai-policy", (match,)),)))
-    store.add_entries(batch, now)
-    ids = [int(r[0]) for r in store.db.execute("SELECT id FROM alerts ORDER BY id")]
-    set_alerts(store, [ids[0]], now, state="dead", last_error="not_in_channel: the bot is not in")
+        batch.append(alert_item(entry, "ai-policy", "#ai-policy", "AI"))
+    store_items(store, batch, now)
+    rows = store.outbox.rows()
+    ids = [r.alert.id for r in rows]
+    store.outbox.mark_dead(rows[:1], now, "not_in_channel: the bot is not in")
     store.close()
     return ids
 

@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 import pytest
 
 from aggregator.config.load import load_config
-from aggregator.ingest.dedupe import TRACKING_PARAMS, canonical_url, content_hash
-from aggregator.ingest.parse import body_hash, declares_entities, parse_feed
+from aggregator.ingest.dedupe import TRACKING_PARAMS, body_hash, canonical_url, content_hash
+from aggregator.ingest.parse import declares_entities, parse_feed
 from aggregator.ingest.workers import ParseJob, ParsePool, run_job
 from aggregator.models import Document, Entry, ParsedFeed, ParseError, ParseOutcome
 from aggregator.rules import matcher as match_module

@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -19,8 +19,8 @@ import pytest
 
 from aggregator.config.load import load_config
 from aggregator.ingest.fetch import Fetcher
-from aggregator.ingest.workers import K, ParseJob, ParsePool
-from aggregator.models import CycleReport, ParseOutcome
+from aggregator.ingest.workers import ParsePool
+from aggregator.models import CycleReport
 from aggregator.notify import Outbox, make_sink
 from aggregator.pipeline import Deps, run_cycle
 from aggregator.rules.matcher import TopicMatcher
@@ -115,7 +115,7 @@ class Rig:
             self._store = Store.open(config.settings.database)
         if self._pool is None:
             self._pool = ParsePool(1)
-        self._store.sync_feeds(config.feeds, self.clock.now)
+        self._store.feeds.sync(config.feeds, self.clock.now)
         outbox = Outbox(
             self._store,
             make_sink(config.settings, TOKEN),
@@ -140,7 +140,7 @@ class Rig:
     def cycle(self, config_dir: Path, *, everything: bool = True) -> CycleReport:
         deps = self.deps(config_dir)
         if everything:
-            deps.store.make_all_due(self.clock.now)
+            deps.store.feeds.make_all_due(self.clock.now)
         try:
             return run_cycle(deps, self.clock.now)
         finally:
@@ -189,21 +189,8 @@ def test_seed_story_becomes_one_message_per_topic_channel(rig: Rig) -> None:
     assert posted.metadata and posted.metadata["event_type"] == "aggregator_alert"
 
 
-class ParsingOnly(ParsePool):
-    """Parses with the rules left out of every job, so the cycle must match entries itself."""
-
-    def parse_stream(
-        self, items: Iterable[tuple[K, ParseJob | None]], *, ahead: int = 0
-    ) -> Iterator[tuple[K, ParseOutcome | None]]:
-        stripped = ((key, None if job is None else replace(job, rules=())) for key, job in items)
-        return super().parse_stream(stripped, ahead=ahead)
-
-
-@pytest.mark.parametrize("parser", [ParsePool, ParsingOnly])
-def test_entries_are_matched_on_the_parse_workers_or_in_the_cycle_alike(
-    rig: Rig, parser: type[ParsePool]
-) -> None:
-    rig._pool = parser(2)
+def test_entries_are_matched_on_the_parse_workers(rig: Rig) -> None:
+    rig._pool = ParsePool(2)
     url = rig.feeds.serve("/a.xml", rss(SEED_ITEM, DULL_ITEM))
     report = rig.cycle(rig.write_config([url]))
 
@@ -248,14 +235,14 @@ def test_slack_500_then_recovery_delivers_once(rig: Rig) -> None:
     rig.slack.script("chat.postMessage", Fault.status(500), Fault.status(500))
     first = rig.cycle(config)
     assert {d.state for d in first.deliveries} <= {"failed"}
-    assert rig.store.alert_counts().get("sent", 0) < 2
+    assert rig.store.outbox.counts().get("sent", 0) < 2
 
     for _ in range(6):  # later cycles, with time moving past each backoff
         rig.clock.advance(3600)
         rig.cycle(config)
 
     assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
-    assert rig.store.alert_counts() == {"sent": 2}
+    assert rig.store.outbox.counts() == {"sent": 2}
 
 
 def test_first_poll_stores_old_entries_without_alerts(rig: Rig) -> None:
@@ -317,7 +304,7 @@ def test_one_bad_feed_never_stops_the_others(rig: Rig) -> None:
         assert by_url[bad].reason
     assert "500" in by_url[broken].reason
     assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
-    failing = {s.url: s for s in rig.store.feed_states()}
+    failing = {s.url: s for s in rig.store.feeds.states()}
     assert failing[broken].consecutive_errors == 1
     assert failing[broken].last_error
     assert failing[broken].next_fetch_at is not None
@@ -368,7 +355,7 @@ def test_chained_permanent_redirects_keep_one_feed_answering_to_its_configured_u
     rig.clock.advance(120)
     report = rig.cycle(config)
 
-    states = rig.store.feed_states()
+    states = rig.store.feeds.states()
     assert [(s.url, s.moved_from) for s in states] == [(final, first)]
     assert report.feeds[0].url == final
     assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
@@ -513,3 +500,29 @@ def test_a_link_first_seen_in_an_item_matching_nothing_still_alerts(rig: Rig) ->
     assert rows[0][1] is None and rows[3][1] is None
     assert rows[1][1] is not None and rows[2][1] == rows[1][1]
     assert rig.store.db.execute("SELECT count(*) FROM stories").fetchone()[0] == 1
+
+
+def test_a_cycle_that_fails_while_writing_leaves_no_phantom_story_behind(rig: Rig) -> None:
+    """Planning adds entries to the in-memory story window before the write; when the write is
+    rolled back, the next cycle must not find the story that never reached the database."""
+    from aggregator.errors import StoreError
+    from aggregator.service.runtime import Runtime
+
+    now = datetime.now(UTC)
+    item = ("seed-1", SEED, "https://news.example/ai-order", now - timedelta(minutes=5), SEED_TEXT)
+    config = rig.write_config([rig.feeds.serve("/a.xml", rss(item))])
+    runtime = Runtime(config, {}, parse_workers=1)
+    try:
+        runtime.store.db.execute(
+            "CREATE TEMP TRIGGER no_alerts BEFORE INSERT ON main.alerts "
+            "BEGIN SELECT RAISE(ABORT, 'disk trouble'); END"
+        )
+        with pytest.raises(StoreError, match="disk trouble"):
+            runtime.cycle(everything=True)
+        runtime.store.db.execute("DROP TRIGGER temp.no_alerts")
+        report = runtime.cycle(everything=True)
+        stories = runtime.store.db.rows("SELECT id FROM stories")
+    finally:
+        runtime.close()
+    assert (report.new_entries, report.alerts) == (1, 2)
+    assert stories == [{"id": 1}]

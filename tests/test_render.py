@@ -7,7 +7,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aggregator.models import Alert, TopicMatch
+from aggregator.models import (
+    Alert,
+    AlertKind,
+    AlertPayload,
+    EditPayload,
+    NoticePayload,
+    ReplyItem,
+    ReplyPayload,
+    TopicMatch,
+)
 from aggregator.notify.console import ConsoleSink
 from aggregator.notify.render import (
     EVENT_TYPE,
@@ -31,7 +40,7 @@ def make_alert(**changes: object) -> Alert:
     fields: dict[str, object] = {
         "id": 7,
         "channel": "#ai-policy",
-        "kind": "alert",
+        "kind": AlertKind.ALERT,
         "title": "Trump kills AI security order after tech pressure",
         "link": "https://example.com/story?id=1",
         "source": "NPR",
@@ -41,6 +50,7 @@ def make_alert(**changes: object) -> Alert:
             TopicMatch("ai-policy", ("AI",)),
             TopicMatch("executive-orders", ("executive order",)),
         ),
+        "payload": AlertPayload(),
     }
     fields.update(changes)
     return Alert(**fields)  # type: ignore[arg-type]
@@ -187,17 +197,13 @@ def test_digest_splits_within_block_kit_limits() -> None:
 def test_reply_and_notice_kinds() -> None:
     reply = render(
         make_alert(
-            kind="reply",
-            extra={
-                "items": [
-                    {"source": "Ars <b>", "title": "Same <!channel>", "link": "https://a.b/c"}
-                ]
-            },
+            kind=AlertKind.REPLY,
+            payload=ReplyPayload(7, (ReplyItem("Ars <b>", "Same <!channel>", "https://a.b/c"),)),
         )
     )
     assert "Also covered by Ars &lt;b&gt;" in all_text(reply)
     assert "<!channel>" not in all_text(reply)
-    notice = render(make_alert(kind="ops", extra={"text": "feed <x> failing"}))
+    notice = render(make_alert(kind=AlertKind.OPS, payload=NoticePayload("feed <x> failing")))
     assert "feed &lt;x&gt; failing" in notice.text
 
 
@@ -215,10 +221,10 @@ def test_console_sink_prints_readably() -> None:
 def test_many_outlets_in_one_reply_stay_whole_links() -> None:
     from aggregator.notify.render import render_replies
 
-    items = [
-        {"source": f"S{i}", "title": "t" * 200, "link": f"https://x.example/{i}"} for i in range(60)
-    ]
-    message = render_replies([make_alert(id=1, kind="reply", extra={"items": items})])
+    items = tuple(ReplyItem(f"S{i}", "t" * 200, f"https://x.example/{i}") for i in range(60))
+    message = render_replies(
+        [make_alert(id=1, kind=AlertKind.REPLY, payload=ReplyPayload(1, items))]
+    )
     body = message.blocks[0]["text"]["text"]
     assert len(body) <= MAX_SECTION
     assert body.count("<https://") == body.count(">")  # every link is closed
@@ -226,7 +232,8 @@ def test_many_outlets_in_one_reply_stay_whole_links() -> None:
 
 
 def test_edit_keeps_the_parent_alert_id_in_metadata() -> None:
-    message = render(make_alert(id=9, kind="update", extra={"parent_alert_id": 3, "outlets": 4}))
+    edit = EditPayload(3, outlets=4, updated=True)
+    message = render(make_alert(id=9, kind=AlertKind.UPDATE, payload=edit))
     assert alert_ids_in(message.metadata) == {3}
     assert "covered by 4 outlets" in json.dumps(message.blocks)
     assert "_updated_" in json.dumps(message.blocks)

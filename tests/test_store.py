@@ -1,14 +1,15 @@
-"""Storing new entries: add_entry and its batch form insert_entries, and the FTS index they keep.
+"""The store's one write path, ``Store.apply``, and what it reads for the planner.
 
-The insert path is the cycle's hottest database code, so these tests pin what it must keep doing
-(one story per new entry unless it joins one, alerts written with their entry, the (feed, guid)
-and dedupe_key guarantees, an FTS row per entry) and the one thing it must not do (take a
-SAVEPOINT per entry inside the cycle's transaction: each one makes FTS5 write out its index).
+Applying a plan is the cycle's hottest database code, so these tests pin what it must keep doing
+(entries with their stories, matches and search rows; alerts written with their entry; the
+(feed, guid) and dedupe-key guarantees; follow-ups under the right parents), what it must not do
+(take a SAVEPOINT per entry inside the cycle's transaction: each one makes FTS5 write out its
+index), and that a database error reaches callers as a StoreError.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -17,9 +18,30 @@ from typing import Any
 
 import pytest
 
-import aggregator.store as store_module
-from aggregator.models import Entry, TopicMatch
-from aggregator.store import AddedEntry, NewEntry, Store
+from aggregator.cycle.plan import (
+    ChangedEntry,
+    EntryStep,
+    FeedPlan,
+    FeedUpdate,
+    FetchRecord,
+    NewEntry,
+    Notice,
+    PlannedAlert,
+)
+from aggregator.errors import StoreError
+from aggregator.models import (
+    AlertKind,
+    EditPayload,
+    Entry,
+    FeedOutcome,
+    FeedResult,
+    FeedStatus,
+    ReplyPayload,
+    TopicMatch,
+)
+from aggregator.store import SCHEMA_VERSION, Store
+from aggregator.store.history import FETCH_LOG_KEEP
+from aggregator.store.schema import iso
 from tests.schema_v1 import v1_database
 
 NOW = datetime(2026, 11, 28, 9, 30, tzinfo=UTC)
@@ -28,6 +50,7 @@ OTHER_FEED = "https://feeds.example/b.xml"
 AI = TopicMatch("ai-policy", ("AI", "regulation"))
 ORDERS = TopicMatch("executive-orders", ("executive order",))
 TABLES = ("stories", "entries", "matches", "alerts")
+TOPICS = {"#ai-policy": (AI,), "#orders": (ORDERS,)}
 
 
 def entry(n: int, *, feed: str = FEED, url: str | None = None, **changes: Any) -> Entry:
@@ -47,12 +70,18 @@ def entry(n: int, *, feed: str = FEED, url: str | None = None, **changes: Any) -
     return replace(base, **changes)
 
 
-def alerting(e: Entry, *channels: str, **kw: Any) -> NewEntry:
-    topics = {"#ai-policy": (AI,), "#orders": (ORDERS,)}
-    return NewEntry(
-        e, (AI, ORDERS), tuple((c, topics[c]) for c in channels), alert_payload={"primary": True},
-        **kw,
-    )  # fmt: skip
+def new(e: Entry, story: int | None = None, *channels: str, starts: bool = False,
+        follow_up: bool = False) -> NewEntry:  # fmt: skip
+    """A planned new entry; with channels it matched both topics and alerts there."""
+    alerts = tuple(PlannedAlert(c, TOPICS[c]) for c in channels)
+    matches = (AI, ORDERS) if channels else ()
+    return NewEntry(e, matches, story, starts, alerts, follow_up)
+
+
+def plan(*steps: EntryStep, feed: str = FEED, primary: bool = False, **parts: Any) -> FeedPlan:
+    outcome = FeedOutcome(feed, FeedResult.FETCHED)
+    return FeedPlan(feed, steps, primary, parts.get("update"), parts.get("record"), outcome,
+                    parts.get("notice"), parts.get("moved_to"))  # fmt: skip
 
 
 @pytest.fixture
@@ -76,105 +105,173 @@ def fts_consistent(store: Store) -> None:
 
 
 def searched(store: Store, query: str) -> list[int]:
-    return sorted(r["id"] for r in store.search(query, limit=100))
+    return sorted(r.id for r in store.entries.search(query, limit=100))
 
 
-# -- add_entry ----------------------------------------------------------------------------------
+# -- new entries ----------------------------------------------------------------------------------
 
 
 def test_a_new_entry_is_stored_with_its_story_matches_alerts_and_search_row(store: Store) -> None:
-    added = store.add_entry(alerting(entry(1), "#ai-policy", "#orders"), NOW)
-    assert added == AddedEntry(entry_id=1, story_id=1, alerts=2)
+    applied = store.apply(
+        plan(new(entry(1), 1, "#ai-policy", "#orders", starts=True), primary=True), NOW
+    )
+    assert (applied.entry_ids, applied.alerts) == ((1,), 2)
 
-    (row,) = store.db.query("SELECT * FROM entries")
+    (row,) = store.db.rows("SELECT * FROM entries")
     assert row["guid"] == "guid-1" and row["story_id"] == 1
-    assert row["first_seen"] == store_module.iso(NOW)
-    assert row["published"] == store_module.iso(NOW - timedelta(minutes=1))
+    assert row["first_seen"] == iso(NOW)
+    assert row["published"] == iso(NOW - timedelta(minutes=1))
     assert row["links"] == '["https://gov.example/doc/1"]'
-    (story,) = store.db.query("SELECT * FROM stories")
+    (story,) = store.db.rows("SELECT * FROM stories")
     assert (story["title"], story["canonical_url"], story["entry_count"]) == (
         "Council weighs plan number 1",
         "https://news.example/1",
         1,
     )
-    assert story["first_seen"] == story["last_seen"] == store_module.iso(NOW)
+    assert story["first_seen"] == story["last_seen"] == iso(NOW)
+    assert story["official_link"] == "https://news.example/1"  # from a primary source
     assert [(m[1], m[2]) for m in rows(store, "matches")] == [
         ("ai-policy", '["AI", "regulation"]'),
         ("executive-orders", '["executive order"]'),
     ]
-    alerts = list(store.db.query("SELECT * FROM alerts ORDER BY id"))
+    alerts = store.db.rows("SELECT * FROM alerts ORDER BY id")
     assert [(a["dedupe_key"], a["channel"], a["entry_id"], a["state"]) for a in alerts] == [
         ("alert:1:#ai-policy", "#ai-policy", 1, "pending"),
         ("alert:1:#orders", "#orders", 1, "pending"),
     ]
-    assert alerts[0]["payload"] == '{"primary": true}'
+    assert json.loads(alerts[0]["payload"]) == {"primary": True}
     assert searched(store, "proposal") == [1]
     fts_consistent(store)
 
 
-def test_an_entry_without_links_or_date_is_stored(store: Store) -> None:
-    store.add_entry(NewEntry(entry(1, links=(), published=None, url=""), (), ()), NOW)
-    (row,) = store.db.query("SELECT links, published, canonical_url FROM entries")
-    assert row == {"links": "[]", "published": None, "canonical_url": ""}
-
-
-def test_a_stored_guid_is_refused_and_leaves_no_trace(store: Store) -> None:
-    store.add_entry(NewEntry(entry(1), (), ()), NOW)
-    before = dump(store)
-    again = replace(entry(1), title="Another title", content_hash="other")
-    assert store.add_entry(alerting(again, "#ai-policy"), NOW + timedelta(hours=1)) is None
-    assert dump(store) == before  # no second story, no alert, nothing updated
-    # The story id it briefly took is free again: the next story is 2, as before this change.
-    assert store.add_entry(NewEntry(entry(2), (), ()), NOW) == AddedEntry(2, 2, 0)
-    # The same guid in another feed is another entry.
-    assert store.add_entry(NewEntry(entry(1, feed=OTHER_FEED), (), ()), NOW) is not None
-    fts_consistent(store)
+def test_an_entry_without_links_date_or_story_is_stored(store: Store) -> None:
+    store.apply(plan(new(entry(1, links=(), published=None, url=""))), NOW)
+    (row,) = store.db.rows("SELECT links, published, canonical_url, story_id FROM entries")
+    assert row == {"links": "[]", "published": None, "canonical_url": "", "story_id": None}
+    assert rows(store, "stories") == []
 
 
 def test_joining_a_story_counts_the_entry_and_moves_last_seen(store: Store) -> None:
-    first = store.add_entry(alerting(entry(1), "#ai-policy"), NOW)
-    assert first is not None
+    store.apply(plan(new(entry(1), 1, "#ai-policy", starts=True)), NOW)
     later = NOW + timedelta(hours=2)
-    joined = store.add_entry(alerting(entry(2), "#ai-policy", story_id=first.story_id), later)
+    applied = store.apply(plan(new(entry(2), 1, "#ai-policy")), later)
     # The story already has its #ai-policy alert: the dedupe key refuses a second one.
-    assert joined == AddedEntry(entry_id=2, story_id=first.story_id, alerts=0)
-    (story,) = store.db.query("SELECT * FROM stories")
+    assert (applied.entry_ids, applied.alerts) == ((2,), 0)
+    (story,) = store.db.rows("SELECT * FROM stories")
     assert story["entry_count"] == 2
-    assert story["first_seen"] == store_module.iso(NOW)
-    assert story["last_seen"] == store_module.iso(later)
+    assert story["first_seen"] == iso(NOW)
+    assert story["last_seen"] == iso(later)
     assert len(rows(store, "alerts")) == 1
 
 
-def test_joining_a_story_that_is_gone_fails_without_writing(store: Store) -> None:
-    store.add_entry(NewEntry(entry(1), (), ()), NOW)
-    with store.transaction():
-        before = dump(store)
-        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
-            store.add_entry(NewEntry(entry(2), (), (), story_id=99), NOW)
-        assert dump(store) == before
-        store.add_entry(NewEntry(entry(3), (), ()), NOW)  # the transaction goes on
-    assert [r[2] for r in rows(store, "entries")] == ["guid-1", "guid-3"]
+def test_ids_carry_on_across_plans_and_a_guid_in_another_feed_is_another_entry(
+    store: Store,
+) -> None:
+    store.apply(plan(new(entry(1)), new(entry(2), 1, starts=True)), NOW)
+    applied = store.apply(plan(new(entry(1, feed=OTHER_FEED)), feed=OTHER_FEED), NOW)
+    assert applied.entry_ids == (3,)
+    assert store.entries.view(FEED, [entry(1), entry(9)]).next_story_id == 2
 
 
-def test_story_by_url_joins_the_first_stored_entry_with_that_url(store: Store) -> None:
-    url = "https://news.example/shared"
-    first = store.add_entry(NewEntry(entry(1, url=url), (), ()), NOW)
-    store.add_entry(NewEntry(entry(2, url=url), (), ()), NOW)  # no story_by_url: a story of its own
-    third = store.add_entry(
-        NewEntry(entry(3, url=url, feed=OTHER_FEED), (), (), story_by_url=True), NOW
+# -- what the planner reads --------------------------------------------------------------------
+
+
+def test_the_view_holds_this_feeds_stored_guids_the_stories_of_links_and_the_next_id(
+    store: Store,
+) -> None:
+    shared = "https://news.example/shared"
+    store.apply(
+        plan(
+            new(entry(1, url=shared)),  # matched nothing: in no story
+            new(entry(2, url=shared), 1, starts=True),
+            new(entry(3, url=shared), 2, starts=True),  # a later story with the same link
+            new(entry(4), 3, starts=True),
+        ),
+        NOW,
     )
-    alone = store.add_entry(NewEntry(entry(4), (), (), story_by_url=True), NOW)
-    blank = store.add_entry(NewEntry(entry(5, url=""), (), (), story_by_url=True), NOW)
-    assert first is not None and third is not None and alone is not None and blank is not None
-    assert third.story_id == first.story_id == store.story_of_canonical_url(url)
-    # With no stored story to join, an entry that matched nothing is in none.
-    assert alone.story_id is None and blank.story_id is None
-    counts = {r["id"]: r["entry_count"] for r in store.db.query("SELECT * FROM stories")}
-    assert counts[first.story_id] == 2
-    assert len(counts) == 2  # the first entry's and the second's
+    fetched = [entry(1), entry(2, content_hash="changed"), entry(5, url=shared)]
+    view = store.entries.view(FEED, fetched)
+    assert view.hashes == {"guid-1": "hash-1", "guid-2": "hash-2"}
+    assert view.url_stories == {shared: 1}  # the first stored entry with that link and a story
+    assert view.next_story_id == 4
+    assert store.entries.view(OTHER_FEED, fetched).hashes == {}
 
 
-# -- atomicity ----------------------------------------------------------------------------------
+# -- follow-ups ----------------------------------------------------------------------------------
+
+
+def test_a_follow_up_replies_under_each_earlier_alert_and_edits_it_with_the_coverage(
+    store: Store,
+) -> None:
+    store.apply(plan(new(entry(1), 1, "#ai-policy", starts=True)), NOW)
+    official = entry(2, feed=OTHER_FEED, source="The White House", link="https://wh.example/eo")
+    store.apply(
+        plan(new(official, 1, "#ai-policy", "#orders", follow_up=True), feed=OTHER_FEED,
+             primary=True),
+        NOW,
+    )  # fmt: skip
+    by_kind = {AlertKind(r.alert.kind): r for r in store.outbox.rows()}
+    new_channel = [r for r in store.outbox.rows() if r.alert.channel == "#orders"]
+    assert [r.alert.kind for r in new_channel] == ["alert"]  # its own alert, not a reply
+    reply, edit = by_kind[AlertKind.REPLY], by_kind[AlertKind.UPDATE]
+    assert reply.alert.channel == edit.alert.channel == "#ai-policy"
+    assert isinstance(reply.alert.payload, ReplyPayload)
+    assert reply.alert.payload.parent_alert_id == 1
+    assert [i.title for i in reply.alert.payload.items] == [official.title]
+    assert reply.alert.payload.items[0].primary
+    assert edit.alert.payload == EditPayload(1, False, 2, "https://wh.example/eo", False)
+
+
+def test_a_changed_entry_is_stored_and_its_alerts_edited_as_updated(store: Store) -> None:
+    store.apply(plan(new(entry(1), 1, "#ai-policy", "#orders", starts=True)), NOW)
+    changed = replace(entry(1), title="Harbour dredging postponed", content_hash="new")
+    store.apply(plan(ChangedEntry(changed)), NOW)
+    assert searched(store, "dredging") == [1]
+    edits = [r for r in store.outbox.rows() if r.alert.kind == AlertKind.UPDATE]
+    assert sorted(r.alert.channel for r in edits) == ["#ai-policy", "#orders"]
+    assert all(isinstance(r.alert.payload, EditPayload) and r.alert.payload.updated for r in edits)
+    # A second change merges into the edit still waiting instead of queueing another.
+    store.apply(plan(ChangedEntry(replace(changed, content_hash="newer"))), NOW)
+    assert len([r for r in store.outbox.rows() if r.alert.kind == AlertKind.UPDATE]) == 2
+
+
+# -- the feed's row, its log, notices and moves -------------------------------------------------
+
+
+def test_the_feed_update_fetch_log_notice_and_move_are_written_with_the_entries(
+    store: Store,
+) -> None:
+    from aggregator.config.model import FeedConfig
+
+    store.feeds.sync([FeedConfig(FEED, "A")], NOW)
+    update = FeedUpdate(FeedStatus.FAILING, NOW + timedelta(hours=1), 3, NOW - timedelta(days=2),
+                        last_fetch_at=NOW, error="HTTP 503", ops_notified=True)  # fmt: skip
+    record = FetchRecord(FeedResult.FAILED, 503, None, 0.25, 0, "HTTP 503")
+    notice = Notice("#ops", "Feed A keeps failing", f"ops:{FEED}:x")
+    for _ in range(2):  # the same notice twice: queued once
+        store.apply(plan(update=update, record=record, notice=notice), NOW)
+    state = store.feeds.state(FEED)
+    assert state is not None
+    assert (state.status, state.consecutive_errors, state.last_error) == ("failing", 3, "HTTP 503")
+    assert state.ops_notified_at == NOW and state.last_success_at is None
+    assert [r.alert.kind for r in store.outbox.rows()] == ["ops"]
+    assert len(rows(store, "fetches")) == 2
+
+    store.apply(plan(new(entry(1)), moved_to=OTHER_FEED), NOW)
+    assert store.feeds.state(FEED) is None
+    moved = store.feeds.state(OTHER_FEED)
+    assert moved is not None and moved.moved_from == FEED
+    assert store.db.value("SELECT feed_url FROM entries") == OTHER_FEED
+
+
+def test_the_fetch_log_keeps_the_last_entries_per_feed(store: Store) -> None:
+    for n in range(FETCH_LOG_KEEP + 5):
+        store.history.log_fetch(FEED, NOW, FetchRecord(FeedResult.FETCHED, 200, n))
+    sizes = [r[0] for r in store.db.execute("SELECT bytes FROM fetches ORDER BY id")]
+    assert sizes == list(range(5, FETCH_LOG_KEEP + 5))
+
+
+# -- atomicity and errors -----------------------------------------------------------------------
 
 
 def fail_alert_inserts(store: Store) -> None:
@@ -185,134 +282,70 @@ def fail_alert_inserts(store: Store) -> None:
     )
 
 
-def test_an_entry_that_fails_halfway_on_its_own_leaves_nothing(store: Store) -> None:
-    store.add_entry(NewEntry(entry(1), (), ()), NOW)
+def test_a_plan_that_fails_halfway_leaves_nothing_and_says_so_as_a_store_error(
+    store: Store,
+) -> None:
+    store.apply(plan(new(entry(1))), NOW)
     before = dump(store)
     fail_alert_inserts(store)
-    with pytest.raises(sqlite3.IntegrityError, match="alerts refused"):
-        store.add_entry(alerting(entry(2), "#ai-policy"), NOW)
+    with pytest.raises(StoreError, match="alerts refused"):
+        store.apply(plan(new(entry(2)), new(entry(3), 1, "#ai-policy", starts=True)), NOW)
     assert dump(store) == before
     assert not store.db.conn.in_transaction
     fts_consistent(store)
 
 
-def test_an_entry_that_fails_halfway_in_a_transaction_undoes_the_transaction(
-    store: Store,
-) -> None:
-    """No savepoint per entry: a half-written entry is never committed, at the price of the
+def test_a_plan_that_fails_inside_a_transaction_undoes_the_transaction(store: Store) -> None:
+    """No savepoint per plan: a half-written feed is never committed, at the price of the
     enclosing transaction, which the cycle would have rolled back anyway."""
-    store.add_entry(NewEntry(entry(1), (), ()), NOW)
     before = dump(store)
-    fail_alert_inserts(store)
-    with pytest.raises(sqlite3.IntegrityError, match="alerts refused"), store.transaction():
-        store.add_entry(NewEntry(entry(2), (), ()), NOW)
-        store.add_entry(alerting(entry(3), "#ai-policy"), NOW)
+    with pytest.raises(StoreError, match="FOREIGN KEY"), store.transaction():
+        store.apply(plan(new(entry(1))), NOW)
+        store.apply(plan(new(entry(2), 99)), NOW)  # a story that does not exist
     assert dump(store) == before
     fts_consistent(store)
 
 
-def test_a_batch_that_fails_halfway_leaves_nothing(store: Store) -> None:
-    before = dump(store)
-    fail_alert_inserts(store)
-    batch = [NewEntry(entry(1), (), ()), alerting(entry(2), "#ai-policy")]
-    with pytest.raises(sqlite3.IntegrityError, match="alerts refused"):
-        store.insert_entries(batch, NOW)
-    with pytest.raises(sqlite3.IntegrityError, match="alerts refused"):
-        store.add_entries(batch, NOW)
-    assert dump(store) == before
-
-
-def test_storing_entries_in_a_transaction_takes_no_savepoint(store: Store) -> None:
+def test_writing_in_a_transaction_takes_no_savepoint_and_begins_immediate(store: Store) -> None:
     """FTS5 writes its pending index out at every SAVEPOINT: one per entry made every entry an
-    index segment of its own, which cost more than the rest of storing it."""
+    index segment of its own. IMMEDIATE takes the write lock before the first read, so a
+    second writer waits instead of failing on a stale snapshot."""
     statements: list[str] = []
     store.db.conn.set_trace_callback(statements.append)
     try:
         with store.transaction():
-            store.add_entry(alerting(entry(1), "#ai-policy"), NOW)
-            store.add_entry(NewEntry(entry(1), (), ()), NOW)  # refused
-            store.insert_entries([NewEntry(entry(2), (), ()), alerting(entry(3), "#orders")], NOW)
-            store.add_entries([NewEntry(entry(4), (), (), story_by_url=True)], NOW)
+            store.apply(plan(new(entry(1), 1, "#ai-policy", starts=True)), NOW)
+            store.apply(plan(new(entry(2)), new(entry(3), 2, "#orders", starts=True)), NOW)
+            store.apply(plan(new(entry(4), 1, "#ai-policy", follow_up=True)), NOW)
     finally:
         store.db.conn.set_trace_callback(None)
     assert not [s for s in statements if "SAVEPOINT" in s.upper()]
-    assert not [s for s in statements if s.upper().startswith("BEGIN")][1:]
+    assert [s for s in statements if s.upper().startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
 
 
-# -- insert_entries: the batch form --------------------------------------------------------------
-
-
-def varied_batches() -> list[list[NewEntry]]:
-    """Two feeds' worth of entries covering every path through add_entry, in two batches."""
-    shared = "https://news.example/shared"
-    first = [
-        NewEntry(entry(1), (), ()),
-        alerting(entry(2), "#ai-policy", "#orders"),
-        NewEntry(entry(3, url=shared), (), (), story_by_url=True),
-        NewEntry(entry(4, url=shared), (), (), story_by_url=True),  # joins 3, in the same batch
-        NewEntry(entry(5, url=shared), (), ()),  # a story of its own
-        NewEntry(entry(1), (), ()),  # repeated guid in the batch
-        NewEntry(replace(entry(6), guid="guid-2"), (), ()),  # guid of item 2, other content
-        NewEntry(entry(7, url=""), (), (), story_by_url=True),
-        NewEntry(entry(8, links=(), published=None), (AI,), ()),
-        alerting(entry(9), "#ai-policy", story_id=2),  # joins item 2: its alert exists already
-    ]
-    second = [
-        NewEntry(entry(1), (), ()),  # stored by the first batch
-        NewEntry(entry(10, url=shared, feed=OTHER_FEED), (), (), story_by_url=True),
-        alerting(entry(11, url=shared, feed=OTHER_FEED), "#orders", story_id=1),
-        NewEntry(entry(12, url="https://news.example/2"), (), (), story_by_url=True),
-        alerting(entry(13, feed=OTHER_FEED), "#ai-policy", "#ai-policy"),
-        NewEntry(entry(14, url=""), (), ()),
-    ]
-    return [first, second]
-
-
-def test_insert_entries_stores_exactly_what_add_entry_would(tmp_path: Path) -> None:
-    one_by_one = Store.open(tmp_path / "loop.db")
-    batched = Store.open(tmp_path / "batch.db")
-    try:
-        for n, batch in enumerate(varied_batches()):
-            now = NOW + timedelta(minutes=n)
-            with one_by_one.transaction():
-                expected = [one_by_one.add_entry(item, now) for item in batch]
-            with batched.transaction():
-                assert batched.insert_entries(batch, now) == expected
-        assert dump(batched) == dump(one_by_one)
-        assert searched(batched, "proposal") == searched(one_by_one, "proposal")
-        assert len(searched(batched, "proposal")) == 13
-        fts_consistent(batched)
-        # After a batch, ids carry on from where it ended, as after add_entry.
-        after = NewEntry(entry(20), (), ())
-        assert batched.add_entry(after, NOW) == one_by_one.add_entry(after, NOW)
-    finally:
-        one_by_one.close()
-        batched.close()
-
-
-def test_insert_entries_on_its_own_is_one_transaction(store: Store) -> None:
-    results = store.insert_entries([NewEntry(entry(1), (), ()), alerting(entry(2), "#orders")], NOW)
-    assert results == [AddedEntry(1, 1, 0), AddedEntry(2, 2, 1)]
-    assert not store.db.conn.in_transaction
-    assert store.insert_entries([], NOW) == []
-    assert store.add_entries([NewEntry(entry(3), (), ()), NewEntry(entry(3), (), ())], NOW) == {
-        "entries": 1,
-        "alerts": 0,
-    }
+def test_a_raw_database_error_never_escapes_a_store_method(store: Store) -> None:
+    store.db.execute("DROP TABLE fetches")
+    with pytest.raises(StoreError, match=r"History\.log_fetch: no such table: fetches"):
+        store.history.log_fetch(FEED, NOW, FetchRecord(FeedResult.FETCHED))
+    store.db.execute("ALTER TABLE entries RENAME TO elsewhere")
+    with pytest.raises(StoreError, match="no such table: entries"):
+        list(store.entries.since())  # generators too
+    with pytest.raises(StoreError, match="entries"):
+        store.entries.search("council")
 
 
 # -- the search index: migration 3 and the paths that change entries -----------------------------
 
 
 def test_the_index_follows_entries_that_change_move_and_go(store: Store) -> None:
-    store.add_entries([NewEntry(entry(n), (), ()) for n in range(1, 4)], NOW)
+    store.apply(plan(*(new(entry(n)) for n in range(1, 4))), NOW)
     changed = replace(entry(2), title="Harbour dredging postponed", content_hash="new")
-    assert store.update_entry_content(FEED, changed, NOW) == 2
+    store.apply(plan(ChangedEntry(changed)), NOW)
     assert searched(store, "dredging") == [2]
     assert searched(store, "council") == [1, 3]
-    store.rename_feed(FEED, OTHER_FEED)
+    store.feeds.rename(FEED, OTHER_FEED)
     fts_consistent(store)
-    assert store.prune(NOW + timedelta(days=30), retention_days=7) == 3
+    assert store.history.prune(NOW + timedelta(days=30), retention_days=7) == 3
     assert searched(store, "proposal") == []
     fts_consistent(store)
 
@@ -322,17 +355,16 @@ def test_a_new_database_indexes_entries_without_an_insert_trigger(store: Store) 
         r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
     }
     assert triggers == {"entries_au", "entries_ad"}
-    assert store.schema_version() == max(store_module.MIGRATIONS)
+    assert store.schema_version() == SCHEMA_VERSION
 
 
 def test_a_v1_database_keeps_its_index_and_indexes_new_entries(tmp_path: Path) -> None:
     store = Store.open(v1_database(tmp_path))
     try:
-        assert [r["id"] for r in store.search("executive order")] == [1]
+        assert [r.id for r in store.entries.search("executive order")] == [1]
         fts_consistent(store)
-        added = store.add_entry(NewEntry(entry(1), (), (), story_by_url=True), NOW)
-        assert added is not None
-        assert searched(store, "proposal") == [added.entry_id]
+        applied = store.apply(plan(new(entry(1))), NOW)
+        assert searched(store, "proposal") == list(applied.entry_ids)
         fts_consistent(store)
     finally:
         store.close()

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from aggregator.models import Entry, TopicMatch
-from aggregator.store import NewEntry, Store, recent_story_entries
+from aggregator.store import Store
 from aggregator.stories.decide import StoryDecision, decide, replay_decision
 from aggregator.stories.features import GroupingParams, primary_source_link, similarity
 from aggregator.stories.index import StoryIndex, warm_index
 from aggregator.text.stems import stem, stems
+from tests.storing import Item, store_items
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 WH_LINK = (
@@ -291,23 +292,23 @@ def test_index_warms_from_the_database_and_keeps_deciding(tmp_path: Path) -> Non
     try:
         now = T0 + timedelta(hours=1)
         topic = (TopicMatch("executive-orders", ("executive order",)),)
-        store.add_entries([NewEntry(SIGNED, topic, ())], now)
+        store_items(store, [Item(SIGNED, topic)], now)
         unmatched = entry("Local bakery wins county fair pie contest", hours=0)
-        store.add_entries([NewEntry(unmatched, (), ())], now)  # never a story we alert on
-        story_id = recent_story_entries(store, now - timedelta(hours=72))[0][0]
+        store_items(store, [Item(unmatched)], now)  # never a story we alert on
+        story_id = store.entries.recent_story_entries(now - timedelta(hours=72))[0][0]
         old = entry("An old story about zeppelins", hours=-200)
-        store.add_entries([NewEntry(old, topic, ())], T0 - timedelta(hours=200))
+        store_items(store, [Item(old, topic)], T0 - timedelta(hours=200))
 
         index = StoryIndex()
-        warm = recent_story_entries(store, now - timedelta(hours=72))
+        warm = store.entries.recent_story_entries(now - timedelta(hours=72))
         assert [(sid, e.title) for sid, e in warm] == [(story_id, SIGNED.title)]
         for sid, stored in warm:
             index.add(sid, index.features(stored, now))
 
         decision = decide(SIGNED_ELSEWHERE, index, T0 + timedelta(hours=2))
         assert decision.story_id == story_id
-        store.add_entries([NewEntry(SIGNED_ELSEWHERE, topic, (), story_id=decision.story_id)], now)
-        members = recent_story_entries(store, now - timedelta(hours=72))
+        store_items(store, [Item(SIGNED_ELSEWHERE, topic, story_id=decision.story_id)], now)
+        members = store.entries.recent_story_entries(now - timedelta(hours=72))
         assert [sid for sid, _ in members] == [story_id, story_id]
     finally:
         store.close()

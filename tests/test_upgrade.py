@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-import aggregator.store as store_module
+import aggregator.store.schema as store_module
 from aggregator.errors import StoreError
-from aggregator.store import Store, outbox_due
+from aggregator.store import Store
 from tests.schema_v1 import FIXTURE, v1_database
 
 TABLES = ("feeds", "stories", "entries", "matches", "alerts", "channel_state", "fetches")
@@ -56,19 +56,19 @@ def test_a_v1_database_opens_migrated_to_the_current_schema_with_its_data(tmp_pa
         assert store.journal_mode() == "wal"
         assert snapshot(path, before["columns"])["rows"] == before["rows"]
         # The data still works, not merely exists: full-text search, feed state, the outbox.
-        assert [r["id"] for r in store.search("executive order")] == [1]
-        states = {s.url: s for s in store.feed_states()}
+        assert [r.id for r in store.entries.search("executive order")] == [1]
+        states = {s.url: s for s in store.feeds.states()}
         assert set(states) == {"https://feeds.example/a.xml", "https://feeds.example/b.xml"}
         assert all(s.body_hash for s in states.values())
-        assert store.alert_counts() == {"sent": 1, "failed": 1}
-        due = outbox_due(store, LATER)
+        assert store.outbox.counts() == {"sent": 1, "failed": 1}
+        due = store.outbox.due(LATER)
         assert [(r.alert.channel, r.state) for r in due] == [("#executive-orders", "failed")]
     finally:
         store.close()
 
     reopened = Store.open(path)
     try:
-        assert reopened.migrate() == []  # nothing left to apply
+        assert reopened.db.migrate() == []  # nothing left to apply
     finally:
         reopened.close()
 
@@ -86,6 +86,7 @@ def test_a_new_migration_is_applied_on_open_and_keeps_every_row(
     CREATE INDEX alerts_channel_state ON alerts(channel, state);
     """
     monkeypatch.setattr(store_module, "MIGRATIONS", extended)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", future)
 
     store = Store.open(path)
     try:
@@ -97,7 +98,7 @@ def test_a_new_migration_is_applied_on_open_and_keeps_every_row(
         assert notes == ["", ""]
         indexes = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master")}
         assert "alerts_channel_state" in indexes
-        assert store.migrate() == []
+        assert store.db.migrate() == []
     finally:
         store.close()
 
@@ -115,6 +116,7 @@ def test_a_migration_that_fails_leaves_the_database_as_it_was(
     INSERT INTO no_such_table VALUES (1);
     """
     monkeypatch.setattr(store_module, "MIGRATIONS", broken)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", current + 1)
     with pytest.raises(StoreError, match="no_such_table"):
         Store.open(path)
 
@@ -122,7 +124,25 @@ def test_a_migration_that_fails_leaves_the_database_as_it_was(
     store = Store.open(path)
     try:
         assert store.schema_version() == current
-        assert "half_done" not in store.db.table_names()
+        tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master")}
+        assert "half_done" not in tables
     finally:
         store.close()
     assert snapshot(path, before["columns"])["rows"] == before["rows"]
+
+
+def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
+    """After a downgrade the old code must not write a schema it does not know."""
+    path = v1_database(tmp_path)
+    Store.open(path).close()
+    current = max(store_module.MIGRATIONS)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (?, '2031-01-01')", [current + 3])
+    conn.close()
+    before = snapshot(path)
+    with pytest.raises(StoreError) as refused:
+        Store.open(path)
+    message = str(refused.value)
+    assert f"schema version {current + 3}" in message and f"this program's {current}" in message
+    assert snapshot(path) == before

@@ -25,8 +25,15 @@ from aggregator.config.model import Config, FeedConfig, Settings
 from aggregator.errors import ConfigError
 from aggregator.ingest.fetch import Fetcher
 from aggregator.ingest.parse import parse_feed
-from aggregator.models import FetchError, FetchRequest, FetchResult, NotModified, ParseError
-from aggregator.store import Store, feed_health_rows, from_iso
+from aggregator.models import (
+    FeedStatus,
+    FetchError,
+    FetchRequest,
+    FetchResult,
+    NotModified,
+    ParseError,
+)
+from aggregator.store import Store
 
 NEW_FEEDS_FILE = """\
 # The feeds the bot polls: one [[feeds]] table per feed.
@@ -53,7 +60,7 @@ class Probe:
 class FeedHealth:
     url: str
     name: str
-    state: str  # active | failing | gone
+    state: FeedStatus
     last_success: datetime | None
     last_error: str | None
     last_error_at: datetime | None
@@ -179,23 +186,24 @@ def feed_health(store: Store, now: datetime) -> list[FeedHealth]:
     """Each feed's health from its row, its recent entries and its fetch log."""
     since = now - timedelta(days=HEALTH_WINDOW_DAYS)
     health = []
-    for row in feed_health_rows(store, since):
-        added = from_iso(row["added_at"]) or now
-        days = min(float(HEALTH_WINDOW_DAYS), max((now - added).total_seconds() / 86400, 1.0))
-        avg = row["avg_elapsed_ms"]
+    for row in store.history.activity(since):
+        feed = row.state
+        days = min(
+            float(HEALTH_WINDOW_DAYS), max((now - row.added_at).total_seconds() / 86400, 1.0)
+        )
         health.append(
             FeedHealth(
-                url=row["url"],
-                name=row["name"],
-                state=row["status"],
-                last_success=from_iso(row["last_success_at"]),
-                last_error=row["last_error"],
-                last_error_at=from_iso(row["last_error_at"]),
-                consecutive_errors=int(row["consecutive_errors"]),
-                next_fetch=from_iso(row["next_fetch_at"]),
-                items_per_day=int(row["recent_items"]) / days,
-                avg_latency_ms=float(avg) if avg is not None else None,
-                moved_from=row["moved_from"],
+                url=feed.url,
+                name=feed.name,
+                state=feed.status,
+                last_success=feed.last_success_at,
+                last_error=feed.last_error,
+                last_error_at=row.last_error_at,
+                consecutive_errors=feed.consecutive_errors,
+                next_fetch=feed.next_fetch_at,
+                items_per_day=row.recent_items / days,
+                avg_latency_ms=row.avg_elapsed_ms,
+                moved_from=feed.moved_from,
             )
         )
     return health

@@ -120,7 +120,7 @@ def explain(
     notes: list[str] = []
     if entry:
         from aggregator.ingest.dedupe import canonical_url
-        from aggregator.store import Store, stored_entry
+        from aggregator.store import Store
 
         config = config or obj.load()
         if not Path(obj.db_path(config)).exists():
@@ -130,16 +130,16 @@ def explain(
         except AggregatorError as e:
             raise click.ClickException(str(e)) from e
         try:
-            found = stored_entry(store, entry, [canonical_url(entry)] if "://" in entry else [])
+            found = store.entries.find(entry, [canonical_url(entry)] if "://" in entry else [])
             if found is not None:
-                notes.append(_story_note(store, found[0], found[1], config))
+                notes.append(_story_note(store, found.id, found.entry, config))
         finally:
             store.close()
         if found is None:
             raise click.ClickException(f"no stored entry with id or URL {entry!r}")
-        entry_id, stored = found
+        stored = found.entry
         doc = Document(stored.title, stored.summary, stored.source, stored.link)
-        click.echo(f"entry {entry_id} from {stored.feed_url}")
+        click.echo(f"entry {found.id} from {stored.feed_url}")
         feed = config.feed(stored.feed_url)
         if feed is not None and feed.topics:
             notes.append(
@@ -161,11 +161,10 @@ def explain(
 
 def _story_note(store: Store, entry_id: int, entry: Entry, config: Config) -> str:
     """Which story a stored entry is in, and the grouping decision that put it there."""
-    from aggregator.store import story_context
     from aggregator.stories.decide import replay_decision
 
     window = timedelta(seconds=config.settings.story_window)
-    story_id, first_seen, earlier = story_context(store, entry_id, window)
+    story_id, first_seen, earlier = store.entries.story_context(entry_id, window)
     if story_id is None:
         return "in no story: it matched no topic, and no earlier entry with its link is in one"
     if entry.canonical_url and any(e.canonical_url == entry.canonical_url for _, e in earlier):
@@ -235,7 +234,7 @@ def backtest(
             total = len(items)
             source: Iterable[Item] = items
         else:
-            from aggregator.store import Store, count_stored_entries, stored_entries
+            from aggregator.store import Store
 
             config = config or obj.load()
             if not Path(obj.db_path(config)).exists():
@@ -243,11 +242,18 @@ def backtest(
                     f"no database at {obj.db_path(config)}: run the service first, or use --csv"
                 )
             store = Store.open(obj.db_path(config))
-            total = count_stored_entries(store, start)
+            total = store.entries.count_since(start)
             label = f"stored history ({obj.db_path(config)})"
             source = (
-                Item(str(i), e.title, e.summary, e.source, e.link, e.published)
-                for i, e in stored_entries(store, start)
+                Item(
+                    str(s.id),
+                    s.entry.title,
+                    s.entry.summary,
+                    s.entry.source,
+                    s.entry.link,
+                    s.entry.published,
+                )
+                for s in store.entries.since(start)
             )
         bar_label = f"matching {total} items"
         with click.progressbar(length=total, label=bar_label, file=sys.stderr) as bar:

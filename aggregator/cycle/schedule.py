@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from aggregator.models import FeedStatus
+
 MAX_AGE_CEILING = 3600.0  # max-age may stretch the interval up to an hour, never more
 RETRY_AFTER_CEILING = 24 * 3600.0  # a server may ask us to wait at most a day
 FAILING_AFTER_ERRORS = 3  # consecutive errors before a feed is reported as failing
 
-ACTIVE = "active"
-FAILING = "failing"
-GONE = "gone"
+ACTIVE = FeedStatus.ACTIVE
+FAILING = FeedStatus.FAILING
+GONE = FeedStatus.GONE
 
 
 class RandomSource(Protocol):
@@ -34,7 +36,7 @@ class RandomSource(Protocol):
 class FeedSchedule:
     """The schedule state to store after one fetch (and parse) of a feed."""
 
-    status: str  # active | failing | gone
+    status: FeedStatus  # active, failing or gone
     next_fetch_at: datetime | None  # None: never again (gone)
     consecutive_errors: int
     failing_since: datetime | None  # when the current run of errors began
@@ -98,7 +100,7 @@ def feed_status(
     failing_since: datetime | None,
     failing_after: float,
     gone: bool = False,
-) -> str:
+) -> FeedStatus:
     """``gone`` after a 410; ``failing`` after a few errors in a row or errors for too long."""
     if gone:
         return GONE
@@ -116,7 +118,7 @@ def feed_status(
 def ops_notice_due(
     now: datetime,
     *,
-    status: str,
+    status: FeedStatus,
     failing_since: datetime | None,
     failing_after: float,
     ops_notified_at: datetime | None,

@@ -75,3 +75,8 @@ def canonical_url(url: str) -> str:
 def content_hash(title: str, summary: str) -> str:
     """Changes whenever the title or the text of an entry changes."""
     return hashlib.sha256(f"{title}\n{summary}".encode()).hexdigest()[:32]
+
+
+def body_hash(body: bytes) -> str:
+    """Identifies a fetched body, so an unchanged one is never parsed twice."""
+    return hashlib.sha256(body).hexdigest()

@@ -61,11 +61,6 @@ _CHAR_REF = re.compile(rb"&#([xX][0-9a-fA-F]{1,16}|[0-9]{1,20});")
 tune(feedparser)
 
 
-def body_hash(body: bytes) -> str:
-    """Identifies a body, so an unchanged one is never parsed twice."""
-    return hashlib.sha256(body).hexdigest()
-
-
 def parse_feed(
     feed_url: str, body: bytes, *, source: str = "", content_type: str = ""
 ) -> ParseOutcome:

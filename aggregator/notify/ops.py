@@ -11,11 +11,13 @@ from datetime import datetime
 
 from aggregator.config.model import TopicConfig
 from aggregator.errors import DeliveryError
+from aggregator.models import AlertState, HoldMode, NoticePayload
 from aggregator.notify.render import render_test
 from aggregator.notify.sink import Sink
-from aggregator.store import Store, channel_state, from_iso, outbox_rows, requeue_alerts
+from aggregator.store import Store
 
-LISTED = ("pending", "sending", "failed", "held", "dead")
+LISTED = (AlertState.PENDING, AlertState.SENDING, AlertState.FAILED, AlertState.HELD,
+          AlertState.DEAD)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,37 +27,37 @@ class ChannelCheck:
     message: str
 
 
-def outbox_report(store: Store, now: datetime, *, states: Sequence[str] = LISTED) -> str:
+def outbox_report(store: Store, now: datetime, *, states: Sequence[AlertState] = LISTED) -> str:
     """Every alert that is not yet sent, with its state, timing and reason, and paused channels."""
-    rows = outbox_rows(store, *states)
-    counts = store.alert_counts()
-    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("sent", *LISTED))
+    rows = store.outbox.rows(*states)
+    counts = store.outbox.counts()
+    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in (AlertState.SENT, *LISTED))
     lines = [f"outbox: {summary}"]
     if not rows:
         lines.append("nothing is waiting.")
     for r in rows:
         a = r.alert
-        title = (a.title or str(a.extra.get("text", "")) or a.kind)[:70]
+        notice = a.payload.text if isinstance(a.payload, NoticePayload) else ""
+        title = (a.title or notice or a.kind)[:70]
         when = ""
-        due = from_iso(r.next_attempt_at)
-        if r.state in ("pending", "failed", "held") and due is not None:
-            wait = (due - now).total_seconds()
+        if r.state in (AlertState.PENDING, AlertState.FAILED, AlertState.HELD):
+            wait = (r.next_attempt_at - now).total_seconds()
             when = f", due {'now' if wait <= 0 else 'in ' + _duration(wait)}"
-        hold = r.payload.get("_hold")
+        hold = r.marks.hold
         why = f" - {r.last_error}" if r.last_error else ""
-        if r.state == "held" and hold:
-            why = f" - {hold}" + (f" ({r.payload.get('_digest')})" if hold == "digest" else "")
+        if r.state == AlertState.HELD and hold:
+            why = f" - {hold}" + (f" ({r.marks.digest})" if hold == HoldMode.DIGEST else "")
         lines.append(
             f"  #{a.id} {r.state:<7} {a.channel} {a.kind} attempts={a.attempts}{when}: "
             f"{title!r}{why}"
         )
     for channel in sorted({r.alert.channel for r in rows}):
-        state = channel_state(store, channel)
-        paused = from_iso(state["paused_until"])
+        state = store.outbox.channel(channel)
+        paused = state.paused_until
         if paused is not None and paused > now:
             lines.append(
                 f"  channel {channel} paused for {_duration((paused - now).total_seconds())}: "
-                f"{state['pause_reason']}"
+                f"{state.pause_reason}"
             )
     return "\n".join(lines)
 
@@ -64,7 +66,7 @@ def retry(store: Store, now: datetime, ids: Sequence[int] = (), *, dead: bool = 
     """Re-queue these alerts (or every dead one) for sending now, with fresh attempts."""
     if not ids and not dead:
         return "give alert ids or --dead"
-    count = requeue_alerts(store, now, ids, dead=dead)
+    count = store.outbox.requeue(now, ids, dead=dead)
     what = "dead alert" if dead and not ids else "alert"
     return f"re-queued {count} {what}{'' if count == 1 else 's'}"
 

@@ -22,39 +22,22 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from aggregator.config.model import Settings, TopicConfig
 from aggregator.errors import DeliveryError
-from aggregator.models import DeliveryOutcome
+from aggregator.models import AlertKind, AlertState, DeliveryOutcome, HoldMode
 from aggregator.notify.render import Message, render, render_digest, render_replies
 from aggregator.notify.sink import Posted, Sink, UncertainDelivery
 from aggregator.notify.windows import hold_for
-from aggregator.store import (
-    OutboxRow,
-    Store,
-    channel_state,
-    channel_states,
-    claim_alerts,
-    from_iso,
-    known_channel_id,
-    last_reply_sent,
-    outbox_due,
-    outbox_rows,
-    outbox_waiting,
-    set_alerts,
-    set_channel_state,
-)
+from aggregator.store import Store
+from aggregator.store.rows import OutboxRow
+from aggregator.store.schema import from_iso
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 900.0  # a 429 waits exactly Retry-After, but never more than 15 minutes
 HISTORY_MARGIN = timedelta(minutes=30)  # how far before the send to search the history
 STALE_SENDING = 120.0  # seconds: a live send ends long before this (the client times out at 15 s)
-VERIFY = "_verify"  # payload flag: Slack may have this message; look before sending again
-HOLD = "_hold"  # payload: "digest" or "quiet"
-DIGEST = "_digest"  # payload: the digest's label (its topics)
-BATCHED = "_batched"  # payload: this reply already waited for its story's reply slot
 
 
 def _utcnow() -> datetime:
@@ -118,7 +101,7 @@ class Outbox:
         cutoff = now - timedelta(seconds=older_than)
         if older_than <= 0:
             self._pace_after_restart()
-        for row in outbox_rows(self.store, "sending"):
+        for row in self.store.outbox.rows(AlertState.SENDING):
             since = from_iso(row.updated_at)
             if older_than > 0 and since is not None and since > cutoff:
                 continue
@@ -126,12 +109,10 @@ class Outbox:
                 outcomes.extend(self._recover_row(row, now))
             except DeliveryError as e:
                 at = self._clock()
-                wait = self._pause_delay(1)
-                payload = {**row.payload, VERIFY: True}
-                set_alerts(self.store, [row.alert.id], at, state="failed",
-                           next_attempt_at=at + timedelta(seconds=wait), payload=payload,
-                           last_error=f"could not check Slack history: {e.reason}")  # fmt: skip
-                outcomes.append(self._outcome(row, "failed", e.reason))
+                until = at + timedelta(seconds=self._pause_delay(1))
+                reason = f"could not check Slack history: {e.reason}"
+                self.store.outbox.mark_failed([row], at, until=until, reason=reason, verify=True)
+                outcomes.append(self._outcome(row, AlertState.FAILED, e.reason))
         return outcomes
 
     def deliver_due(self, now: datetime, *, deadline: float | None = None) -> list[DeliveryOutcome]:
@@ -165,29 +146,33 @@ class Outbox:
         queues: OrderedDict[str, deque[_Unit]] = OrderedDict()
         digests: dict[tuple[str, str], list[OutboxRow]] = {}
         replies: dict[int, _Unit] = {}
-        for row in outbox_due(self.store, now):
-            if row.state == "pending" and row.alert.kind == "alert" and HOLD not in row.payload:
+        for row in self.store.outbox.due(now):
+            kind = row.alert.kind
+            if (
+                row.state == AlertState.PENDING
+                and kind == AlertKind.ALERT
+                and row.marks.hold is None
+            ):
                 hold = hold_for(row.alert.topics, self.topics, now)
                 if hold is not None:
-                    payload = {**row.payload, HOLD: hold.mode}
-                    if hold.mode == "digest":
-                        payload[DIGEST] = hold.label
-                    set_alerts(self.store, [row.alert.id], now, state="held",
-                               next_attempt_at=hold.until, payload=payload)  # fmt: skip
+                    digest = hold.label if hold.mode == HoldMode.DIGEST else None
+                    self.store.outbox.hold(
+                        row, now, until=hold.until, mode=hold.mode, digest=digest
+                    )
                     why = f"{hold.mode} until {hold.until.isoformat(timespec='minutes')}"
-                    outcomes.append(self._outcome(row, "held", why))
+                    outcomes.append(self._outcome(row, AlertState.HELD, why))
                     continue
-            if row.payload.get(HOLD) == "digest":
-                key = (row.alert.channel, str(row.payload.get(DIGEST, "")))
+            if row.marks.hold == HoldMode.DIGEST:
+                key = (row.alert.channel, row.marks.digest or "")
                 digests.setdefault(key, []).append(row)
                 continue
-            if row.alert.kind == "reply":
+            if kind == AlertKind.REPLY:
                 waiting = self._reply_slot(row, now)
                 if waiting is not None:
                     outcomes.append(waiting)
                     continue
-                parent = row.payload.get("parent_alert_id")
-                if isinstance(parent, int):
+                parent = row.alert.parent_alert_id
+                if parent is not None:
                     group = replies.get(parent)
                     if group is not None:
                         group.rows.append(row)  # one reply lists every new outlet of the story
@@ -209,8 +194,10 @@ class Outbox:
         """When the loop next has something to send: rows due, past any pause and pacing slot."""
         interval = timedelta(seconds=max(0.0, self.settings.per_channel_interval))
         times = []
-        for _channel, due, paused, last in outbox_waiting(self.store):
-            times.append(max(due, paused or due, (last + interval) if last else due))
+        for w in self.store.outbox.waiting():
+            due = w.earliest_due
+            last = w.last_sent_at
+            times.append(max(due, w.paused_until or due, (last + interval) if last else due))
         return min(times) if times else None
 
     # -- the loop --------------------------------------------------------------------------------
@@ -227,12 +214,12 @@ class Outbox:
             sent_any = False
             for channel in list(queues):
                 now = self._clock()
-                state = channel_state(self.store, channel)
-                paused = from_iso(state["paused_until"])
+                state = self.store.outbox.channel(channel)
+                paused = state.paused_until
                 if paused is not None and paused > now:
                     del queues[channel]  # the pause outlasts this call; the rows stay due
                     continue
-                last = from_iso(state["last_sent_at"])
+                last = state.last_sent_at
                 if last is not None and last + interval > now:
                     slots.append(last + interval)
                     continue
@@ -262,21 +249,23 @@ class Outbox:
             now = self._clock()
             reason = f"internal error: {type(e).__name__}: {e}"
             until = now + timedelta(seconds=self.retry_base)
-            for r in unit.rows:  # the post may have landed before the error: look first
-                set_alerts(self.store, [r.alert.id], now, state="failed", last_error=reason,
-                           next_attempt_at=until, payload={**r.payload, VERIFY: True})  # fmt: skip
-            return [self._outcome(r, "failed", reason) for r in unit.rows]
+            # the post may have landed before the error: look first
+            self.store.outbox.mark_failed(unit.rows, now, until=until, reason=reason, verify=True)
+            return [self._outcome(r, AlertState.FAILED, reason) for r in unit.rows]
 
     def _deliver(self, unit: _Unit) -> list[DeliveryOutcome]:
         outcomes: list[DeliveryOutcome] = []
         rows = unit.rows
         message = unit.message
-        if rows[0].alert.kind in ("reply", "update") and not all(r.alert.thread_ts for r in rows):
+        followup = rows[0].alert.kind in (AlertKind.REPLY, AlertKind.UPDATE)
+        if followup and not all(r.alert.thread_ts for r in rows):
             resolved = self._attach_parent(rows)
             if isinstance(resolved, DeliveryOutcome):
                 return [resolved]
+            if not resolved:
+                return []  # another delivery loop took them meanwhile
             rows = resolved
-        if any(r.payload.get(VERIFY) for r in rows):
+        if any(r.marks.verify for r in rows):
             found, rows, failure = self._verify(unit.channel, rows)
             message = None if found else message
             outcomes.extend(found)
@@ -289,7 +278,7 @@ class Outbox:
         for message, message_rows in messages:
             result = self._send(unit.channel, message, message_rows)
             outcomes.extend(result)
-            if any(o.state != "sent" for o in result):
+            if any(o.state != AlertState.SENT for o in result):
                 break  # the channel is in trouble; the rest of a digest waits for the next pass
         return outcomes
 
@@ -299,36 +288,35 @@ class Outbox:
         The ts is stored on the rows before any send, so a crash check looks in the right thread.
         """
         now = self._clock()
-        ids = [r.alert.id for r in rows]
-        parent_id = rows[0].payload.get("parent_alert_id")
-        parent = self.store.alert_row(int(parent_id)) if isinstance(parent_id, int) else None
-        if parent is None or parent["state"] == "dead":
+        parent_id = rows[0].alert.parent_alert_id
+        parent = self.store.outbox.row(parent_id) if parent_id is not None else None
+        if parent is None or parent.state == AlertState.DEAD:
             reason = f"its parent alert {parent_id} was never posted"
-            set_alerts(self.store, ids, now, state="dead", last_error=reason)
-            return self._outcome(rows[0], "dead", reason)
-        if parent["state"] != "sent" or not parent["slack_ts"]:
+            self.store.outbox.mark_dead(rows, now, reason)
+            return self._outcome(rows[0], AlertState.DEAD, reason)
+        if parent.state != AlertState.SENT or not parent.slack_ts:
             until = now + timedelta(seconds=self.retry_base)
-            set_alerts(self.store, ids, now, next_attempt_at=until)
+            self.store.outbox.postpone(rows, now, until=until)
             why = f"waiting for parent alert {parent_id} to be posted"
-            return self._outcome(rows[0], "held", why)
-        set_alerts(self.store, ids, now, thread_ts=parent["slack_ts"],
-                   slack_channel=parent["slack_channel"])  # fmt: skip
-        return outbox_rows(self.store, ids=ids)
+            return self._outcome(rows[0], AlertState.HELD, why)
+        return self.store.outbox.attach_thread(
+            rows, now, thread_ts=parent.slack_ts, channel_id=parent.slack_channel
+        )
 
     def _reply_slot(self, row: OutboxRow, now: datetime) -> DeliveryOutcome | None:
         """At most one thread reply per story every ``reply_batch``: later ones wait and merge."""
-        parent = row.payload.get("parent_alert_id")
-        if row.state != "pending" or not isinstance(parent, int) or row.payload.get(BATCHED):
+        parent = row.alert.parent_alert_id
+        if row.state != AlertState.PENDING or parent is None or row.marks.batched:
             return None
-        last = last_reply_sent(self.store, parent)
+        last = self.store.outbox.last_reply_sent(parent)
         if last is None:
             return None
         slot = last + timedelta(seconds=self.settings.reply_batch)
         if slot <= now:
             return None
-        payload = {**row.payload, BATCHED: True}
-        set_alerts(self.store, [row.alert.id], now, next_attempt_at=slot, payload=payload)
-        return self._outcome(row, "held", f"batched into the next reply at {slot:%H:%M:%S} UTC")
+        self.store.outbox.postpone([row], now, until=slot, batched=True)
+        why = f"batched into the next reply at {slot:%H:%M:%S} UTC"
+        return self._outcome(row, AlertState.HELD, why)
 
     def _messages(
         self, unit: _Unit, rows: list[OutboxRow]
@@ -336,7 +324,7 @@ class Outbox:
         if unit.digest_label is None:
             row = rows[0]
             try:
-                if row.alert.kind == "reply" and len(rows) > 1:
+                if row.alert.kind == AlertKind.REPLY and len(rows) > 1:
                     return [(render_replies([r.alert for r in rows]), rows)]
                 return [(render(row.alert), rows)]
             except Exception as e:  # one unrenderable alert must not stop the others
@@ -349,25 +337,24 @@ class Outbox:
 
     def _send(self, channel: str, message: Message, rows: list[OutboxRow]) -> list[DeliveryOutcome]:
         now = self._clock()
-        claimed = set(claim_alerts(self.store, rows, now))
-        rows = [r for r in rows if r.alert.id in claimed]
+        outbox = self.store.outbox
+        rows = outbox.claim(rows, now)
         if not rows:
             return []
-        set_channel_state(self.store, channel, last_sent_at=now)
+        outbox.note_sent(channel, now)
         alert = rows[0].alert
         try:
-            if alert.kind == "update" and alert.thread_ts:
-                where = rows[0].slack_channel or known_channel_id(self.store, channel) or channel
+            if alert.kind == AlertKind.UPDATE and alert.thread_ts:
+                where = rows[0].slack_channel or outbox.known_channel_id(channel) or channel
                 posted = self.sink.update(where, alert.thread_ts, message)
             else:
-                thread = alert.thread_ts if alert.kind == "reply" else None
+                thread = alert.thread_ts if alert.kind == AlertKind.REPLY else None
                 posted = self.sink.post(channel, message, thread_ts=thread)
         except DeliveryError as e:
-            claimed_rows = [_attempted(r) for r in rows]
-            return self._fail(channel, claimed_rows, e, counts=True)
+            return self._fail(channel, rows, e, counts=True)
         finally:
             # pace from the end of the call too, so a slow answer cannot squeeze the next send
-            set_channel_state(self.store, channel, last_sent_at=self._clock())
+            outbox.note_sent(channel, self._clock())
         return self._sent(channel, rows, posted, "")
 
     # -- outcomes --------------------------------------------------------------------------------
@@ -377,62 +364,51 @@ class Outbox:
     ) -> list[DeliveryOutcome]:
         now = self._clock()
         with self.store.transaction():
-            for r in rows:
-                payload = {k: v for k, v in r.payload.items() if k != VERIFY}
-                set_alerts(self.store, [r.alert.id], now, state="sent", sent_at=now,
-                           slack_ts=posted.ts, slack_channel=posted.channel_id,
-                           last_error=None, payload=payload)  # fmt: skip
-            set_channel_state(self.store, channel, failures=0, paused_until=None, pause_reason=None)
-        return [DeliveryOutcome(r.alert.id, channel, "sent", note, posted.ts) for r in rows]
+            self.store.outbox.mark_sent(rows, now, ts=posted.ts, channel_id=posted.channel_id)
+            self.store.outbox.recovered(channel)
+        return [
+            DeliveryOutcome(r.alert.id, channel, AlertState.SENT, note, posted.ts) for r in rows
+        ]
 
     def _fail(
         self, channel: str, rows: list[OutboxRow], error: DeliveryError, *, counts: bool
     ) -> list[DeliveryOutcome]:
         """Record a failed attempt. ``counts``: the attempt was a send (the row was claimed)."""
         now = self._clock()
-        ids = [r.alert.id for r in rows]
+        outbox = self.store.outbox
         reason = error.reason
         if error.permanent:
-            set_alerts(self.store, ids, now, state="dead", last_error=reason)
-            log.warning("alerts %s dead in %s: %s", ids, channel, reason)
-            return [self._outcome(r, "dead", reason) for r in rows]
-        outcomes: list[DeliveryOutcome] = []
+            outbox.mark_dead(rows, now, reason)
+            log.warning("alerts %s dead in %s: %s", [r.alert.id for r in rows], channel, reason)
+            return [self._outcome(r, AlertState.DEAD, reason) for r in rows]
+        failed = [self._outcome(r, AlertState.FAILED, reason) for r in rows]
         with self.store.transaction():
             if error.retry_after is not None:  # rate limited: wait exactly what Slack asked
                 wait = min(max(error.retry_after, 0.0), MAX_RETRY_AFTER)
                 until = now + timedelta(seconds=wait)
-                for r in rows:
+                for r in rows:  # a rate limit is not the message's fault: the attempt is undone
                     attempts = max(0, r.alert.attempts - 1) if counts else r.alert.attempts
-                    set_alerts(self.store, [r.alert.id], now, state="failed", attempts=attempts,
-                               next_attempt_at=until, last_error=reason)  # fmt: skip
-                    outcomes.append(self._outcome(r, "failed", reason))
+                    outbox.mark_failed([r], now, until=until, reason=reason, attempts=attempts)
                 if error.channel_wide:
-                    set_channel_state(self.store, channel, paused_until=until, pause_reason=reason)
-                return outcomes
+                    outbox.pause(channel, until, reason)
+                return failed
             uncertain = isinstance(error, UncertainDelivery)
             if error.channel_wide:  # Slack or the network is down: pause the whole channel
-                failures = int(channel_state(self.store, channel)["failures"] or 0) + 1
+                failures = outbox.channel(channel).failures + 1
                 until = now + timedelta(seconds=self._pause_delay(failures))
-                set_channel_state(self.store, channel, failures=failures, paused_until=until,
-                                  pause_reason=reason)  # fmt: skip
-                for r in rows:
-                    payload = {**r.payload, VERIFY: True} if uncertain else r.payload
-                    set_alerts(self.store, [r.alert.id], now, state="failed", next_attempt_at=until,
-                               last_error=reason, payload=payload)  # fmt: skip
-                    outcomes.append(self._outcome(r, "failed", reason))
-                return outcomes
+                outbox.pause(channel, until, reason, failures)
+                outbox.mark_failed(rows, now, until=until, reason=reason, verify=uncertain)
+                return failed
+            outcomes: list[DeliveryOutcome] = []
             for r in rows:
-                payload = {**r.payload, VERIFY: True} if uncertain else r.payload
                 if r.alert.attempts >= self.settings.max_attempts:
                     why = f"gave up after {r.alert.attempts} attempts: {reason}"
-                    set_alerts(self.store, [r.alert.id], now, state="dead", last_error=why,
-                               payload=payload)  # fmt: skip
-                    outcomes.append(self._outcome(r, "dead", why))
+                    outbox.mark_dead([r], now, why, verify=uncertain)
+                    outcomes.append(self._outcome(r, AlertState.DEAD, why))
                     continue
                 until = now + timedelta(seconds=self._retry_delay(max(1, r.alert.attempts)))
-                set_alerts(self.store, [r.alert.id], now, state="failed", next_attempt_at=until,
-                           last_error=reason, payload=payload)  # fmt: skip
-                outcomes.append(self._outcome(r, "failed", reason))
+                outbox.mark_failed([r], now, until=until, reason=reason, verify=uncertain)
+                outcomes.append(self._outcome(r, AlertState.FAILED, reason))
         return outcomes
 
     # -- reconciliation --------------------------------------------------------------------------
@@ -442,10 +418,8 @@ class Outbox:
         at = self._clock()
         if found is not None:
             return self._sent(row.alert.channel, [row], found, "found in Slack after a restart")
-        payload = {k: v for k, v in row.payload.items() if k != VERIFY}
-        set_alerts(self.store, [row.alert.id], at, state="pending", next_attempt_at=now,
-                   payload=payload)  # fmt: skip
-        return [self._outcome(row, "pending", "not in Slack: will be sent")]
+        self.store.outbox.back_to_pending(row, at, due=now)
+        return [self._outcome(row, AlertState.PENDING, "not in Slack: will be sent")]
 
     def _verify(
         self, channel: str, rows: list[OutboxRow]
@@ -454,7 +428,7 @@ class Outbox:
         outcomes: list[DeliveryOutcome] = []
         remaining: list[OutboxRow] = []
         for index, row in enumerate(rows):
-            if not row.payload.get(VERIFY):
+            if not row.marks.verify:
                 remaining.append(row)
                 continue
             try:
@@ -464,23 +438,22 @@ class Outbox:
             if found is not None:
                 outcomes.extend(self._sent(channel, [row], found, "found in Slack history"))
             else:
-                payload = {k: v for k, v in row.payload.items() if k != VERIFY}
-                remaining.append(_with_payload(row, payload))
+                remaining.append(replace(row, marks=replace(row.marks, verify=False)))
         return outcomes, remaining, None
 
     def _lookup(self, channel: str, row: OutboxRow) -> Posted | None:
         """Find the alert in Slack. A channel we cannot read is reported, then sent again."""
         since = from_iso(row.updated_at)
         oldest = since - HISTORY_MARGIN if since is not None else None
-        thread = row.alert.thread_ts if row.alert.kind == "reply" else None
-        if row.alert.kind == "update":
+        thread = row.alert.thread_ts if row.alert.kind == AlertKind.REPLY else None
+        if row.alert.kind == AlertKind.UPDATE:
             return None  # an edit is idempotent: doing it twice shows the same message
         try:
             return self.sink.find_alert(
                 channel,
                 row.alert.id,
                 oldest=oldest,
-                channel_id=row.slack_channel or known_channel_id(self.store, channel),
+                channel_id=row.slack_channel or self.store.outbox.known_channel_id(channel),
                 thread_ts=thread,
             )
         except DeliveryError as e:
@@ -495,10 +468,10 @@ class Outbox:
         a channel used within the last interval waits one full interval from now."""
         now = self._clock()
         interval = timedelta(seconds=max(0.0, self.settings.per_channel_interval))
-        for state in channel_states(self.store):
-            last = from_iso(state["last_sent_at"])
+        for state in self.store.outbox.channels():
+            last = state.last_sent_at
             if last is not None and last + interval > now:
-                set_channel_state(self.store, state["channel"], last_sent_at=now)
+                self.store.outbox.note_sent(state.channel, now)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -511,14 +484,5 @@ class Outbox:
         return base * (1 + 0.25 * self._rng.random())
 
     @staticmethod
-    def _outcome(row: OutboxRow, state: str, reason: str) -> DeliveryOutcome:
+    def _outcome(row: OutboxRow, state: AlertState, reason: str) -> DeliveryOutcome:
         return DeliveryOutcome(row.alert.id, row.alert.channel, state, reason)
-
-
-def _attempted(row: OutboxRow) -> OutboxRow:
-    """The row as claimed: one more attempt."""
-    return replace(row, alert=replace(row.alert, attempts=row.alert.attempts + 1))
-
-
-def _with_payload(row: OutboxRow, payload: dict[str, Any]) -> OutboxRow:
-    return replace(row, payload=payload)

@@ -15,7 +15,15 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from aggregator.models import Alert, TopicMatch
+from aggregator.models import (
+    Alert,
+    AlertKind,
+    AlertPayload,
+    EditPayload,
+    NoticePayload,
+    ReplyPayload,
+    TopicMatch,
+)
 
 MAX_HEADER = 150
 MAX_SECTION = 3000
@@ -215,12 +223,13 @@ def render_alert(alert: Alert) -> Message:
     blocks: list[Block] = [_header(title)]
     context = [f"*{escape_within(alert.source or 'unknown source', 200)}*"]
     context.append(slack_date(alert.published))
-    if alert.extra.get("primary"):
+    payload = alert.payload
+    edit = payload if isinstance(payload, EditPayload) else None
+    if isinstance(payload, AlertPayload | EditPayload) and payload.primary:
         context.append(":scroll: Official text")
-    outlets = alert.extra.get("outlets")
-    if isinstance(outlets, int) and outlets > 1:
-        context.append(f"covered by {outlets} outlets")
-    if alert.kind == "update" and alert.extra.get("updated", True):
+    if edit is not None and edit.outlets > 1:
+        context.append(f"covered by {edit.outlets} outlets")
+    if edit is not None and edit.updated:
         context.append("_updated_")  # the story's text changed (not just its coverage)
     blocks.append(_context(" · ".join(context)))
     line = topics_line(alert.topics)
@@ -233,8 +242,8 @@ def render_alert(alert: Alert) -> Message:
     safe = safe_link(alert.link)
     if safe:
         blocks.append(_section(f"<{safe}|Read the story>"))
-    official = alert.extra.get("official_link")
-    if isinstance(official, str) and safe_link(official):
+    official = edit.official_link if edit is not None else None
+    if official and safe_link(official):
         blocks.append(_section(link(official, "Official text")))
     topic_names = ", ".join(t.topic for t in alert.topics)
     fallback = escape_within(title, 500)
@@ -245,8 +254,7 @@ def render_alert(alert: Alert) -> Message:
     if safe:
         fallback += f" {safe}"
     # an edit keeps the parent's metadata, so the message still names the alert it carries
-    parent = alert.extra.get("parent_alert_id")
-    named = parent if alert.kind == "update" and isinstance(parent, int) else alert.id
+    named = edit.parent_alert_id if edit is not None else alert.id
     return Message(
         text=escape_cut(fallback, MAX_FALLBACK),
         blocks=tuple(blocks),
@@ -264,18 +272,11 @@ def render_replies(alerts: Sequence[Alert]) -> Message:
     """One thread reply listing every further outlet these reply rows carry."""
     rows: list[tuple[str, str, str, bool]] = []
     for alert in alerts:
-        items = alert.extra.get("items")
-        found = False
-        if isinstance(items, list):
-            for item in items:
-                if isinstance(item, dict):
-                    source, title = str(item.get("source", "")), str(item.get("title", ""))
-                    rows.append(
-                        (source, title, str(item.get("link", "")), bool(item.get("primary")))
-                    )
-                    found = True
-        if not found:
-            rows.append((alert.source, alert.title, alert.link, bool(alert.extra.get("primary"))))
+        items = alert.payload.items if isinstance(alert.payload, ReplyPayload) else ()
+        rows.extend((i.source, i.title, i.link, i.primary) for i in items)
+        if not items:  # a reply row without items names its own entry
+            primary = isinstance(alert.payload, AlertPayload) and alert.payload.primary
+            rows.append((alert.source, alert.title, alert.link, primary))
     sources = ", ".join(dict.fromkeys(escape_within(s, 100) for s, _, _, _ in rows if s))
     lines = [f"Also covered by {sources or 'another outlet'}:"]
     size = len(lines[0])
@@ -300,7 +301,8 @@ def render_replies(alerts: Sequence[Alert]) -> Message:
 
 def render_notice(alert: Alert) -> Message:
     """An operations notice or a test message: plain words from our own code, still escaped."""
-    text = str(alert.extra.get("text") or alert.title or "notice from the alert bot")
+    notice = alert.payload.text if isinstance(alert.payload, NoticePayload) else ""
+    text = notice or alert.title or "notice from the alert bot"
     body = escape_within(text, MAX_SECTION)
     return Message(
         text=escape_within(text, MAX_FALLBACK),
@@ -312,9 +314,9 @@ def render_notice(alert: Alert) -> Message:
 
 def render(alert: Alert) -> Message:
     """The message for one outbox row, by its kind."""
-    if alert.kind == "reply":
+    if alert.kind == AlertKind.REPLY:
         return render_reply(alert)
-    if alert.kind in ("ops", "test"):
+    if alert.kind in (AlertKind.OPS, AlertKind.TEST):
         return render_notice(alert)
     return render_alert(alert)
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from aggregator.config.model import TopicConfig
-from aggregator.models import TopicMatch
+from aggregator.models import HoldMode, TopicMatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +17,7 @@ class Hold:
     """Why and until when an alert waits: ``digest`` (with its label) or ``quiet``."""
 
     until: datetime
-    mode: str
+    mode: HoldMode
     label: str = ""
 
 
@@ -80,10 +80,10 @@ def hold_for(
     if all(t.delivery == "digest" for t in configs):
         until = min(next_digest(t, now) for t in configs)
         label = ", ".join(sorted({t.name for t in configs}))
-        return Hold(until, "digest", label)
+        return Hold(until, HoldMode.DIGEST, label)
     if any(t.urgent or not t.quiet_hours for t in configs):
         return None
     ends = [quiet_until(t, now) for t in configs]
     if all(e is not None for e in ends):
-        return Hold(min(e for e in ends if e is not None), "quiet")
+        return Hold(min(e for e in ends if e is not None), HoldMode.QUIET)
     return None

@@ -26,7 +26,7 @@ from aggregator.notify import Outbox, make_sink
 from aggregator.pipeline import Deps, run_cycle
 from aggregator.rules.matcher import TopicMatcher, check_examples
 from aggregator.service.memory import limit_malloc_arenas
-from aggregator.store import Store, recent_story_entries
+from aggregator.store import Store
 from aggregator.stories.index import StoryIndex, warm_index
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Runtime:
         self.config, self.matcher = load_checked_config(config_dir, self.environ)
         self.token = slack_token(self.environ)
         self.store = Store.open(self.db_path)
-        self.store.sync_feeds(self.config.feeds, utcnow())
+        self.store.feeds.sync(self.config.feeds, utcnow())
         self.sink = make_sink(self.config.settings, self.token)
         workers = self.config.settings.parse_workers if parse_workers is None else parse_workers
         self.parser = ParsePool(workers)
@@ -145,9 +145,15 @@ class Runtime:
     def cycle(self, *, everything: bool = False) -> CycleReport:
         now = utcnow()
         if everything:
-            self.store.make_all_due(now)
+            self.store.feeds.make_all_due(now)
         deadline = time.monotonic() + self.config.settings.cycle_timeout
-        report = run_cycle(self.deps(), now, deadline=deadline)
+        try:
+            report = run_cycle(self.deps(), now, deadline=deadline)
+        except BaseException:
+            # Planning adds entries to the story window before they are written; a cycle that
+            # failed rolled its last writes back, so the window is read again from the database.
+            self.stories = self._warm_stories(utcnow())
+            raise
         self.maybe_prune(now)
         return report
 
@@ -165,7 +171,7 @@ class Runtime:
             log.warning("storage.database changed: it takes effect at the next restart")
         rebuild = config.settings != self.config.settings
         self.config, self.matcher = config, matcher
-        self.store.sync_feeds(config.feeds, utcnow())
+        self.store.feeds.sync(config.feeds, utcnow())
         if rebuild:
             self.fetcher.close()
             self.fetcher = Fetcher(config.settings)
@@ -200,14 +206,14 @@ class Runtime:
         if self._pruned_at is not None and now - self._pruned_at < timedelta(days=1):
             return
         self._pruned_at = now
-        removed = self.store.prune(now, self.config.settings.retention_days)
+        removed = self.store.history.prune(now, self.config.settings.retention_days)
         if removed:
             log.info("retention: pruned %d entries older than %d days", removed,
                      self.config.settings.retention_days)  # fmt: skip
 
     def _warm_stories(self, now: datetime) -> StoryIndex:
         since = now - timedelta(seconds=self.config.settings.story_window)
-        return warm_index(StoryIndex(), recent_story_entries(self.store, since), now)
+        return warm_index(StoryIndex(), self.store.entries.recent_story_entries(since), now)
 
     def _config_mtimes(self) -> tuple[float, ...]:
         stamps = []
