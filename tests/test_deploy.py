@@ -429,6 +429,16 @@ def test_bad_invocations_fail_clearly(tmp_path: Path) -> None:
     result = install(tmp_path / "root", "--source", str(tmp_path), check=False)
     assert result.returncode != 0
     assert "not an aggregator checkout" in result.stderr
+    result = install(tmp_path / "root", "--wheels", str(tmp_path / "nowhere"), check=False)
+    assert result.returncode != 0
+    assert f"--wheels {tmp_path / 'nowhere'} is not a directory" in result.stderr
+    # An offline install builds the package from the checkout, which needs setuptools too.
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "httpx-0.28.1-py3-none-any.whl").write_bytes(b"")
+    result = install(tmp_path / "root", "--wheels", str(wheels), check=False)
+    assert result.returncode != 0
+    assert "has no setuptools wheel; add it: python3 -m pip wheel" in result.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root+setpriv")
