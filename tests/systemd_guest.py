@@ -344,10 +344,14 @@ class Journal:
         with self._lock:
             return [str(e.get("MESSAGE", "")) for e in self.entries[after + 1 :]]
 
-    def find(self, text: str, after: int = -1) -> int:
+    def find(self, text: str, after: int = -1, *, event: bool = False) -> int:
+        """The first entry after ``after`` whose message contains ``text``; with ``event``, the
+        first whose message is exactly ``text`` after the ``logger: `` that the service puts
+        first (whatever module logged it)."""
         with self._lock:
             for index in range(after + 1, len(self.entries)):
-                if text in str(self.entries[index].get("MESSAGE", "")):
+                message = str(self.entries[index].get("MESSAGE", ""))
+                if (message.partition(": ")[2] == text) if event else (text in message):
                     return index
         return -1
 
@@ -363,11 +367,13 @@ class Journal:
         with self._lock:
             return len(self.entries) - 1
 
-    def wait(self, text: str, after: int = -1, timeout: float = 30.0) -> int:
-        if not waiting.wait_for(lambda: self.find(text, after) >= 0, timeout):
+    def wait(
+        self, text: str, after: int = -1, timeout: float = 30.0, *, event: bool = False
+    ) -> int:
+        if not waiting.wait_for(lambda: self.find(text, after, event=event) >= 0, timeout):
             recent = "\n".join(self.messages(max(after, self.mark() - 40)))
             raise AssertionError(f"the journal never said {text!r} in {timeout:g} s:\n{recent}")
-        return self.find(text, after)
+        return self.find(text, after, event=event)
 
     def text(self, after: int = -1) -> str:
         return "\n".join(self.messages(after))

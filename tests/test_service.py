@@ -9,6 +9,7 @@ events (a datagram, a log line, a request) in bounded polling loops rather than 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -396,8 +397,8 @@ def test_each_config_problem_is_a_readable_log_line_of_its_own(world: World) -> 
     service = world.start()
     assert service.wait() == 78
 
-    marker = " ERROR aggregator.service: "
-    messages = [line.split(marker, 1)[1] for line in service.err if marker in line]
+    logged = (re.match(r"\S+ ERROR [\w.]+: (.*)$", line) for line in service.err)
+    messages = [found.group(1) for found in logged if found]
     assert not any("\\n" in m for m in messages), messages
     head = messages.index("invalid config, not starting (2 problems):")
     query, pointed, caret, unknown = messages[head + 1 : head + 5]

@@ -175,7 +175,7 @@ def test_the_service_under_a_real_systemd(deployment: Deployment) -> None:
     assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
     # STATUS= came with READY=1, and each cycle replaces it with its summary.
     assert state["StatusText"] == "polling 1 feeds" or state["StatusText"].startswith("cycle: ")
-    ready = d.journal.wait("aggregator.service: ready")
+    ready = d.journal.wait("ready", event=True)
     assert d.journal.entry(ready)["_PID"] == state["MainPID"]
     d.journal.wait("Started aggregator.service")  # what systemd logs when READY=1 arrives
     first = d.journal.wait("cycle: 1 feeds: 1 fetched", after=ready)
@@ -243,7 +243,7 @@ def test_the_service_under_a_real_systemd(deployment: Deployment) -> None:
     d.systemctl("restart")
     restarted = d.main_pid()
     assert restarted != live_pid
-    ready = d.journal.wait("aggregator.service: ready", after=mark)
+    ready = d.journal.wait("ready", after=mark, event=True)
     summary = d.journal.message(d.journal.wait("cycle: ", after=ready))
     assert d.feeds.count("/mirror.xml") == 1, summary
     assert "1 matched, 0 alerts queued" in summary, summary
@@ -258,7 +258,7 @@ def test_the_service_under_a_real_systemd(deployment: Deployment) -> None:
     d.guest.sh(f"kill -STOP {restarted}")
     d.journal.wait(f"Watchdog timeout (limit {WATCHDOG_SECONDS}s)!", after=mark)
     d.journal.wait(f"Killing process {restarted} (aggregator) with signal SIGABRT", after=mark)
-    back = d.journal.wait("aggregator.service: ready", after=mark)
+    back = d.journal.wait("ready", after=mark, event=True)
     assert int(d.journal.entry(back)["_PID"]) not in (restarted, live_pid)
     assert systemd_guest.poll(lambda: d.show("ActiveState")["ActiveState"] == "active", 10)
     assert d.show("NRestarts") == {"NRestarts": "1"}
@@ -269,7 +269,7 @@ def test_the_service_under_a_real_systemd(deployment: Deployment) -> None:
     assert d.show("ActiveState", "Result") == {"ActiveState": "inactive", "Result": "success"}
     # The service said it stopped, and then systemd that it ended well: no signal killed it
     # (systemd counts death by SIGTERM as success too, but logs it as code=killed).
-    d.journal.wait("aggregator.service: stopped", after=mark)
+    d.journal.wait("stopped", after=mark, event=True)
     d.journal.wait("aggregator.service: Deactivated successfully.", after=mark)
     after_stop = d.journal.text(mark)
     for sign in ("code=killed", "SIGKILL", "timed out", "abandoning"):
