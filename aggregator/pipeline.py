@@ -119,7 +119,8 @@ def run_cycle(deps: Deps, now: datetime, *, deadline: float | None = None) -> Cy
     deliveries = deps.outbox.deliver_due(now, deadline=deadline) if deps.outbox else []
     finished = now + timedelta(seconds=time.monotonic() - started)
     report = CycleReport(now, finished, tuple(outcomes), tuple(deliveries))
-    # A cycle that found nothing due is the common case: say so only when asked.
+    # A tick with nothing due and nothing sent is routine: at info, a 30 s tick wrote about
+    # 2,900 such lines a day to the journal.
     log.log(logging.INFO if report.feeds or report.deliveries else logging.DEBUG, report.summary())
     return report
 

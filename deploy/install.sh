@@ -16,7 +16,10 @@ Options:
   --purge            with --uninstall: also delete /etc/aggregator (token included) and the database
   --python PATH      the Python (3.11+) that creates the virtualenv (default: python3)
   --source DIR       the checkout to install from (default: the one holding this script)
-  --pip-args ARGS    extra arguments for pip, e.g. "--no-index --find-links /srv/wheels"
+  --wheels DIR       install offline from a directory of wheels, with no package index.
+                     Make it on a machine with network access, from the same checkout:
+                       python3 -m pip wheel --wheel-dir DIR . 'setuptools>=68'
+  --pip-args ARGS    extra arguments for pip, e.g. "--index-url https://pypi.example/simple"
   --skip-pip         create a bare virtualenv (no pip) and install nothing into it: for
                      offline tests, where the package index is out of reach
   --root DIR         install below DIR instead of / (a staging root, as DESTDIR; implies
@@ -33,6 +36,7 @@ root=""
 source_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="python3"
 pip_args=""
+wheels=""
 skip_pip=0
 use_systemctl=1
 mode="install"
@@ -45,6 +49,7 @@ while [ $# -gt 0 ]; do
         --python) [ $# -ge 2 ] || die "--python needs a path"; python="$2"; shift ;;
         --source) [ $# -ge 2 ] || die "--source needs a directory"; source_dir="$2"; shift ;;
         --pip-args) [ $# -ge 2 ] || die "--pip-args needs a value"; pip_args="$2"; shift ;;
+        --wheels) [ $# -ge 2 ] || die "--wheels needs a directory"; wheels="$2"; shift ;;
         --skip-pip) skip_pip=1 ;;
         --root) [ $# -ge 2 ] || die "--root needs a directory"; root="$2"; shift ;;
         --no-systemctl) use_systemctl=0 ;;
@@ -62,6 +67,13 @@ if [ -n "$root" ]; then
 fi
 if [ -z "$root" ] && [ "$(id -u)" -ne 0 ]; then
     die "run me as root (sudo $0), or pass --root DIR to stage into a directory"
+fi
+if [ -n "$wheels" ]; then
+    [ -d "$wheels" ] || die "--wheels $wheels is not a directory"
+    wheels="$(cd "$wheels" && pwd)"
+    # pip builds the package from the checkout, and that build needs setuptools from here too.
+    compgen -G "$wheels/setuptools-*.whl" >/dev/null \
+        || die "--wheels $wheels has no setuptools wheel; add it: python3 -m pip wheel --wheel-dir $wheels 'setuptools>=68'"
 fi
 
 # Paths as the running system sees them (printed), and below the staging root (written).
@@ -147,17 +159,25 @@ install_package() {
     trap "rm -rf '$stage'" EXIT
     local parts=(pyproject.toml aggregator)
     [ -e "$source_dir/README.md" ] && parts+=(README.md)
-    tar -C "$source_dir" --exclude=__pycache__ -cf - "${parts[@]}" | tar -C "$stage" -xf -
+    mkdir "$stage/src"
+    tar -C "$source_dir" --exclude=__pycache__ -cf - "${parts[@]}" | tar -C "$stage/src" -xf -
     local extra=()
-    if [ -n "$pip_args" ]; then
-        read -r -a extra <<<"$pip_args"
+    if [ -n "$wheels" ]; then
+        extra+=(--no-index --find-links "$wheels")
     fi
-    "$root$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "${extra[@]}" "$stage"
+    if [ -n "$pip_args" ]; then
+        local more=()
+        read -r -a more <<<"$pip_args"
+        extra+=("${more[@]}")
+    fi
+    local pip=("$root$venv/bin/python" -m pip --disable-pip-version-check)
+    # Build the package once, then install that wheel.
+    "${pip[@]}" wheel --quiet --no-deps --wheel-dir "$stage/dist" "${extra[@]}" "$stage/src"
+    local built=("$stage"/dist/aggregator-*.whl)
+    "${pip[@]}" install --quiet "${extra[@]}" "${built[0]}"
     # Reinstall the package alone: an upgrade that kept the version number still replaces the
     # code, while dependencies are only upgraded when the new version requires it.
-    "$root$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        --force-reinstall --no-deps "${extra[@]}" "$stage"
+    "${pip[@]}" install --quiet --force-reinstall --no-deps "${extra[@]}" "${built[0]}"
     rm -rf "$stage"
     trap - EXIT
     say "  installed the package into $venv"

@@ -64,16 +64,17 @@ def test_security_exposure_is_at_most_1_2() -> None:
 
 
 def checkable_copy(directory: Path, text: str) -> Path:
-    """The unit as shipped, except that ExecStart names a binary that exists on this machine.
+    """The unit as shipped, except that its commands name a binary that exists on this machine.
 
-    `systemd-analyze verify` fails on an ExecStart that is not executable, and the venv under
+    `systemd-analyze verify` fails on a command that is not executable, and the venv under
     /opt/aggregator exists only on an installed host. Swapping in this test's own interpreter
     changes nothing else: every other line is verified exactly as shipped. (A --root staging tree
     does not work: verify then also looks for /bin/kill and sysinit.target inside it.)
     """
-    assert text.count(f"ExecStart={SHIPPED_BINARY} ") == 1
+    for key in ("ExecStart", "ExecReload"):
+        assert text.count(f"{key}={SHIPPED_BINARY} ") == 1, key
     copy = directory / "aggregator.service"  # verify derives the unit name from the file name
-    copy.write_text(text.replace(f"ExecStart={SHIPPED_BINARY} ", f"ExecStart={sys.executable} "))
+    copy.write_text(text.replace(f"={SHIPPED_BINARY} ", f"={sys.executable} "))
     return copy
 
 
@@ -109,9 +110,14 @@ def test_unit_runs_the_cli_as_a_notify_service_with_the_agreed_paths() -> None:
     assert values("Type") == ["notify"]
     assert values("NotifyAccess") == ["main"]
     assert values("WatchdogSec")
-    assert values("ExecReload") == ["/bin/kill -HUP $MAINPID"]
+    # Reload validates first (a failed command fails the reload, visibly), then signals.
+    assert values("ExecReload") == [
+        f"{SHIPPED_BINARY} --config /etc/aggregator check-config",
+        "/bin/kill -HUP $MAINPID",
+    ]
     assert values("Restart") == ["on-failure"]
-    assert "78" in values("RestartPreventExitStatus")[0].split()  # EX_CONFIG
+    # Restarting fixes neither an invalid config (EX_CONFIG) nor a token systemd cannot load.
+    assert set(values("RestartPreventExitStatus")[0].split()) == {"78", "243"}
     assert values("DynamicUser") == ["yes"]
     assert values("StateDirectory") == ["aggregator"]
     assert values("ConfigurationDirectory") == ["aggregator"]
@@ -423,6 +429,16 @@ def test_bad_invocations_fail_clearly(tmp_path: Path) -> None:
     result = install(tmp_path / "root", "--source", str(tmp_path), check=False)
     assert result.returncode != 0
     assert "not an aggregator checkout" in result.stderr
+    result = install(tmp_path / "root", "--wheels", str(tmp_path / "nowhere"), check=False)
+    assert result.returncode != 0
+    assert f"--wheels {tmp_path / 'nowhere'} is not a directory" in result.stderr
+    # An offline install builds the package from the checkout, which needs setuptools too.
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "httpx-0.28.1-py3-none-any.whl").write_bytes(b"")
+    result = install(tmp_path / "root", "--wheels", str(wheels), check=False)
+    assert result.returncode != 0
+    assert "has no setuptools wheel; add it: python3 -m pip wheel" in result.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root+setpriv")

@@ -6,6 +6,7 @@ advance a fake clock, so backoff and pacing cost no wall time.
 
 from __future__ import annotations
 
+import logging
 import random
 import subprocess
 import sys
@@ -212,6 +213,24 @@ def test_second_poll_posts_nothing(rig: Rig) -> None:
     assert len(rig.slack.posts()) == 2
     assert report.new_entries == 0
     assert report.alerts == 0
+
+
+def test_an_idle_tick_logs_its_summary_at_debug_and_a_busy_one_at_info(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The service looks for due feeds every 30 s; at info, the ticks where nothing was due made
+    # about 2,900 lines a day in the journal.
+    config = rig.write_config([rig.feeds.serve("/a.xml", rss(DULL_ITEM))])
+    with caplog.at_level(logging.DEBUG, logger="aggregator.pipeline"):
+        busy = rig.cycle(config)
+        idle = rig.cycle(config, everything=False)  # the same instant: nothing is due yet
+
+    assert len(busy.feeds) == 1 and len(idle.feeds) == 0 and not idle.deliveries
+    summaries = [r for r in caplog.records if r.getMessage().startswith("cycle: ")]
+    assert [(r.levelno, r.getMessage()) for r in summaries] == [
+        (logging.INFO, busy.summary()),
+        (logging.DEBUG, idle.summary()),
+    ]
 
 
 def test_same_story_from_second_feed_with_tracking_parameters_posts_nothing(rig: Rig) -> None:

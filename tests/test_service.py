@@ -9,6 +9,7 @@ events (a datagram, a log line, a request) in bounded polling loops rather than 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -381,6 +382,35 @@ def test_invalid_config_at_start_exits_78_without_ready(world: World) -> None:
     assert "topics.toml" in service.text()
 
 
+def test_each_config_problem_is_a_readable_log_line_of_its_own(world: World) -> None:
+    # Under systemd each line is one journal entry. Joined into one, the problems showed up as
+    # a single line full of literal \n, with the rule's caret nowhere near its column.
+    world.write_config([world.feeds.serve("/a.xml", rss(DULL_ITEM))])
+    (world.config / "topics.toml").write_text(
+        '[topics.ai-policy]\nchannel = "#ai-policy"\nquery = "AI AND ("\n'
+        '[topics.other]\nchannel = "#other"\nquery = "x"\nbogus = 1\n',
+        encoding="utf-8",
+    )
+    (world.config / "feeds.toml").write_text(
+        f'[[feeds]]\nurl = "{world.feeds.url("/a.xml")}"\n', encoding="utf-8"
+    )
+    service = world.start()
+    assert service.wait() == 78
+
+    logged = (re.match(r"\S+ ERROR [\w.]+: (.*)$", line) for line in service.err)
+    messages = [found.group(1) for found in logged if found]
+    assert not any("\\n" in m for m in messages), messages
+    head = messages.index("invalid config, not starting (2 problems):")
+    query, pointed, caret, unknown = messages[head + 1 : head + 5]
+    assert query.startswith("  ") and query.endswith(
+        "topics.toml:3: topics.ai-policy.query: the query ends too early: "
+        "expected a word after ( at column 9:"
+    )
+    assert pointed == "    AI AND ("
+    assert caret.index("^") == pointed.index("(") + 1  # under column 9, just past the end
+    assert unknown.startswith("  ") and "topics.toml:7: topics.other.bogus: unknown key" in unknown
+
+
 # -- SIGTERM: nothing lost ------------------------------------------------------------------------
 
 
@@ -476,7 +506,9 @@ def test_reload_refuses_a_broken_config_keeps_the_old_rules_and_logs_each_change
     service.signal(signal.SIGHUP)
     hup = service.wait_log("reloading config (SIGHUP)", after=first)
     refused = service.wait_log("config reload refused, the previous config stays live", after=hup)
-    assert "topics.toml" in service.err[refused]
+    assert service.err[refused].endswith("the previous config stays live (1 problem):")
+    problem = service.wait_log("topics.toml:3: topics.ai-policy.query:", after=refused)
+    assert problem == refused + 1
 
     # The old rules stay live: the next poll matches the story for both shipped topics.
     wait_until(lambda: len(world.slack.posts()) == 2, "the story matched by the old rules", 20)

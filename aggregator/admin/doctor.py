@@ -2,8 +2,9 @@
 
 Checks, in order: the config (and its topics' examples), the database (writable, migrated, WAL),
 the Slack token (``auth.test``) and its scopes, each configured channel (it exists and the bot can
-post there, asked with ``conversations.info``, never by posting), and how many feeds answered on
-their last fetch. Every failed check says how to fix it.
+post there, asked with ``conversations.info``, never by posting), how many feeds answered on
+their last fetch, and, where the systemd unit is installed, whether its IP firewall would block a
+feed, Slack, a proxy or a DNS resolver. Every failed check says how to fix it.
 
 The database is only read. Opening it through :class:`~aggregator.store.Store` would migrate it
 under a running older service, switch it to WAL behind the check's back, or create it owned by
@@ -19,6 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from aggregator.admin.ipfirewall import (
+    Blocked,
+    Resolver,
+    UnitFirewall,
+    Unreadable,
+    destinations,
+    judge,
+    read_unit,
+    resolve,
+    resolver_destinations,
+)
 from aggregator.config.load import load_config, slack_token
 from aggregator.config.model import DEFAULT_SLACK_API_URL, Config, FeedConfig
 from aggregator.errors import ConfigError, DeliveryError
@@ -30,6 +42,7 @@ from aggregator.store import MIGRATIONS
 REQUIRED_SCOPES = ("chat:write", "chat:write.public", "channels:history", "channels:read")
 MANIFEST = "deploy/slack-app-manifest.yml"
 LISTED_FEEDS = 5  # failing feeds named in the report; the rest are counted
+RESOLV_CONF = Path("/etc/resolv.conf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +79,12 @@ def run_checks(
     *,
     db_path: str | None = None,
     slack: Callable[[str, str], SlackProbe] | None = None,
+    unit: Callable[[], UnitFirewall | Unreadable | None] = read_unit,
+    resolv_conf: Path = RESOLV_CONF,
+    resolver: Resolver = resolve,
 ) -> list[Check]:
-    """Every check, in order. ``slack(token, api_url)`` builds the Slack client."""
+    """Every check, in order. ``slack(token, api_url)`` builds the Slack client; ``unit()`` reads
+    the systemd unit's firewall (None: not installed, so not checked)."""
     checks: list[Check] = []
     config_check, config = check_config(config_dir, environ)
     checks.append(config_check)
@@ -93,6 +110,15 @@ def run_checks(
             detail = f"not checked ({', '.join(channels)}): the Slack token check failed"
             checks.append(Check("channels", False, detail, "fix the Slack token first"))
         checks.append(check_feeds(config.feeds, rows))
+        firewall = unit()
+        if isinstance(firewall, Unreadable):
+            detail = (
+                f"not checked: systemd would not say ({firewall.reason}); as root, "
+                f"`systemctl show {firewall.unit} -p IPAddressDeny -p IPAddressAllow` lists them"
+            )
+            checks.append(Check("unit firewall", True, detail))
+        elif firewall is not None:
+            checks.append(check_firewall(config, firewall, _read_text(resolv_conf), resolver))
     return checks
 
 
@@ -388,3 +414,55 @@ def check_feeds(feeds: Sequence[FeedConfig], rows: list[FeedRow] | None) -> Chec
         "`aggregator feeds status` shows each feed's errors; fix the URL, or remove the feed "
         "with `aggregator feeds remove URL`",
     )
+
+
+# -- the unit's IP firewall -----------------------------------------------------------------------
+
+
+def check_firewall(
+    config: Config, firewall: UnitFirewall, resolv_conf: str, resolver: Resolver
+) -> Check:
+    """Does the unit's IPAddressDeny= let the service reach its feeds, Slack, proxy and DNS?"""
+    wanted = destinations(
+        [f.url for f in config.feeds], config.settings.slack_api_url, firewall.env
+    )
+    verdict = judge(firewall, wanted, resolver_destinations(resolv_conf), resolver)
+    unchecked = ""
+    if verdict.unresolved:
+        names = f"{len(verdict.unresolved)} host name{'s' if len(verdict.unresolved) > 1 else ''}"
+        unchecked = f"; {names} did not resolve here: not checked"
+    name = "unit firewall"
+    if not verdict.blocked:
+        detail = (
+            f"{firewall.unit}'s IPAddressDeny=/IPAddressAllow= let it reach all "
+            f"{verdict.checked} destinations (feeds, Slack, proxy, DNS){unchecked}"
+        )
+        return Check(name, True, detail)
+    blocked = verdict.blocked
+    shown = "; ".join(_blocked_text(b) for b in blocked[:LISTED_FEEDS])
+    more = f"; and {len(blocked) - LISTED_FEEDS} more" if len(blocked) > LISTED_FEEDS else ""
+    addresses = " ".join(sorted({str(a) for b in blocked for a in b.addresses}))
+    return Check(
+        name,
+        False,
+        f"{firewall.unit}'s IPAddressDeny= blocks {len(blocked)} of {verdict.checked} "
+        f"destinations, and the service sees that only as a ConnectTimeout: {shown}{more}"
+        f"{unchecked}",
+        f"if you trust them, allow them in a drop-in: `systemctl edit {firewall.unit}`, add "
+        f"[Service] IPAddressAllow={addresses} and save; it applies at once, to the running "
+        "service too (deploy/README.md, 'What the unit locks down')",
+    )
+
+
+def _blocked_text(blocked: Blocked) -> str:
+    addresses = [str(a) for a in blocked.addresses]
+    if addresses == [blocked.destination.host]:
+        return blocked.destination.what  # the URL already shows the address
+    return f"{blocked.destination.what} ({', '.join(addresses)})"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""

@@ -51,6 +51,22 @@ def load_checked_config(directory: Path, environ: Mapping[str, str]) -> tuple[Co
     return config, TopicMatcher.compile(config.topics)
 
 
+def log_config_problems(headline: str, error: ConfigError) -> None:
+    """The headline, then each problem on lines of its own, laid out as ``check-config`` prints it.
+
+    Under systemd every line is one journal entry, and the log escapes newlines so that feed
+    text cannot forge entries: logged as one message, the problems read as a single line full of
+    literal ``\\n``, with a rule's caret nowhere near its column.
+    """
+    count = len(error.problems)
+    log.error("%s (%d problem%s):", headline, count, "" if count == 1 else "s")
+    for problem in error.problems:
+        first, *pointer = problem.splitlines() or [""]
+        log.error("  %s", first)
+        for line in pointer:  # a rule's query and the caret under its column
+            log.error("%s", line)
+
+
 @dataclass(frozen=True, slots=True)
 class ReloadSummary:
     changed: bool
@@ -164,7 +180,7 @@ class Runtime:
         try:
             config, matcher = load_checked_config(self.config_dir, self.environ)
         except ConfigError as e:
-            log.error("config reload refused, the previous config stays live:\n%s", e)
+            log_config_problems("config reload refused, the previous config stays live", e)
             return False
         summary = describe_reload(self.config, config)
         if config.settings.database != self.config.settings.database and not self.db_override:

@@ -29,6 +29,7 @@ from aggregator.service.runtime import (
     STOP_GRACE_SECONDS,
     TICK_SECONDS,
     Runtime,
+    log_config_problems,
     utcnow,
 )
 from aggregator.service.sdnotify import Notifier, watchdog_interval
@@ -58,7 +59,7 @@ def serve(
         try:
             runtime = Runtime(config_dir, environ, db_path=db_path, stopping=stop)
         except ConfigError as e:
-            log.error("invalid config, not starting:\n%s", e)
+            log_config_problems("invalid config, not starting", e)
             return EXIT_CONFIG
         except AggregatorError as e:
             log.error("cannot start: %s", e)
