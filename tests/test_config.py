@@ -59,7 +59,9 @@ def test_a_valid_config_loads_with_defaults() -> None:
 def test_settings_errors_name_file_line_and_key() -> None:
     found = problems(aggregator='[storage]\ndatabase = "x.db"\n\n[polling]\ninterval = "3s"\n'
                      '[fetch]\nconcurrency = 0\nmystery = 1\n')  # fmt: skip
-    assert "aggregator.toml:5: polling.interval: must be at least 10 seconds" in found[-1]
+    assert any(
+        p.startswith('aggregator.toml:5: polling.interval: must be at least "10s"') for p in found
+    )
     assert any(p.startswith("aggregator.toml:7: fetch.concurrency: expected a whole number")
                for p in found)  # fmt: skip
     assert any(p.startswith("aggregator.toml:8: fetch.mystery: unknown key") for p in found)

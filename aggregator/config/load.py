@@ -7,6 +7,7 @@ environment or from systemd's ``$CREDENTIALS_DIRECTORY`` (see :func:`slack_token
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -30,6 +31,31 @@ _TOPIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+# The seconds every duration key accepts, by key path ("[]" is any feed, "*" any topic). Bounded
+# so that no date computed from a duration can overflow, and so that a typo such as "999d" is
+# caught where it is written instead of silencing a feed for years.
+DURATION_RANGES: dict[str, tuple[float, float]] = {
+    "polling.interval": (10.0, 30 * DAY),
+    "polling.first_poll_window": (0.0, 36525 * DAY),  # up to a century: the demo takes every item
+    "polling.jitter": (0.0, DAY),
+    "polling.cycle_timeout": (1.0, DAY),
+    "polling.backoff_cap": (0.0, 30 * DAY),
+    "fetch.timeout": (0.1, 10 * MINUTE),
+    "fetch.deadline": (0.1, HOUR),
+    "fetch.failing_after": (0.0, 365 * DAY),
+    "slack.per_channel_interval": (0.0, HOUR),
+    "stories.window": (0.0, 365 * DAY),
+    "stories.reply_batch": (0.0, DAY),
+    "feeds[].interval": (10.0, 30 * DAY),
+    "topics.*.digest_every": (MINUTE, 30 * DAY),
+}
+MAX_RETENTION_DAYS = 36525
+MAX_CONCURRENCY = 1024  # fetch threads
+MAX_PARSE_WORKERS = 256  # parser processes
+MAX_REDIRECTS = 100
+MAX_ATTEMPTS = 10_000
 
 
 # -- public entry points -------------------------------------------------------------------------
@@ -116,19 +142,47 @@ def slack_token(environ: Mapping[str, str]) -> str | None:
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``300``, ``"90s"``, ``"5m"``, ``"24h"`` or ``"7d"``."""
+    """Seconds from ``300``, ``"90s"``, ``"5m"``, ``"24h"`` or ``"7d"``: finite, not negative."""
     if isinstance(value, bool):
         raise ValueError('expected a duration such as 300, "5m" or "24h"')
+    seconds: float | None = None
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
         m = _DURATION.match(value)
         if m:
             scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
-            return float(m.group(1)) * scale
-    raise ValueError(f'expected a duration such as 300, "5m" or "24h", got {value!r}')
+            seconds = float(m.group(1)) * scale
+    if seconds is None:
+        raise ValueError(f'expected a duration such as 300, "5m" or "24h", got {value!r}')
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def duration_text(seconds: float) -> str:
+    """A duration the way a person writes it in the config: ``"30d"``, ``"10m"``, ``"0.1s"``."""
+    for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _duration(key: str) -> Callable[[object], float]:
+    """A converter for the duration at ``key`` (a :data:`DURATION_RANGES` key)."""
+    low, high = DURATION_RANGES[key]
+
+    def convert(value: object) -> float:
+        seconds = parse_duration(value)
+        if seconds > high:
+            raise ValueError(f'must be at most "{duration_text(high)}", got {value!r}')
+        if seconds < low:
+            raise ValueError(f'must be at least "{duration_text(low)}", got {value!r}')
+        return seconds
+
+    return convert
 
 
 def parse_size(value: object) -> int:
@@ -252,16 +306,15 @@ def _boolean(value: object) -> bool:
     return value
 
 
-def _positive_int(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
-    return value
+def _whole_number(low: int, high: int) -> Callable[[object], int]:
+    def convert(value: object) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"expected a whole number of at least {low}, got {value!r}")
+        if value > high:
+            raise ValueError(f"must be at most {high:,}, got {value!r}")
+        return value
 
-
-def _non_negative_int(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"expected a whole number of at least 0, got {value!r}")
-    return value
+    return convert
 
 
 def _http_url(value: object) -> str:
@@ -312,7 +365,6 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
     )
     slack = section("slack", {"api_url", "ops_channel", "max_attempts", "per_channel_interval"})
     stories = section("stories", {"window", "reply_batch"})
-    p = ("polling",)
     f = ("fetch",)
     api_url = _get(slack, "api_url", _http_url, d.slack_api_url, ("slack",), rep)
     if environ.get("SLACK_API_URL"):
@@ -320,37 +372,46 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
     if not api_url.endswith("/"):
         api_url += "/"
     ops = _get(slack, "ops_channel", lambda v: _channel(v) if v else None, None, ("slack",), rep)
+
+    def duration(table: dict[str, Any], name: str, key: str, default: float) -> float:
+        value: float = _get(table, key, _duration(f"{name}.{key}"), default, (name,), rep)
+        return value
+
+    def number(
+        table: dict[str, Any], name: str, key: str, default: int, bounds: tuple[int, int]
+    ) -> int:
+        value: int = _get(table, key, _whole_number(*bounds), default, (name,), rep)
+        return value
+
     settings = Settings(
         database=_get(storage, "database", _string, d.database, ("storage",), rep),
-        retention_days=_get(
-            storage, "retention_days", _positive_int, d.retention_days, ("storage",), rep
+        retention_days=number(
+            storage, "storage", "retention_days", d.retention_days, (1, MAX_RETENTION_DAYS)
         ),
-        poll_interval=_get(polling, "interval", parse_duration, d.poll_interval, p, rep),
-        first_poll_window=_get(
-            polling, "first_poll_window", parse_duration, d.first_poll_window, p, rep
-        ),
-        jitter=_get(polling, "jitter", parse_duration, d.jitter, p, rep),
-        cycle_timeout=_get(polling, "cycle_timeout", parse_duration, d.cycle_timeout, p, rep),
-        backoff_cap=_get(polling, "backoff_cap", parse_duration, d.backoff_cap, p, rep),
-        fetch_timeout=_get(fetch, "timeout", parse_duration, d.fetch_timeout, f, rep),
-        fetch_deadline=_get(fetch, "deadline", parse_duration, d.fetch_deadline, f, rep),
+        poll_interval=duration(polling, "polling", "interval", d.poll_interval),
+        first_poll_window=duration(polling, "polling", "first_poll_window", d.first_poll_window),
+        jitter=duration(polling, "polling", "jitter", d.jitter),
+        cycle_timeout=duration(polling, "polling", "cycle_timeout", d.cycle_timeout),
+        backoff_cap=duration(polling, "polling", "backoff_cap", d.backoff_cap),
+        fetch_timeout=duration(fetch, "fetch", "timeout", d.fetch_timeout),
+        fetch_deadline=duration(fetch, "fetch", "deadline", d.fetch_deadline),
         max_body_bytes=_get(fetch, "max_body", parse_size, d.max_body_bytes, f, rep),
-        max_redirects=_get(fetch, "max_redirects", _non_negative_int, d.max_redirects, f, rep),
-        concurrency=_get(fetch, "concurrency", _positive_int, d.concurrency, f, rep),
-        parse_workers=_get(fetch, "parse_workers", _non_negative_int, d.parse_workers, f, rep),
-        failing_after=_get(fetch, "failing_after", parse_duration, d.failing_after, f, rep),
+        max_redirects=number(fetch, "fetch", "max_redirects", d.max_redirects, (0, MAX_REDIRECTS)),
+        concurrency=number(fetch, "fetch", "concurrency", d.concurrency, (1, MAX_CONCURRENCY)),
+        parse_workers=number(
+            fetch, "fetch", "parse_workers", d.parse_workers, (0, MAX_PARSE_WORKERS)
+        ),
+        failing_after=duration(fetch, "fetch", "failing_after", d.failing_after),
         user_agent=_get(fetch, "user_agent", _string, d.user_agent, f, rep),
         slack_api_url=api_url,
         ops_channel=ops,
-        max_attempts=_get(slack, "max_attempts", _positive_int, d.max_attempts, ("slack",), rep),
-        per_channel_interval=_get(
-            slack, "per_channel_interval", parse_duration, d.per_channel_interval, ("slack",), rep
+        max_attempts=number(slack, "slack", "max_attempts", d.max_attempts, (1, MAX_ATTEMPTS)),
+        per_channel_interval=duration(
+            slack, "slack", "per_channel_interval", d.per_channel_interval
         ),
-        story_window=_get(stories, "window", parse_duration, d.story_window, ("stories",), rep),
-        reply_batch=_get(stories, "reply_batch", parse_duration, d.reply_batch, ("stories",), rep),
+        story_window=duration(stories, "stories", "window", d.story_window),
+        reply_batch=duration(stories, "stories", "reply_batch", d.reply_batch),
     )
-    if settings.poll_interval < 10:
-        rep.error(("polling", "interval"), "must be at least 10 seconds, to be polite to feeds")
     if settings.fetch_deadline < settings.fetch_timeout:
         rep.error(("fetch", "deadline"), "must be at least fetch.timeout")
     return settings
@@ -411,7 +472,9 @@ def _topics(doc: dict[str, Any], rep: _Reporter) -> tuple[TopicConfig, ...]:
         if delivery not in ("realtime", "digest"):
             rep.error((*path, "delivery"), f'expected "realtime" or "digest", got {delivery!r}')
         digest_at = _get(raw, "digest_at", lambda v: tuple(_clock(x) for x in v), (), path, rep)
-        digest_every = _get(raw, "digest_every", parse_duration, None, path, rep)
+        digest_every = _get(
+            raw, "digest_every", _duration("topics.*.digest_every"), None, path, rep
+        )
         if delivery == "digest" and not digest_at and not digest_every:
             rep.error((*path, "delivery"), 'a digest needs digest_at = ["08:00"] or digest_every')
         timezone = _get(raw, "timezone", _string, "UTC", path, rep)
@@ -475,9 +538,7 @@ def _feeds(doc: dict[str, Any], rep: _Reporter, topic_names: set[str]) -> tuple[
             if topic not in topic_names:
                 known = ", ".join(sorted(topic_names))
                 rep.error((*path, "topics"), f"unknown topic {topic!r} (topics are: {known})")
-        interval = _get(raw, "interval", parse_duration, None, path, rep)
-        if interval is not None and interval < 10:
-            rep.error((*path, "interval"), "must be at least 10 seconds")
+        interval = _get(raw, "interval", _duration("feeds[].interval"), None, path, rep)
         feeds.append(
             FeedConfig(
                 url=url,

@@ -1,0 +1,130 @@
+"""Values that parse but cannot work are refused where they are written, with file:line and key.
+
+``check-config`` exits 2 and ``run`` exits 78 on them; a reload refuses them (see test_service).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aggregator.config.load import DURATION_RANGES, parse_config
+from aggregator.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPICS = """\
+[topics.ai-policy]
+channel = "#ai-policy"
+query = 'AI AND regulat*'
+"""
+FEEDS = """\
+[[feeds]]
+url = "https://a.example/feed"
+"""
+
+
+def problems(**texts: str) -> list[str]:
+    files = {"aggregator.toml": "", "feeds.toml": FEEDS, "topics.toml": TOPICS}
+    files |= {f"{name}.toml": text for name, text in texts.items()}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(files)
+    return caught.value.problems
+
+
+def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    db = config.parent / "bot.db"
+    return subprocess.run(
+        [sys.executable, "-m", "aggregator", "--config", str(config), "--db", str(db), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "config"
+    directory.mkdir()
+    shutil.copy(ROOT / "config" / "topics.toml", directory / "topics.toml")
+    (directory / "aggregator.toml").write_text("", encoding="utf-8")
+    (directory / "feeds.toml").write_text(FEEDS, encoding="utf-8")
+    return directory
+
+
+# -- durations ------------------------------------------------------------------------------------
+
+# Where each duration key lives: (file, the TOML that opens its table, its key path).
+DURATION_KEYS = [
+    ("aggregator", "[polling]", "polling.interval"),
+    ("aggregator", "[polling]", "polling.first_poll_window"),
+    ("aggregator", "[polling]", "polling.jitter"),
+    ("aggregator", "[polling]", "polling.cycle_timeout"),
+    ("aggregator", "[polling]", "polling.backoff_cap"),
+    ("aggregator", '[fetch]\ndeadline = "1h"', "fetch.timeout"),
+    ("aggregator", "[fetch]", "fetch.deadline"),
+    ("aggregator", "[fetch]", "fetch.failing_after"),
+    ("aggregator", "[slack]", "slack.per_channel_interval"),
+    ("aggregator", "[stories]", "stories.window"),
+    ("aggregator", "[stories]", "stories.reply_batch"),
+    ("feeds", '[[feeds]]\nurl = "https://a.example/feed"', "feeds[0].interval"),
+    ("topics", TOPICS.rstrip("\n"), "topics.ai-policy.digest_every"),
+]
+
+
+def test_every_duration_key_is_checked() -> None:
+    """The table of ranges and this test's list name the same keys: a new key is not forgotten."""
+    assert sorted(DURATION_RANGES) == sorted(
+        path.replace("[0]", "[]").replace("ai-policy", "*") for _, _, path in DURATION_KEYS
+    )
+
+
+@pytest.mark.parametrize(("file", "table", "path"), DURATION_KEYS)
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", '"999999999999d"', "1e300"])
+def test_a_duration_that_is_not_finite_or_absurd_is_refused_with_file_line_and_key(
+    file: str, table: str, path: str, value: str
+) -> None:
+    key = path.rsplit(".", 1)[-1]
+    text = f"# a comment\n{table}\n{key} = {value}\n"
+    line = text.count("\n")  # the key is on the last line
+    found = problems(**{file: text})
+    prefix = f"{file}.toml:{line}: {path}: "
+    assert [p for p in found if p.startswith(prefix)], found
+    message = next(p for p in found if p.startswith(prefix))
+    assert "finite" in message or "at most" in message, message
+
+
+@pytest.mark.parametrize(("file", "table", "path"), DURATION_KEYS)
+def test_the_upper_end_of_every_range_is_accepted(file: str, table: str, path: str) -> None:
+    key = path.rsplit(".", 1)[-1]
+    high = DURATION_RANGES[path.replace("[0]", "[]").replace("ai-policy", "*")][1]
+    parse_config(
+        {"aggregator.toml": "", "feeds.toml": FEEDS, "topics.toml": TOPICS}
+        | {f"{file}.toml": f"{table}\n{key} = {high}\n"}
+    )
+
+
+def test_retention_days_is_bounded_too() -> None:
+    found = problems(aggregator="[storage]\nretention_days = 999999999999\n")
+    assert found[0].startswith("aggregator.toml:2: storage.retention_days: must be at most")
+
+
+def test_check_config_exits_2_and_run_exits_78_on_an_infinite_feed_interval(
+    config_dir: Path,
+) -> None:
+    (config_dir / "feeds.toml").write_text(FEEDS + "interval = inf\n", encoding="utf-8")
+    checked = cli(config_dir, "check-config")
+    assert checked.returncode == 2, checked.stderr
+    assert f"{config_dir / 'feeds.toml'}:3: feeds[0].interval: " in checked.stderr
+    assert "Traceback" not in checked.stderr
+
+    started = cli(config_dir, "--log-format", "text", "run", timeout=30)
+    assert started.returncode == 78, started.stderr
+    assert "invalid config, not starting" in started.stderr
+    assert f"{config_dir / 'feeds.toml'}:3: feeds[0].interval: " in started.stderr
