@@ -128,3 +128,39 @@ def test_check_config_exits_2_and_run_exits_78_on_an_infinite_feed_interval(
     assert started.returncode == 78, started.stderr
     assert "invalid config, not starting" in started.stderr
     assert f"{config_dir / 'feeds.toml'}:3: feeds[0].interval: " in started.stderr
+
+
+# -- empty rules ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["query", "exclude"])
+@pytest.mark.parametrize("text", ["''", '""', "'   '", "'# only a comment'"])
+def test_an_empty_query_or_exclude_is_refused_with_file_line_and_key(key: str, text: str) -> None:
+    topics = TOPICS if key == "exclude" else TOPICS.replace("query = 'AI AND regulat*'\n", "")
+    found = problems(topics=f"{topics}{key} = {text}\n")
+    line = 4 if key == "exclude" else 3
+    assert found[0].startswith(f"topics.toml:{line}: topics.ai-policy.{key}: "), found
+    assert "empty" in found[0]
+
+
+def test_check_config_exits_2_and_run_exits_78_on_an_empty_query(config_dir: Path) -> None:
+    (config_dir / "topics.toml").write_text(
+        "[topics.ai-policy]\nchannel = \"#ai-policy\"\nquery = ''\n", encoding="utf-8"
+    )
+    checked = cli(config_dir, "check-config")
+    assert checked.returncode == 2, checked.stderr
+    assert f"{config_dir / 'topics.toml'}:3: topics.ai-policy.query: " in checked.stderr
+    assert "Traceback" not in checked.stderr
+
+    started = cli(config_dir, "--log-format", "text", "run", timeout=30)
+    assert started.returncode == 78, started.stderr
+    assert f"{config_dir / 'topics.toml'}:3: topics.ai-policy.query: " in started.stderr
+    assert "Traceback" not in started.stderr
+
+
+def test_the_examples_check_reports_a_query_that_does_not_compile_instead_of_raising() -> None:
+    from aggregator.config.model import TopicConfig
+    from aggregator.rules.matcher import check_examples
+
+    found = check_examples([TopicConfig("ai-policy", "#ai-policy", query="")])
+    assert found == ["topics: topic 'ai-policy': the query is empty at column 1"]

@@ -503,6 +503,36 @@ def test_reload_refuses_a_broken_config_keeps_the_old_rules_and_logs_each_change
     assert "RELOADING=1" in world.notify.states()
 
 
+# Edits that parse as TOML but cannot work: (file, text, what the refusal names).
+BAD_EDITS = [
+    ("topics.toml", '[topics.ai-policy]\nchannel = "#ai-policy"\nquery = \'\'\n',
+     "topics.toml:3: topics.ai-policy.query: is empty"),
+    ("feeds.toml", '[[feeds]]\nurl = "https://a.example/feed"\ninterval = inf\n',
+     "feeds.toml:3: feeds[0].interval: a duration must be a finite number"),
+]  # fmt: skip
+
+
+def test_reload_refuses_edits_that_cannot_work_without_a_traceback(world: World) -> None:
+    url = world.feeds.serve("/a.xml", rss(DULL_ITEM))
+    world.write_config([url])
+    service = world.start()
+    after = service.wait_log("cycle: 1 feeds: 1 fetched")
+    for name, text, reason in BAD_EDITS:
+        path = world.config / name
+        good = path.read_text(encoding="utf-8")
+        replace_keeping_mtime(path, text)
+        service.signal(signal.SIGHUP)
+        hup = service.wait_log("reloading config (SIGHUP)", after=after)
+        after = service.wait_log("config reload refused", after=hup)
+        assert reason in service.err[after]
+        replace_keeping_mtime(path, good)
+    world.feeds.serve("/a.xml", rss(SEED_ITEM))  # the old config stays live and keeps working
+    wait_until(lambda: len(world.slack.posts()) == 2, "the story matched by the old rules")
+    assert service.stop() == 0
+    assert "cycle failed" not in service.text()
+    assert "Traceback" not in service.text()
+
+
 # -- secrets --------------------------------------------------------------------------------------
 
 

@@ -455,7 +455,11 @@ def _topics(doc: dict[str, Any], rep: _Reporter) -> tuple[TopicConfig, ...]:
         query = _get(raw, "query", _string, "", path, rep)
         exclude = _get(raw, "exclude", _string, None, path, rep)
         for key, text in (("query", query), ("exclude", exclude)):
-            if text is None or (key == "query" and not text):
+            if text is None or (key == "query" and "query" not in raw):
+                continue
+            if not rules.describe(text):
+                hint = "every topic needs a query" if key == "query" else "remove the key instead"
+                rep.error((*path, key), f"is empty (nothing but spaces or comments): {hint}")
                 continue
             try:
                 rules.parse(text)
