@@ -164,3 +164,105 @@ def test_the_examples_check_reports_a_query_that_does_not_compile_instead_of_rai
 
     found = check_examples([TopicConfig("ai-policy", "#ai-policy", query="")])
     assert found == ["topics: topic 'ai-policy': the query is empty at column 1"]
+
+
+# -- deep and huge rules --------------------------------------------------------------------------
+
+HOSTILE_QUERIES = {
+    "200 nested groups": "(" * 200 + "tariff" + ")" * 200,
+    "a 330-term NEAR chain": " NEAR/5 ".join(f"word{i}" for i in range(330)),
+    "1,000 chained NOTs": "NOT " * 1000 + "tariff",
+    "NOT and groups mixed": "NOT (" * 300 + "tariff" + ")" * 300,
+    "a 50,000-term OR": " OR ".join(f"w{i}" for i in range(50_000)),
+    "a 3,000-word OR under the size limit": " OR ".join(f"w{i}" for i in range(3_000)),
+    "a 3,000-word phrase": '"' + " ".join(f"w{i}" for i in range(3_000)) + '"',
+    "field prefixes chained": "title:" * 3000 + "tariff",
+}
+LIMITS = {
+    "200 nested groups": "more than 32 levels deep",
+    "a 330-term NEAR chain": "more than 32 levels deep",
+    "1,000 chained NOTs": "more than 32 levels deep",
+    "NOT and groups mixed": "more than 32 levels deep",
+    "a 50,000-term OR": "longer than 100,000 characters",
+    "a 3,000-word OR under the size limit": "more than 2,000 words",
+    "a 3,000-word phrase": "more than 2,000 words",
+    "field prefixes chained": "'title:' must be followed by a word",
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_QUERIES)
+@pytest.mark.parametrize("key", ["query", "exclude"])
+def test_a_query_past_the_limits_is_refused_with_the_limit_named(name: str, key: str) -> None:
+    text = HOSTILE_QUERIES[name]
+    topics = TOPICS if key == "exclude" else TOPICS.replace("query = 'AI AND regulat*'\n", "")
+    found = problems(topics=f"{topics}{key} = '{text}'\n")
+    line = 4 if key == "exclude" else 3
+    assert len(found) == 1, found
+    assert found[0].startswith(f"topics.toml:{line}: topics.ai-policy.{key}: "), found[0][:200]
+    assert LIMITS[name] in found[0]
+    assert len(found[0]) < 2_000  # the pointer shows the query's line, not a wall of text
+
+
+def deepest(kind: str) -> str:
+    """A query exactly at the depth limit."""
+    from aggregator.rules.syntax import MAX_DEPTH
+
+    if kind == "groups":
+        return "(" * MAX_DEPTH + "tariff OR levy" + ")" * MAX_DEPTH
+    if kind == "near":
+        return " NEAR/5 ".join(f"word{i}" for i in range(MAX_DEPTH + 1))
+    if kind == "not":
+        return "NOT " * MAX_DEPTH + "tariff"
+    return "(" * (MAX_DEPTH // 2) + "NOT " * (MAX_DEPTH // 2) + "tariff" + ")" * (MAX_DEPTH // 2)
+
+
+@pytest.mark.parametrize("kind", ["groups", "near", "not", "mixed"])
+def test_a_query_at_the_limits_compiles_matches_and_explains(kind: str) -> None:
+    from aggregator.config.model import TopicConfig
+    from aggregator.models import Document, Entry
+    from aggregator.rules.matcher import TopicMatcher, check_examples, match_entries
+    from aggregator.rules.syntax import MAX_QUERY_WORDS
+
+    query = deepest(kind)
+    wide = " OR ".join(f"w{i}" for i in range(MAX_QUERY_WORDS - 1)) + " OR tariff"
+    title = " ".join(f"word{i}" for i in range(40)) + " tariff"
+    for text in (query, wide):
+        topic = TopicConfig("t", "#t", text, exclude=text, examples_match=(title,))
+        matcher = TopicMatcher.compile([topic])
+        matcher.match(Document(title=title))
+        matcher.explain(Document(title=title))
+        check_examples([topic])
+        assert parse_config({"feeds.toml": FEEDS, "topics.toml": f"[topics.t]\nquery = '{text}'\n"})
+    # An even number of NOTs cancels out: every one of these matches the title.
+    assert TopicMatcher.compile([TopicConfig("t", "#t", query)]).match(Document(title=title))
+    entry = Entry("f", "g", "", "", title, "", None, "h")
+    assert match_entries((("t", query, None),), [entry]) != ((),)
+
+
+CLI_CASES = ["200 nested groups", "a 330-term NEAR chain", "1,000 chained NOTs", "a 50,000-term OR"]
+
+
+@pytest.mark.parametrize("name", CLI_CASES)
+def test_check_config_exits_2_on_a_query_past_the_limits(config_dir: Path, name: str) -> None:
+    (config_dir / "topics.toml").write_text(
+        f"[topics.ai-policy]\nchannel = \"#ai-policy\"\nquery = '{HOSTILE_QUERIES[name]}'\n",
+        encoding="utf-8",
+    )
+    checked = cli(config_dir, "check-config")
+    assert checked.returncode == 2, checked.stderr[-2000:]
+    assert f"{config_dir / 'topics.toml'}:3: topics.ai-policy.query: " in checked.stderr
+    assert LIMITS[name] in checked.stderr
+    assert "Traceback" not in checked.stderr
+
+
+def test_run_exits_78_on_a_query_past_the_limits(config_dir: Path) -> None:
+    (config_dir / "topics.toml").write_text(
+        '[topics.ai-policy]\nchannel = "#ai-policy"\nquery = \''
+        + HOSTILE_QUERIES["1,000 chained NOTs"]
+        + "'\n",
+        encoding="utf-8",
+    )
+    started = cli(config_dir, "--log-format", "text", "run", timeout=30)
+    assert started.returncode == 78, started.stderr[-2000:]
+    assert "more than 32 levels deep" in started.stderr
+    assert "Traceback" not in started.stderr

@@ -509,6 +509,14 @@ BAD_EDITS = [
      "topics.toml:3: topics.ai-policy.query: is empty"),
     ("feeds.toml", '[[feeds]]\nurl = "https://a.example/feed"\ninterval = inf\n',
      "feeds.toml:3: feeds[0].interval: a duration must be a finite number"),
+    ("topics.toml", "[topics.ai-policy]\nquery = '" + "(" * 200 + "AI" + ")" * 200 + "'\n",
+     "topics.toml:2: topics.ai-policy.query: the query nests more than 32 levels deep"),
+    ("topics.toml", "[topics.ai-policy]\nquery = '" + "NOT " * 1000 + "AI'\n",
+     "topics.toml:2: topics.ai-policy.query: the query nests more than 32 levels deep"),
+    ("topics.toml", "[topics.ai-policy]\nquery = '" + " NEAR/5 ".join(["AI"] * 330) + "'\n",
+     "topics.toml:2: topics.ai-policy.query: the query nests more than 32 levels deep"),
+    ("topics.toml", "[topics.ai-policy]\nquery = '" + " OR ".join(["AI"] * 50_000) + "'\n",
+     "topics.toml:2: topics.ai-policy.query: the query is longer than 100,000 characters"),
 ]  # fmt: skip
 
 
