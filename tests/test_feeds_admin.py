@@ -10,6 +10,7 @@ import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,6 +120,55 @@ def test_import_opml(config_dir: Path) -> None:
         "https://a.example/feed",
         "https://c.example/rss",
     ]
+
+
+def test_import_opml_lists_what_it_skipped_and_why(config_dir: Path) -> None:
+    opml = config_dir / "subs.opml"
+    opml.write_text(
+        '<opml version="2.0"><body>'
+        '<outline text="A" xmlUrl="https://a.example/feed"/>'
+        '<outline text="Evil" xmlUrl="javascript:alert(document.cookie)"/>'
+        '<outline text="Local" xmlUrl="file:///etc/passwd"/>'
+        '<outline text="C" xmlUrl="https://c.example/rss"/>'
+        "</body></opml>"
+    )
+    message = import_opml_file(config_dir, opml)
+    assert "imported 1 feed(s)" in message
+    assert "  = https://a.example/feed: already in feeds.toml" in message
+    assert "  - javascript:alert(document.cookie): not an http(s) URL" in message
+    assert "  - file:///etc/passwd: not an http(s) URL" in message
+    assert [f.url for f in load_config(config_dir).feeds] == [
+        "https://a.example/feed",
+        "https://c.example/rss",
+    ]
+
+
+def test_import_opml_reads_and_writes_feeds_toml_once_and_reports_progress(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each outline used to re-parse the whole growing feeds.toml: quadratic (36 s for 1,000)."""
+    opml = config_dir / "subs.opml"
+    outlines = "".join(
+        f'<outline text="F{n}" xmlUrl="https://f{n}.example/feed"/>' for n in range(400)
+    )
+    opml.write_text(f'<opml version="2.0"><body>{outlines}</body></opml>')
+    parsed: list[int] = []
+    real_loads = tomllib.loads
+
+    def counting_loads(text: str, **kwargs: Any) -> dict[str, Any]:
+        parsed.append(len(text))
+        return real_loads(text, **kwargs)
+
+    monkeypatch.setattr(tomllib, "loads", counting_loads)
+    steps: list[str] = []
+    message = import_opml_file(config_dir, opml, progress=steps.append)
+    assert message.startswith("imported 400 feed(s)")
+    # The old feeds.toml once, the new one once, and the whole config once (three files).
+    assert len(parsed) <= 6, len(parsed)
+    assert steps[0].startswith("read 400 outlines")
+    assert any("checking" in step for step in steps)
+    monkeypatch.undo()
+    assert len(load_config(config_dir).feeds) == 401
 
 
 def test_render_list() -> None:
@@ -231,6 +281,8 @@ def test_feeds_commands_end_to_end(config_dir: Path, server: FeedServer) -> None
     (config_dir / "subs.opml").write_text(exported.stdout)
     imported = _cli(config_dir, "feeds", "import-opml", str(config_dir / "subs.opml"))
     assert imported.returncode == 0 and "imported 1 feed(s)" in imported.stdout
+    assert "read 2 outlines" in imported.stderr  # progress goes to stderr, the result to stdout
+    assert "read 2 outlines" not in imported.stdout
 
     polled = _cli(config_dir, "poll", "--once")
     assert polled.returncode == 0, polled.stderr

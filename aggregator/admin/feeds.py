@@ -7,7 +7,7 @@ written, so a typo in ``--topics`` never reaches the file a running service relo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,8 +16,8 @@ from aggregator.config.feeds_file import (
     add_feed,
     feed_block,
     import_opml,
-    read_opml,
     remove_feed,
+    scan_opml,
     write_text_atomic,
 )
 from aggregator.config.load import FILES, parse_config
@@ -139,18 +139,39 @@ def remove_from_config(config_dir: Path, url_or_name: str) -> str:
     return f"removed {url} from {config_dir / 'feeds.toml'}"
 
 
-def import_opml_file(config_dir: Path, opml_path: Path) -> str:
+def import_opml_file(
+    config_dir: Path, opml_path: Path, progress: Callable[[str], None] | None = None
+) -> str:
+    """Add the feeds of an OPML file in one pass: read, append, validate, write once.
+
+    ``progress`` hears each step (the CLI prints them on stderr); the returned text lists what
+    was added and everything skipped, with why.
+    """
+    say = progress or (lambda _: None)
     try:
         opml_text = Path(opml_path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{opml_path}: cannot read: {e}") from e
+    scan = scan_opml(opml_text)
+    say(
+        f"read {scan.outlines} outlines from {opml_path}: {len(scan.feeds)} feeds, "
+        f"{len(scan.refused)} not http(s)"
+    )
     texts = _read_texts(config_dir)
-    new_text, added, skipped = import_opml(texts["feeds.toml"], read_opml(opml_text))
+    new_text, added, present = import_opml(texts["feeds.toml"], scan.feeds)
     if added:
+        say(f"checking the config with {len(added)} new feed(s)")
         _validate(config_dir, texts, new_text)
         write_text_atomic(config_dir / "feeds.toml", new_text)
-    lines = [f"imported {len(added)} feed(s) from {opml_path}, {len(skipped)} already present"]
+        say(f"wrote {config_dir / 'feeds.toml'}")
+    skipped = len(present) + len(scan.refused)
+    lines = [
+        f"imported {len(added)} feed(s) from {opml_path}, {len(present)} already present, "
+        f"{skipped} skipped in all"
+    ]
     lines += [f"  + {f.name or f.url}  {f.url}" for f in added]
+    lines += [f"  = {url}: already in feeds.toml" for url in present]
+    lines += [f"  - {url}: {why}" for url, why in scan.refused]
     return "\n".join(lines)
 
 
