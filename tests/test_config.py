@@ -150,3 +150,22 @@ def test_the_shipped_config_is_valid_and_embedded(
         "/etc/aggregator"
     )
     assert resolve_config_dir("mine", {"AGGREGATOR_CONFIG": "/x"}) == Path("mine")
+
+
+def test_fetch_address_options() -> None:
+    config = parse_config(
+        {
+            "aggregator.toml": "[fetch]\nallow_private = true\n"
+            'allow_networks = ["10.1.2.3/16", "::1"]\n',
+            "feeds.toml": FEEDS,
+            "topics.toml": TOPICS,
+        }
+    )
+    assert config.settings.allow_private is True
+    assert config.settings.allow_networks == ("10.1.0.0/16", "::1/128")
+    assert (
+        parse_config({"feeds.toml": FEEDS, "topics.toml": TOPICS}).settings.allow_private is False
+    )
+    found = problems(aggregator='[fetch]\nallow_private = "yes"\nallow_networks = ["intranet"]\n')
+    assert found[0].startswith("aggregator.toml:2: fetch.allow_private: expected true or false")
+    assert found[1].startswith("aggregator.toml:3: fetch.allow_networks: expected addresses or")

@@ -35,7 +35,7 @@ TOPICS = '[topics.ai-policy]\nchannel = "#ai-policy"\nquery = "AI"\n'
 FEEDS = '# my feeds\n\n[[feeds]]\nurl = "https://a.example/feed"  # keep me\nname = "A"\n'
 FEED = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>Local News</title>
 <item><title>One</title><link>https://local.example/1</link></item></channel></rss>"""
-SETTINGS = Settings(fetch_timeout=2.0, fetch_deadline=4.0)
+SETTINGS = Settings(fetch_timeout=2.0, fetch_deadline=4.0, allow_private=True)
 
 
 @pytest.fixture
@@ -171,6 +171,18 @@ def test_import_opml_reads_and_writes_feeds_toml_once_and_reports_progress(
     assert len(load_config(config_dir).feeds) == 401
 
 
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/", "http://0xA9FEA9FE/feed"])
+def test_add_refuses_a_metadata_address_through_the_same_guard(config_dir: Path, url: str) -> None:
+    probe = probe_feed(url, Settings(fetch_timeout=0.5, fetch_deadline=1.0, allow_private=True))
+    assert not probe.ok and "cloud metadata address" in probe.message
+    with pytest.raises(ConfigError, match=r"not added: .*cloud metadata address"):
+        add_to_config(config_dir, url, probe=probe)
+    refused = _cli(config_dir, "feeds", "add", "http://[fd00:ec2::254]/feed")
+    assert refused.returncode == 2, refused.stderr
+    assert "fd00:ec2::254 is a cloud metadata address" in refused.stderr
+    assert "fd00:ec2::254" not in (config_dir / "feeds.toml").read_text()
+
+
 def test_render_list() -> None:
     text = render_list([FeedConfig("https://a.example/feed", "A", 600.0, ("ai-policy",))])
     assert "A\n    https://a.example/feed  (every 600 s; topics: ai-policy)" in text
@@ -261,6 +273,7 @@ def _cli(config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_feeds_commands_end_to_end(config_dir: Path, server: FeedServer) -> None:
+    (config_dir / "aggregator.toml").write_text("[fetch]\nallow_private = true\n")
     url = server.serve("/feed", FEED, etag='"x"')
     added = _cli(config_dir, "feeds", "add", url, "--topics", "ai-policy")
     assert added.returncode == 0, added.stderr

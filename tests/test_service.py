@@ -234,7 +234,7 @@ class World:
         (self.config / "topics.toml").write_text(topics or shipped, encoding="utf-8")
         (self.config / "aggregator.toml").write_text(
             f'[polling]\ninterval = "10s"\njitter = 0\n{polling}\n'
-            '[fetch]\ntimeout = "2s"\ndeadline = "6s"\nparse_workers = 1\n'
+            '[fetch]\ntimeout = "2s"\ndeadline = "6s"\nparse_workers = 1\nallow_private = true\n'
             '[slack]\nper_channel_interval = "0.05s"\n' + settings,
             encoding="utf-8",
         )

@@ -7,6 +7,7 @@ environment or from systemd's ``$CREDENTIALS_DIRECTORY`` (see :func:`slack_token
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import tomllib
@@ -317,6 +318,19 @@ def _whole_number(low: int, high: int) -> Callable[[object], int]:
     return convert
 
 
+def _networks(value: object) -> tuple[str, ...]:
+    """Addresses or networks in canonical form (``"10.1.0.0/16"``)."""
+    out = []
+    for text in _strings(value):
+        try:
+            out.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError as e:
+            raise ValueError(
+                f"expected addresses or networks such as 10.1.0.0/16, got {text!r}"
+            ) from e
+    return tuple(out)
+
+
 def _http_url(value: object) -> str:
     text = _string(value).strip()
     if not re.match(r"^https?://[^\s/]+", text):
@@ -361,7 +375,7 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
     fetch = section(
         "fetch",
         {"timeout", "deadline", "max_body", "max_redirects", "concurrency", "parse_workers"}
-        | {"user_agent", "failing_after"},
+        | {"user_agent", "failing_after", "allow_private", "allow_networks"},
     )
     slack = section("slack", {"api_url", "ops_channel", "max_attempts", "per_channel_interval"})
     stories = section("stories", {"window", "reply_batch"})
@@ -403,6 +417,8 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
         ),
         failing_after=duration(fetch, "fetch", "failing_after", d.failing_after),
         user_agent=_get(fetch, "user_agent", _string, d.user_agent, f, rep),
+        allow_private=_get(fetch, "allow_private", _boolean, d.allow_private, f, rep),
+        allow_networks=_get(fetch, "allow_networks", _networks, d.allow_networks, f, rep),
         slack_api_url=api_url,
         ops_channel=ops,
         max_attempts=number(slack, "slack", "max_attempts", d.max_attempts, (1, MAX_ATTEMPTS)),
