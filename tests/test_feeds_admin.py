@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from aggregator.admin.feeds import (
+    FeedHealth,
     add_to_config,
     feed_health,
     import_opml_file,
@@ -187,6 +188,25 @@ def test_render_list() -> None:
     text = render_list([FeedConfig("https://a.example/feed", "A", 600.0, ("ai-policy",))])
     assert "A\n    https://a.example/feed  (every 600 s; topics: ai-policy)" in text
     assert render_list([]) == "no feeds configured"
+
+
+def test_list_and_status_show_control_characters_escaped() -> None:
+    """A name with a newline (or an ANSI escape, or a bidi override) must not forge lines."""
+    evil = "Evil\nfeed(s): 0\x1b[2J\u202eoops"
+    feed = FeedConfig("https://e.example/feed?x=\u202e", evil, None, ())
+    text = render_list([feed])
+    lines = text.splitlines()
+    assert lines[0] == "Evil\\nfeed(s): 0\\x1b[2J\\u202eoops"
+    assert lines[1] == "    https://e.example/feed?x=\\u202e"
+    assert lines[2] == "1 feed(s)" and len(lines) == 3
+    health = FeedHealth(
+        url=feed.url, name=evil, state="failing", last_success=None, last_error="boom\nline",
+        last_error_at=None, consecutive_errors=2, next_fetch=None, items_per_day=0.0,
+        avg_latency_ms=None,
+    )  # fmt: skip
+    status = render_status([health], NOW)
+    assert "\x1b" not in status and "\u202e" not in status
+    assert "boom\\nline" in status and "Evil\\nfeed" in status
 
 
 def test_status_table_from_a_real_database(tmp_path: Path) -> None:

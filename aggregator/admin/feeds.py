@@ -7,6 +7,7 @@ written, so a typo in ``--topics`` never reaches the file a running service relo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -67,6 +68,22 @@ class FeedHealth:
 # -- list / add / remove / OPML -----------------------------------------------------------------
 
 
+# What must not reach a terminal raw: C0 and C1 controls (a newline forges a line, ESC starts a
+# terminal sequence), bidi overrides and isolates (they reorder what is shown), line separators.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that could forge or reorder terminal output escaped."""
+    return _UNPRINTABLE.sub(_escape_character, text)
+
+
+def _escape_character(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(match.group())
+    return named or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
 def render_list(feeds: Sequence[FeedConfig]) -> str:
     if not feeds:
         return "no feeds configured"
@@ -78,7 +95,7 @@ def render_list(feeds: Sequence[FeedConfig]) -> str:
         if feed.topics:
             extras.append("topics: " + ", ".join(feed.topics))
         suffix = f"  ({'; '.join(extras)})" if extras else ""
-        lines.append(f"{feed.name}\n    {feed.url}{suffix}")
+        lines.append(f"{printable(feed.name)}\n    {printable(feed.url)}{suffix}")
     lines.append(f"{len(feeds)} feed(s)")
     return "\n".join(lines)
 
@@ -169,9 +186,9 @@ def import_opml_file(
         f"imported {len(added)} feed(s) from {opml_path}, {len(present)} already present, "
         f"{skipped} skipped in all"
     ]
-    lines += [f"  + {f.name or f.url}  {f.url}" for f in added]
-    lines += [f"  = {url}: already in feeds.toml" for url in present]
-    lines += [f"  - {url}: {why}" for url, why in scan.refused]
+    lines += [f"  + {printable(f.name or f.url)}  {printable(f.url)}" for f in added]
+    lines += [f"  = {printable(url)}: already in feeds.toml" for url in present]
+    lines += [f"  - {printable(url)}: {why}" for url, why in scan.refused]
     return "\n".join(lines)
 
 
@@ -232,7 +249,7 @@ def render_status(rows: Sequence[FeedHealth], now: datetime) -> str:
         table.append(
             (
                 r.state,
-                _shorten(r.name or r.url, 32),
+                _shorten(printable(r.name or r.url), 32),
                 _ago(r.last_success, now),
                 str(r.consecutive_errors),
                 "never (gone)" if r.state == "gone" else _until(r.next_fetch, now),
@@ -251,11 +268,12 @@ def render_status(rows: Sequence[FeedHealth], now: datetime) -> str:
         lines.append("")
         lines.append("last errors:")
         for r in problems:
-            lines.append(f"  {r.name or r.url} ({_ago(r.last_error_at, now)}): {r.last_error}")
+            name, error = printable(r.name or r.url), printable(r.last_error or "")
+            lines.append(f"  {name} ({_ago(r.last_error_at, now)}): {error}")
     if moved:
         lines.append("")
         lines.append("moved (permanent redirect followed; update feeds.toml):")
-        lines += [f"  {r.moved_from} -> {r.url}" for r in moved]
+        lines += [f"  {printable(r.moved_from or '')} -> {printable(r.url)}" for r in moved]
     counts = {s: sum(1 for r in rows if r.state == s) for s in ("active", "failing", "gone")}
     lines.append("")
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
