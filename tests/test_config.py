@@ -10,11 +10,10 @@ from aggregator.config.load import (
     DEFAULTS_DIR,
     load_config,
     parse_config,
-    parse_duration,
-    parse_size,
     resolve_config_dir,
     slack_token,
 )
+from aggregator.config.values import parse_duration, parse_size
 from aggregator.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

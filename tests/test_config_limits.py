@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config.load import DURATION_RANGES, parse_config
+from aggregator.config.load import parse_config
+from aggregator.config.values import DURATION_RANGES
 from aggregator.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
