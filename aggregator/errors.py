@@ -32,9 +32,17 @@ class RuleSyntaxError(AggregatorError):
         self.column = column
         super().__init__(f"{message} at column {column}")
 
-    def pointer(self) -> str:
-        """The query with a caret under the offending column."""
-        return f"{self.query}\n{' ' * (self.column - 1)}^"
+    def pointer(self, width: int = 100) -> str:
+        """The query's line with a caret under the offending column; a long line is cut to
+        ``width`` characters around the column, so a pasted 100 KB query stays readable."""
+        line, caret = self.query, self.column - 1
+        if len(line) > width:
+            start = max(0, min(caret - width // 2, len(line) - width))
+            cut = line[start : start + width]
+            before = "\u2026" if start > 0 else ""
+            after = "\u2026" if start + width < len(line) else ""
+            line, caret = f"{before}{cut}{after}", caret - start + len(before)
+        return f"{line}\n{' ' * caret}^"
 
 
 class FeedError(AggregatorError):

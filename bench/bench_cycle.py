@@ -166,7 +166,7 @@ def write_config(workdir: Path, urls: list[str]) -> Path:
     (directory / "topics.toml").write_text(shipped, encoding="utf-8")
     (directory / "aggregator.toml").write_text(
         f'[storage]\ndatabase = "{workdir / "bench.db"}"\n'
-        '[polling]\ninterval = "60s"\njitter = 0\n',
+        '[polling]\ninterval = "60s"\njitter = 0\n[fetch]\nallow_private = true\n',
         encoding="utf-8",
     )
     feeds = [f'[[feeds]]\nurl = "{url}"\nname = "Outlet {i}"\n' for i, url in enumerate(urls)]

@@ -15,7 +15,9 @@ Faults are queued per method and used one per call (:meth:`SlackServer.script`),
 - ``Fault.status(500)`` / ``Fault.status(503)``: a server error (HTML body, as Slack's edge sends);
 - ``Fault.drop()``: the connection is closed before any response, nothing accepted;
 - ``Fault.accept_then_drop()``: the message is stored, then the connection closed (lost response);
-- ``Fault.error("channel_not_found")`` and the like: HTTP 200 with ``{"ok": false, "error": ...}``.
+- ``Fault.error("channel_not_found")`` and the like: HTTP 200 with ``{"ok": false, "error": ...}``;
+- ``Fault.echo_auth_page(502)``: a proxy's HTML error page that quotes the request's Authorization
+  header (the token); ``Fault.echo_auth_error()``: an ``error`` field that quotes it.
 
 Run it by hand with ``python tests/slackserver.py`` to point a bot at it.
 """
@@ -48,7 +50,7 @@ SCOPES = (
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # rate_limited | status | drop | accept_then_drop | error
+    kind: str  # rate_limited | status | drop | accept_then_drop | error | echo_page | echo_error
     http_status: int = 200
     code: str = ""
     retry_after: float | None = None
@@ -76,6 +78,14 @@ class Fault:
     @classmethod
     def error(cls, code: str) -> Fault:
         return cls("error", 200, code)
+
+    @classmethod
+    def echo_auth_page(cls, status: int = 502) -> Fault:
+        return cls("echo_page", status)
+
+    @classmethod
+    def echo_auth_error(cls) -> Fault:
+        return cls("echo_error", 200)
 
 
 @dataclass
@@ -412,6 +422,15 @@ def _make_handler(server: SlackServer) -> type[BaseHTTPRequestHandler]:
             elif fault.kind == "status":
                 page = b"<html><body>Slack is having trouble</body></html>"
                 self._reply(fault.http_status, None, page)
+            elif fault.kind == "echo_page":
+                page = (  # early in the page: slack-sdk keeps the first 100 characters
+                    f"<html><body>Bad gateway: Authorization: {auth}; Host: slack.com"
+                    "<p>upstream refused the request</p></body></html>"
+                )
+                self._reply(fault.http_status, None, page.encode())
+            elif fault.kind == "echo_error":
+                body = {"ok": False, "error": f"bad_request: could not verify {auth}"}
+                self._reply(fault.http_status, body)
             else:
                 headers = {}
                 if fault.retry_after is not None:

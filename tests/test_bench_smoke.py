@@ -87,3 +87,10 @@ def test_tiny_parse_tuning_benchmark_reports_both_modes() -> None:
             "tuned_ms_per_feed",
         }
         assert figures["untuned_seconds"] > 0 and figures["tuned_seconds"] > 0
+
+
+def test_the_opml_import_benchmark_runs() -> None:
+    result = run_json(ROOT / "bench" / "bench_opml.py", "--sizes", "20", "--json")
+    (run,) = result["runs"]
+    assert run["outlines"] == 20 and run["feeds_written"] == 20
+    assert run["seconds"] > 0

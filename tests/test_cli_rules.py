@@ -235,3 +235,20 @@ def test_backtest_csv_with_a_candidate_against_the_live_rules(
     )
     assert "lost vs live rules: 1\n    - 2025-01-02  Senate passes AI moratorium" in result.stdout
     assert "matching 3 items" in result.stderr  # the progress bar's label
+
+
+def test_a_huge_window_on_the_command_line_is_an_error_not_a_traceback(config_dir: Path) -> None:
+    backtest = run("--config", config_dir, "backtest", "--since", "999999999999d")
+    assert backtest.returncode == 2 and "reaches back too far" in backtest.stderr
+    assert "Traceback" not in backtest.stderr
+    stories = config_dir.parent / "stories.jsonl"
+    rows = [
+        {"id": str(n), "source": f"s{n}", "published": f"2026-01-0{n}T10:00:00Z",
+         "title": f"Senate passes AI bill {n}", "summary": "", "story": "a",
+         "link": f"https://e.example/{n}"}
+        for n in (1, 2)
+    ]  # fmt: skip
+    stories.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    evaluated = run("eval-stories", stories, "--window", "999999999999d")
+    assert evaluated.returncode == 2 and "too long" in evaluated.stderr, evaluated.stderr
+    assert "Traceback" not in evaluated.stderr

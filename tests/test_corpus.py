@@ -100,7 +100,9 @@ def test_every_corpus_file_is_ingested_or_recorded(tmp_path: Path) -> None:
             urls.append(server.url(quoted))
         # The old harness answered this path with a bare 304 (see http_redirect_to_304.xml).
         server.route("/feedparser-tests/removed-history/-/return-304.xml", Reply(status=304))
-        settings = Settings(fetch_timeout=5.0, fetch_deadline=10.0, concurrency=16)
+        settings = Settings(
+            fetch_timeout=5.0, fetch_deadline=10.0, concurrency=16, allow_private=True
+        )
         with Fetcher(settings) as fetcher:
             outcomes = fetcher.fetch_many([FetchRequest(u) for u in urls])
 

@@ -44,7 +44,8 @@ def write_config(directory: Path, urls: list[str]) -> Path:
     )
     (directory / "aggregator.toml").write_text(
         f'[storage]\ndatabase = "{directory / "bot.db"}"\n'
-        '[polling]\ninterval = "60s"\njitter = 0\n[fetch]\ntimeout = "5s"\ndeadline = "20s"\n',
+        '[polling]\ninterval = "60s"\njitter = 0\n'
+        '[fetch]\ntimeout = "5s"\ndeadline = "20s"\nallow_private = true\n',
         encoding="utf-8",
     )
     feeds = [f'[[feeds]]\nurl = "{url}"\nname = "Outlet {i}"\n' for i, url in enumerate(urls)]

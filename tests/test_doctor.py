@@ -40,7 +40,8 @@ def write_config(directory: Path, feed_urls: list[str], *, topics: str | None = 
     shipped = (REPO / "config" / "topics.toml").read_text(encoding="utf-8")
     (directory / "topics.toml").write_text(topics or shipped, encoding="utf-8")
     (directory / "aggregator.toml").write_text(
-        '[fetch]\ntimeout = "2s"\ndeadline = "3s"\nparse_workers = 1\n', encoding="utf-8"
+        '[fetch]\ntimeout = "2s"\ndeadline = "3s"\nparse_workers = 1\nallow_private = true\n',
+        encoding="utf-8",
     )
     lines = [f'[[feeds]]\nurl = "{u}"\nname = "Outlet {i}"\n' for i, u in enumerate(feed_urls)]
     (directory / "feeds.toml").write_text("\n".join(lines), encoding="utf-8")

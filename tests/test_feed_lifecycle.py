@@ -32,6 +32,7 @@ backoff_cap = "1h"
 timeout = 2
 deadline = 4
 failing_after = "2h"
+allow_private = true
 [slack]
 ops_channel = "#ops"
 """

@@ -10,10 +10,12 @@ import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aggregator.admin.feeds import (
+    FeedHealth,
     add_to_config,
     feed_health,
     import_opml_file,
@@ -36,7 +38,7 @@ TOPICS = '[topics.ai-policy]\nchannel = "#ai-policy"\nquery = "AI"\n'
 FEEDS = '# my feeds\n\n[[feeds]]\nurl = "https://a.example/feed"  # keep me\nname = "A"\n'
 FEED = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>Local News</title>
 <item><title>One</title><link>https://local.example/1</link></item></channel></rss>"""
-SETTINGS = Settings(fetch_timeout=2.0, fetch_deadline=4.0)
+SETTINGS = Settings(fetch_timeout=2.0, fetch_deadline=4.0, allow_private=True)
 
 
 @pytest.fixture
@@ -123,10 +125,90 @@ def test_import_opml(config_dir: Path) -> None:
     ]
 
 
+def test_import_opml_lists_what_it_skipped_and_why(config_dir: Path) -> None:
+    opml = config_dir / "subs.opml"
+    opml.write_text(
+        '<opml version="2.0"><body>'
+        '<outline text="A" xmlUrl="https://a.example/feed"/>'
+        '<outline text="Evil" xmlUrl="javascript:alert(document.cookie)"/>'
+        '<outline text="Local" xmlUrl="file:///etc/passwd"/>'
+        '<outline text="C" xmlUrl="https://c.example/rss"/>'
+        "</body></opml>"
+    )
+    message = import_opml_file(config_dir, opml)
+    assert "imported 1 feed(s)" in message
+    assert "  = https://a.example/feed: already in feeds.toml" in message
+    assert "  - javascript:alert(document.cookie): not an http(s) URL" in message
+    assert "  - file:///etc/passwd: not an http(s) URL" in message
+    assert [f.url for f in load_config(config_dir).feeds] == [
+        "https://a.example/feed",
+        "https://c.example/rss",
+    ]
+
+
+def test_import_opml_reads_and_writes_feeds_toml_once_and_reports_progress(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each outline used to re-parse the whole growing feeds.toml: quadratic (36 s for 1,000)."""
+    opml = config_dir / "subs.opml"
+    outlines = "".join(
+        f'<outline text="F{n}" xmlUrl="https://f{n}.example/feed"/>' for n in range(400)
+    )
+    opml.write_text(f'<opml version="2.0"><body>{outlines}</body></opml>')
+    parsed: list[int] = []
+    real_loads = tomllib.loads
+
+    def counting_loads(text: str, **kwargs: Any) -> dict[str, Any]:
+        parsed.append(len(text))
+        return real_loads(text, **kwargs)
+
+    monkeypatch.setattr(tomllib, "loads", counting_loads)
+    steps: list[str] = []
+    message = import_opml_file(config_dir, opml, progress=steps.append)
+    assert message.startswith("imported 400 feed(s)")
+    # The old feeds.toml once, the new one once, and the whole config once (three files).
+    assert len(parsed) <= 6, len(parsed)
+    assert steps[0].startswith("read 400 outlines")
+    assert any("checking" in step for step in steps)
+    monkeypatch.undo()
+    assert len(load_config(config_dir).feeds) == 401
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/", "http://0xA9FEA9FE/feed"])
+def test_add_refuses_a_metadata_address_through_the_same_guard(config_dir: Path, url: str) -> None:
+    probe = probe_feed(url, Settings(fetch_timeout=0.5, fetch_deadline=1.0, allow_private=True))
+    assert not probe.ok and "cloud metadata address" in probe.message
+    with pytest.raises(ConfigError, match=r"not added: .*cloud metadata address"):
+        add_to_config(config_dir, url, probe=probe)
+    refused = _cli(config_dir, "feeds", "add", "http://[fd00:ec2::254]/feed")
+    assert refused.returncode == 2, refused.stderr
+    assert "fd00:ec2::254 is a cloud metadata address" in refused.stderr
+    assert "fd00:ec2::254" not in (config_dir / "feeds.toml").read_text()
+
+
 def test_render_list() -> None:
     text = render_list([FeedConfig("https://a.example/feed", "A", 600.0, ("ai-policy",))])
     assert "A\n    https://a.example/feed  (every 600 s; topics: ai-policy)" in text
     assert render_list([]) == "no feeds configured"
+
+
+def test_list_and_status_show_control_characters_escaped() -> None:
+    """A name with a newline (or an ANSI escape, or a bidi override) must not forge lines."""
+    evil = "Evil\nfeed(s): 0\x1b[2J\u202eoops"
+    feed = FeedConfig("https://e.example/feed?x=\u202e", evil, None, ())
+    text = render_list([feed])
+    lines = text.splitlines()
+    assert lines[0] == "Evil\\nfeed(s): 0\\x1b[2J\\u202eoops"
+    assert lines[1] == "    https://e.example/feed?x=\\u202e"
+    assert lines[2] == "1 feed(s)" and len(lines) == 3
+    health = FeedHealth(
+        url=feed.url, name=evil, state="failing", last_success=None, last_error="boom\nline",
+        last_error_at=None, consecutive_errors=2, next_fetch=None, items_per_day=0.0,
+        avg_latency_ms=None,
+    )  # fmt: skip
+    status = render_status([health], NOW)
+    assert "\x1b" not in status and "\u202e" not in status
+    assert "boom\\nline" in status and "Evil\\nfeed" in status
 
 
 def test_status_table_from_a_real_database(tmp_path: Path) -> None:
@@ -207,6 +289,7 @@ def _cli(config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_feeds_commands_end_to_end(config_dir: Path, server: FeedServer) -> None:
+    (config_dir / "aggregator.toml").write_text("[fetch]\nallow_private = true\n")
     url = server.serve("/feed", FEED, etag='"x"')
     added = _cli(config_dir, "feeds", "add", url, "--topics", "ai-policy")
     assert added.returncode == 0, added.stderr
@@ -227,6 +310,8 @@ def test_feeds_commands_end_to_end(config_dir: Path, server: FeedServer) -> None
     (config_dir / "subs.opml").write_text(exported.stdout)
     imported = _cli(config_dir, "feeds", "import-opml", str(config_dir / "subs.opml"))
     assert imported.returncode == 0 and "imported 1 feed(s)" in imported.stdout
+    assert "read 2 outlines" in imported.stderr  # progress goes to stderr, the result to stdout
+    assert "read 2 outlines" not in imported.stdout
 
     polled = _cli(config_dir, "poll", "--once")
     assert polled.returncode == 0, polled.stderr

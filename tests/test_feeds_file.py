@@ -16,6 +16,7 @@ from aggregator.config.feeds_file import (
     import_opml,
     read_opml,
     remove_feed,
+    scan_opml,
     write_text_atomic,
 )
 from aggregator.config.model import FeedConfig
@@ -151,6 +152,22 @@ def test_read_opml() -> None:
         OpmlFeed("https://thehill.com/feed/", "The Hill & Co", "Politics"),
         OpmlFeed("https://feeds.arstechnica.com/arstechnica/index", "Ars", ""),
     ]
+
+
+def test_scan_opml_names_what_cannot_be_a_feed_and_survives_deep_folders() -> None:
+    scan = scan_opml(OPML)
+    assert scan.outlines == 5
+    assert scan.refused == (("file:///etc/passwd", "not an http(s) URL"),)
+    deep = (
+        '<opml version="2.0"><body>'
+        + '<outline text="f">' * 3000
+        + '<outline text="Deep\n  feed" xmlUrl="https://deep.example/feed"/>'
+        + "</outline>" * 3000
+        + '<outline text="x" xmlUrl="javascript:alert(1)"/></body></opml>'
+    )
+    scan = scan_opml(deep)
+    assert scan.feeds == (OpmlFeed("https://deep.example/feed", "Deep feed", "f"),)
+    assert scan.refused == (("javascript:alert(1)", "not an http(s) URL"),)
 
 
 @pytest.mark.parametrize(

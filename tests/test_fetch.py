@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,9 @@ def server() -> Iterator[FeedServer]:
 
 @pytest.fixture
 def fetcher() -> Iterator[Fetcher]:
-    settings = Settings(fetch_timeout=0.5, fetch_deadline=2.0, max_redirects=3, concurrency=4)
+    settings = Settings(
+        fetch_timeout=0.5, fetch_deadline=2.0, max_redirects=3, concurrency=4, allow_private=True
+    )
     with Fetcher(settings) as f:
         yield f
 
@@ -240,3 +243,129 @@ def test_parse_max_age() -> None:
     assert parse_max_age('public, s-maxage=5, max-age="300"') == 300
     assert parse_max_age("no-cache") is None
     assert parse_max_age(None) is None
+
+
+# -- internal addresses (SSRF) --------------------------------------------------------------------
+
+METADATA_URLS = [
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+    "http://0xA9FEA9FE/latest/",
+    "http://0xa9.0xfe.0xa9.0xfe/latest/",
+    "http://2852039166/latest/",
+    "http://0251.0376.0251.0376/latest/",
+    "http://169.254.43518/latest/",
+    "http://169.254.169.254./latest/",
+    "http://[fd00:ec2::254]/latest/",
+    "http://[::ffff:169.254.169.254]/latest/",
+    "http://[::ffff:a9fe:a9fe]/latest/",
+    "http://[64:ff9b::a9fe:a9fe]/latest/",
+    "http://[fe80::1]/",
+    "http://169.254.1.1/",
+    "http://100.100.100.200/latest/meta-data/",
+]
+
+
+def guarded(**settings: Any) -> Fetcher:
+    return Fetcher(Settings(fetch_timeout=0.5, fetch_deadline=2.0, **settings))
+
+
+@pytest.mark.parametrize("url", METADATA_URLS)
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_link_local_and_metadata_addresses_are_refused_in_any_spelling(
+    url: str, allow_private: bool
+) -> None:
+    with guarded(allow_private=allow_private) as fetcher:
+        outcome = fetcher.fetch(FetchRequest(url))
+    assert isinstance(outcome, FetchError)
+    assert outcome.kind == "blocked", outcome.reason
+    assert outcome.reason.startswith(f"fetch failed: {url!r}: ")
+    assert "link-local" in outcome.reason or "metadata" in outcome.reason
+    assert "allow_networks" in outcome.reason  # the error says how to allow it on purpose
+
+
+# httpx itself refuses a Location of 0251.0376.0251.0376 (a protocol error), before our check.
+REDIRECT_TARGETS = [u for u in METADATA_URLS if "0251" not in u]
+
+
+@pytest.mark.parametrize("target", [*REDIRECT_TARGETS, "http://10.0.0.5/feed", "http://[::1]/feed"])
+def test_a_redirect_to_an_internal_address_is_refused(server: FeedServer, target: str) -> None:
+    url = server.redirect("/feed", target, 302)
+    with guarded(allow_networks=("127.0.0.1/32",)) as fetcher:  # the feed server only
+        outcome = fetcher.fetch(FetchRequest(url))
+    assert isinstance(outcome, FetchError) and outcome.kind == "blocked", outcome
+    assert outcome.reason.startswith(f"fetch failed: {url!r}: redirect to ")
+    assert f"redirect to {target.lower()!r} refused: " in outcome.reason.lower()
+    assert server.statuses("/feed") == {302: 1}
+
+
+def test_loopback_and_private_ranges_are_refused_by_default_and_allowed_by_the_option(
+    server: FeedServer,
+) -> None:
+    url = server.serve("/feed", FEED)
+    with guarded() as fetcher:
+        refused = fetcher.fetch(FetchRequest(url))
+    assert isinstance(refused, FetchError) and refused.kind == "blocked"
+    assert "127.0.0.1 is a loopback address" in refused.reason
+    assert "allow_private = true" in refused.reason
+    assert server.hits == []  # refused before any connection
+    with guarded(allow_private=True) as fetcher:
+        assert isinstance(fetcher.fetch(FetchRequest(url)), FetchResult)
+    with guarded(allow_networks=("127.0.0.0/8",)) as fetcher:
+        assert isinstance(fetcher.fetch(FetchRequest(url)), FetchResult)
+    with guarded(allow_networks=("10.0.0.0/8",)) as fetcher:
+        assert isinstance(fetcher.fetch(FetchRequest(url)), FetchError)
+
+
+def test_a_name_is_checked_after_resolution(server: FeedServer) -> None:
+    """``localhost`` is a name, not an address: only the connection layer can see 127.0.0.1."""
+    url = server.serve("/feed", FEED).replace("127.0.0.1", "localhost")
+    with guarded() as fetcher:
+        refused = fetcher.fetch(FetchRequest(url))
+    assert isinstance(refused, FetchError) and refused.kind == "blocked", refused
+    assert "localhost resolves to " in refused.reason  # 127.0.0.1, or ::1 first on some hosts
+    assert "is a loopback address" in refused.reason
+    assert server.hits == []
+    with guarded(allow_private=True) as fetcher:
+        assert isinstance(fetcher.fetch(FetchRequest(url)), FetchResult)
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(
+    server: FeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name is resolved once per connection: a second answer (DNS rebinding to the metadata
+    address) is never asked for, because the socket connects to the checked address."""
+    import socket
+
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "feeds.rebind.example":
+            asked.append(host)
+            answer = "127.0.0.1" if len(asked) == 1 else "169.254.169.254"
+            return real(answer, port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    url = server.serve("/feed", FEED).replace("127.0.0.1", "feeds.rebind.example")
+    with guarded(allow_networks=("127.0.0.1/32",)) as fetcher:
+        outcome = fetcher.fetch(FetchRequest(url))
+    assert isinstance(outcome, FetchResult), outcome
+    assert asked == ["feeds.rebind.example"]
+    assert server.hits[-1].headers["host"].startswith("feeds.rebind.example")
+
+
+def test_an_unresolvable_name_is_still_a_connection_error() -> None:
+    with guarded() as fetcher:
+        outcome = fetcher.fetch(FetchRequest("https://feeds.invalid/rss"))
+    assert isinstance(outcome, FetchError) and outcome.kind == "connection", outcome
+
+
+def test_a_refused_feed_is_one_error_among_the_others(server: FeedServer) -> None:
+    good = server.serve("/feed", FEED)
+    with guarded(allow_networks=("127.0.0.1/32",)) as fetcher:
+        outcomes = fetcher.fetch_many(
+            [FetchRequest("http://169.254.169.254/latest/"), FetchRequest(good)]
+        )
+    assert [type(o).__name__ for o in outcomes] == ["FetchError", "FetchResult"]
+    assert isinstance(outcomes[0], FetchError) and outcomes[0].kind == "blocked"

@@ -25,7 +25,13 @@ from tests.feedserver import FeedServer, Reply, gzip_zeros
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
-SETTINGS = Settings(fetch_timeout=1.0, fetch_deadline=2.0, max_body_bytes=10 * MIB, concurrency=16)
+SETTINGS = Settings(
+    fetch_timeout=1.0,
+    fetch_deadline=2.0,
+    max_body_bytes=10 * MIB,
+    concurrency=16,
+    allow_private=True,
+)
 MEMORY_LIMIT_MB = 200
 
 GOOD = b"""<?xml version="1.0" encoding="utf-8"?>

@@ -202,6 +202,21 @@ def test_near_reports_only_the_words_that_were_near() -> None:
     assert found[0].terms == ("AI", "law")
 
 
+def test_a_near_chain_reports_each_span_once_instead_of_doubling_them_per_link() -> None:
+    """Each NEAR of a chain used to list its left spans once per right span: 2**links spans, so
+    a 32-link chain (the depth limit) over a title with its words exhausted memory."""
+    from aggregator.rules.compile import Atoms, compile_rule
+
+    words = [f"word{i}" for i in range(17)]
+    rule = compile_rule(" NEAR/3 ".join(words), Atoms())
+    index = {i: [i] for i in range(17)}  # atom i (word i) at position i of the title
+    spans = rule.root.spans(index)
+    # (((word0 NEAR word1) NEAR word2) ...) NEAR word16: the last link keeps what is near word16.
+    assert sorted(spans) == [(13, 13), (14, 14), (15, 15), (16, 16)]
+    matcher = TopicMatcher.compile([topic(" NEAR/3 ".join(words))])
+    assert matcher.match(Document(" ".join(words)))[0].terms == tuple(words[13:])
+
+
 def test_topics_keep_config_order_and_are_independent() -> None:
     matcher = TopicMatcher.compile(
         [topic("order", name="b-orders"), topic("AI", name="a-ai"), topic("NOT x", name="c-all")]

@@ -101,7 +101,7 @@ class Rig:
         (directory / "aggregator.toml").write_text(
             f'[storage]\ndatabase = "{self.tmp / "bot.db"}"\n'
             f'[polling]\ninterval = "60s"\njitter = 0\n{polling}\n'
-            '[fetch]\ntimeout = "2s"\ndeadline = "3s"\n',
+            '[fetch]\ntimeout = "2s"\ndeadline = "3s"\nallow_private = true\n',
             encoding="utf-8",
         )
         lines = [

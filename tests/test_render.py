@@ -109,6 +109,74 @@ def test_hostile_feed_text_reaches_slack_literally() -> None:
     assert "<https://x.com/a%7Cb%3Ec|Read the story>" in section_links
 
 
+MRKDWN = "*bold* ~strike~ _italic_ ```code``` `tick` > quote"
+BIDI = "safe\u202egnp.exe\u202c \u2066isolated\u2069 \u202aembedded\u202d"
+
+
+@pytest.mark.parametrize(
+    ("raw", "plain"),
+    [
+        ("*bold*", "\u2217bold\u2217"),
+        ("~strike~", "\u223cstrike\u223c"),
+        ("_italic_", "\u02cditalic\u02cd"),
+        ("```code```", "\u02cb\u02cb\u02cbcode\u02cb\u02cb\u02cb"),
+        ("snake_case and F_1", "snake_case and F_1"),  # inside a word, _ opens nothing
+        ("3 * 4 ~ 12", "3 \u2217 4 \u223c 12"),
+        ("a\u202eb\u2066c\u2069d\u202ce", "abcde"),
+        ("Arabic \u200fmark stays", "Arabic \u200fmark stays"),
+    ],
+)
+def test_feed_text_loses_its_mrkdwn_and_bidi_controls(raw: str, plain: str) -> None:
+    assert escape_within(raw, 500) == plain
+    assert highlight(raw, ()) == plain
+
+
+def texts(message: object) -> str:
+    """Every string Slack receives in a message (blocks and fallback), unescaped, one per line."""
+    found: list[str] = [message.text]  # type: ignore[attr-defined]
+    pending: list[object] = list(message.blocks)  # type: ignore[attr-defined]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            found.append(item)
+    return "\n".join(found)
+
+
+BIDI_CONTROLS = ("\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2069")
+
+
+def test_mrkdwn_and_bidi_overrides_from_a_feed_never_reach_slack() -> None:
+    alert = make_alert(
+        title=f"{MRKDWN} {BIDI}",
+        source=f"*NPR* {BIDI}",
+        summary=f"{MRKDWN} AI {BIDI}",
+        kind=AlertKind.UPDATE,
+        payload=EditPayload(7, outlets=2),
+    )
+    reply = make_alert(
+        kind=AlertKind.REPLY,
+        payload=ReplyPayload(7, (ReplyItem("*x*", BIDI, "https://e.x/1"),)),
+    )
+    messages = [render(alert), render(reply), *render_digest([alert], label="t", now=NOW)]
+    for message in messages:
+        sent = texts(message)
+        assert not [c for c in BIDI_CONTROLS if c in sent]
+        for markup in ("*bold*", "~strike~", "_italic_", "```", "`tick`", "*x*", "*NPR*"):
+            assert markup not in sent
+    # Our own markup survives: the source and the matched term in bold, the topic as code.
+    sent = texts(messages[0])
+    assert "*\u2217NPR\u2217 safegnp.exe" in sent
+    assert "*AI*" in sent and "`ai-policy`" in sent
+
+
+def test_a_link_with_a_bidi_override_is_percent_encoded() -> None:
+    assert safe_link("https://example.com/\u202eexe.pdf") == "https://example.com/%E2%80%AEexe.pdf"
+
+
 def test_blocks_shape_and_fallback() -> None:
     message = render(make_alert())
     kinds = [b["type"] for b in message.blocks]

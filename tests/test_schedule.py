@@ -11,6 +11,7 @@ import pytest
 from aggregator.cycle.schedule import (
     FAILING_AFTER_ERRORS,
     MAX_AGE_CEILING,
+    MAX_DELAY,
     RETRY_AFTER_CEILING,
     FeedSchedule,
     delay_for,
@@ -195,3 +196,15 @@ def test_ops_notice_due() -> None:
     assert ops_notice_due(NOW, status="failing", failing_since=old, ops_notified_at=None, **kw)
     assert not ops_notice_due(NOW, status="failing", failing_since=NOW, ops_notified_at=None, **kw)
     assert not ops_notice_due(NOW, status="active", failing_since=None, ops_notified_at=None, **kw)
+
+
+@pytest.mark.parametrize("interval", [1e300, float("inf"), float("nan")])
+def test_a_huge_interval_cannot_overflow_the_next_fetch_time(interval: float) -> None:
+    """Config refuses such values; if one got through anyway, one feed must not fail the cycle."""
+    when = next_fetch(NOW, interval, consecutive_errors=3, backoff_cap=interval, jitter=30,
+                      rng=Fixed(0.5))  # fmt: skip
+    assert NOW < when <= NOW + timedelta(seconds=MAX_DELAY)
+    outcome = plan(NOW, interval=interval, succeeded=False, previous_errors=40,
+                   backoff_cap=interval, failing_after=interval, jitter=interval, rng=Fixed(1.0),
+                   retry_after=interval, max_age=10**18)  # fmt: skip
+    assert outcome.next_fetch_at is not None and outcome.next_fetch_at > NOW

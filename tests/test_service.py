@@ -235,7 +235,7 @@ class World:
         (self.config / "topics.toml").write_text(topics or shipped, encoding="utf-8")
         (self.config / "aggregator.toml").write_text(
             f'[polling]\ninterval = "10s"\njitter = 0\n{polling}\n'
-            '[fetch]\ntimeout = "2s"\ndeadline = "6s"\nparse_workers = 1\n'
+            '[fetch]\ntimeout = "2s"\ndeadline = "6s"\nparse_workers = 1\nallow_private = true\n'
             '[slack]\nper_channel_interval = "0.05s"\n' + settings,
             encoding="utf-8",
         )
@@ -533,6 +533,45 @@ def test_reload_refuses_a_broken_config_keeps_the_old_rules_and_logs_each_change
     wait_until(lambda: world.feeds.count("/b.xml") >= 1, "the new feed to be fetched")
     assert service.stop() == 0
     assert "RELOADING=1" in world.notify.states()
+
+
+# Edits that parse as TOML but cannot work: (file, text, what the refusal names).
+BAD_EDITS = [
+    ("topics.toml", '[topics.ai-policy]\nchannel = "#ai-policy"\nquery = \'\'\n',
+     "topics.toml:3: topics.ai-policy.query: is empty"),
+    ("feeds.toml", '[[feeds]]\nurl = "https://a.example/feed"\ninterval = inf\n',
+     "feeds.toml:3: feeds[0].interval: a duration must be a finite number"),
+    ("topics.toml", "[topics.ai-policy]\nquery = '" + "(" * 200 + "AI" + ")" * 200 + "'\n",
+     "topics.toml:2: topics.ai-policy.query: the query nests more than 32 levels deep"),
+    ("topics.toml", "[topics.ai-policy]\nquery = '" + "NOT " * 1000 + "AI'\n",
+     "topics.toml:2: topics.ai-policy.query: the query nests more than 32 levels deep"),
+    ("topics.toml", "[topics.ai-policy]\nquery = '" + " NEAR/5 ".join(["AI"] * 330) + "'\n",
+     "topics.toml:2: topics.ai-policy.query: the query nests more than 32 levels deep"),
+    ("topics.toml", "[topics.ai-policy]\nquery = '" + " OR ".join(["AI"] * 50_000) + "'\n",
+     "topics.toml:2: topics.ai-policy.query: the query is longer than 100,000 characters"),
+]  # fmt: skip
+
+
+def test_reload_refuses_edits_that_cannot_work_without_a_traceback(world: World) -> None:
+    url = world.feeds.serve("/a.xml", rss(DULL_ITEM))
+    world.write_config([url])
+    service = world.start()
+    after = service.wait_log("cycle: 1 feeds: 1 fetched")
+    for name, text, reason in BAD_EDITS:
+        path = world.config / name
+        good = path.read_text(encoding="utf-8")
+        replace_keeping_mtime(path, text)
+        service.signal(signal.SIGHUP)
+        hup = service.wait_log("reloading config (SIGHUP)", after=after)
+        refused = service.wait_log("stays live (1 problem):", after=hup)
+        after = service.wait_log(reason, after=refused)  # the problem, on a line of its own
+        assert after == refused + 1
+        replace_keeping_mtime(path, good)
+    world.feeds.serve("/a.xml", rss(SEED_ITEM))  # the old config stays live and keeps working
+    wait_until(lambda: len(world.slack.posts()) == 2, "the story matched by the old rules")
+    assert service.stop() == 0
+    assert "cycle failed" not in service.text()
+    assert "Traceback" not in service.text()
 
 
 # -- secrets --------------------------------------------------------------------------------------

@@ -133,7 +133,9 @@ def install(d: Deployment) -> Deployment:
     d.guest.write(
         f"{CONF}/aggregator.toml",
         '[polling]\ninterval = "10s"\njitter = 0\n'
+        # the feed server is on loopback, which the bot refuses unless allowed
         '[fetch]\ntimeout = "2s"\ndeadline = "6s"\nparse_workers = 1\n'
+        'allow_networks = ["127.0.0.1/32"]\n'
         f'[slack]\napi_url = "{d.slack.url}"\nper_channel_interval = "0.05s"\n',
     )
     d.write_feeds(d.feeds.serve("/seed.xml", rss(SEED_ITEM, DULL_ITEM)))

@@ -7,7 +7,8 @@ written, so a typo in ``--topics`` never reaches the file a running service relo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,8 +17,8 @@ from aggregator.config.feeds_file import (
     add_feed,
     feed_block,
     import_opml,
-    read_opml,
     remove_feed,
+    scan_opml,
     write_text_atomic,
 )
 from aggregator.config.load import FILES, parse_config
@@ -74,6 +75,22 @@ class FeedHealth:
 # -- list / add / remove / OPML -----------------------------------------------------------------
 
 
+# What must not reach a terminal raw: C0 and C1 controls (a newline forges a line, ESC starts a
+# terminal sequence), bidi overrides and isolates (they reorder what is shown), line separators.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that could forge or reorder terminal output escaped."""
+    return _UNPRINTABLE.sub(_escape_character, text)
+
+
+def _escape_character(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(match.group())
+    return named or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
 def render_list(feeds: Sequence[FeedConfig]) -> str:
     if not feeds:
         return "no feeds configured"
@@ -85,7 +102,7 @@ def render_list(feeds: Sequence[FeedConfig]) -> str:
         if feed.topics:
             extras.append("topics: " + ", ".join(feed.topics))
         suffix = f"  ({'; '.join(extras)})" if extras else ""
-        lines.append(f"{feed.name}\n    {feed.url}{suffix}")
+        lines.append(f"{printable(feed.name)}\n    {printable(feed.url)}{suffix}")
     lines.append(f"{len(feeds)} feed(s)")
     return "\n".join(lines)
 
@@ -146,18 +163,39 @@ def remove_from_config(config_dir: Path, url_or_name: str) -> str:
     return f"removed {url} from {config_dir / 'feeds.toml'}"
 
 
-def import_opml_file(config_dir: Path, opml_path: Path) -> str:
+def import_opml_file(
+    config_dir: Path, opml_path: Path, progress: Callable[[str], None] | None = None
+) -> str:
+    """Add the feeds of an OPML file in one pass: read, append, validate, write once.
+
+    ``progress`` hears each step (the CLI prints them on stderr); the returned text lists what
+    was added and everything skipped, with why.
+    """
+    say = progress or (lambda _: None)
     try:
         opml_text = Path(opml_path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{opml_path}: cannot read: {e}") from e
+    scan = scan_opml(opml_text)
+    say(
+        f"read {scan.outlines} outlines from {opml_path}: {len(scan.feeds)} feeds, "
+        f"{len(scan.refused)} not http(s)"
+    )
     texts = _read_texts(config_dir)
-    new_text, added, skipped = import_opml(texts["feeds.toml"], read_opml(opml_text))
+    new_text, added, present = import_opml(texts["feeds.toml"], scan.feeds)
     if added:
+        say(f"checking the config with {len(added)} new feed(s)")
         _validate(config_dir, texts, new_text)
         write_text_atomic(config_dir / "feeds.toml", new_text)
-    lines = [f"imported {len(added)} feed(s) from {opml_path}, {len(skipped)} already present"]
-    lines += [f"  + {f.name or f.url}  {f.url}" for f in added]
+        say(f"wrote {config_dir / 'feeds.toml'}")
+    skipped = len(present) + len(scan.refused)
+    lines = [
+        f"imported {len(added)} feed(s) from {opml_path}, {len(present)} already present, "
+        f"{skipped} skipped in all"
+    ]
+    lines += [f"  + {printable(f.name or f.url)}  {printable(f.url)}" for f in added]
+    lines += [f"  = {printable(url)}: already in feeds.toml" for url in present]
+    lines += [f"  - {printable(url)}: {why}" for url, why in scan.refused]
     return "\n".join(lines)
 
 
@@ -219,7 +257,7 @@ def render_status(rows: Sequence[FeedHealth], now: datetime) -> str:
         table.append(
             (
                 r.state,
-                _shorten(r.name or r.url, 32),
+                _shorten(printable(r.name or r.url), 32),
                 _ago(r.last_success, now),
                 str(r.consecutive_errors),
                 "never (gone)" if r.state == "gone" else _until(r.next_fetch, now),
@@ -238,11 +276,12 @@ def render_status(rows: Sequence[FeedHealth], now: datetime) -> str:
         lines.append("")
         lines.append("last errors:")
         for r in problems:
-            lines.append(f"  {r.name or r.url} ({_ago(r.last_error_at, now)}): {r.last_error}")
+            name, error = printable(r.name or r.url), printable(r.last_error or "")
+            lines.append(f"  {name} ({_ago(r.last_error_at, now)}): {error}")
     if moved:
         lines.append("")
         lines.append("moved (permanent redirect followed; update feeds.toml):")
-        lines += [f"  {r.moved_from} -> {r.url}" for r in moved]
+        lines += [f"  {printable(r.moved_from or '')} -> {printable(r.url)}" for r in moved]
     counts = {s: sum(1 for r in rows if r.state == s) for s in ("active", "failing", "gone")}
     lines.append("")
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))

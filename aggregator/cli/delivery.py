@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from aggregator.cli.main import Context, main
+from aggregator.cli.main import Context, main, shown
 from aggregator.config.load import slack_token
 
 if TYPE_CHECKING:  # the commands import what they need when they run, to start fast
@@ -32,7 +32,7 @@ def outbox(ctx: click.Context) -> None:
     obj: Context = ctx.obj
     store = Store.open(obj.db_path(obj.load()))
     try:
-        click.echo(outbox_report(store, datetime.now(UTC)))
+        click.echo(shown(outbox_report(store, datetime.now(UTC))))
     finally:
         store.close()
 
@@ -84,7 +84,7 @@ def slack_test_command(obj: Context) -> None:
     checks = slack_test(
         sink, config.topics, datetime.now(UTC), ops_channel=config.settings.ops_channel
     )
-    click.echo(format_checks(checks))
+    click.echo(shown(format_checks(checks)))
     if not all(c.ok for c in checks):
         sys.exit(1)
 
@@ -100,6 +100,6 @@ def doctor(obj: Context) -> None:
     from aggregator.admin.doctor import format_report, run_checks
 
     checks = run_checks(obj.config_dir, os.environ, db_path=obj.db)
-    click.echo(format_report(checks))
+    click.echo(shown(format_report(checks)))
     if not all(c.ok for c in checks):
         sys.exit(1)

@@ -94,11 +94,17 @@ def feeds_remove(obj: Context, url_or_name: str) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.pass_obj
 def feeds_import_opml(obj: Context, file: Path) -> None:
-    """Append the feeds of an OPML file that feeds.toml does not have yet."""
+    """Append the feeds of an OPML file that feeds.toml does not have yet.
+
+    Progress goes to stderr; the list of what was added and skipped (and why) to stdout.
+    """
     from aggregator.admin.feeds import import_opml_file
 
+    def progress(step: str) -> None:
+        click.echo(step, err=True)
+
     try:
-        click.echo(import_opml_file(_editable_config_dir(obj), file))
+        click.echo(import_opml_file(_editable_config_dir(obj), file, progress=progress))
     except ConfigError as e:
         fail_config(e)
 

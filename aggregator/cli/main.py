@@ -51,6 +51,14 @@ class Context:
         return self.db or config.settings.database
 
 
+def shown(text: str) -> str:
+    """``text`` fit to print: no Slack token, nor anything shaped like one (stored reasons may
+    predate the sink's own redaction)."""
+    from aggregator.redact import Redactor
+
+    return Redactor([slack_token(os.environ)])(text)
+
+
 def fail_config(error: ConfigError, code: int = 2) -> None:
     click.echo(f"config is invalid ({len(error.problems)} problem(s)):", err=True)
     for problem in error.problems:

@@ -213,7 +213,7 @@ def backtest(
     """
     from datetime import UTC, datetime, timedelta
 
-    from aggregator.config.load import parse_duration
+    from aggregator.config.values import parse_duration
     from aggregator.measure.topics import Item, format_backtest, read_items_csv
     from aggregator.measure.topics import backtest as run_backtest
 
@@ -224,6 +224,10 @@ def backtest(
     if window:
         try:
             start = datetime.now(UTC) - timedelta(seconds=parse_duration(window))
+        except OverflowError as e:
+            raise click.BadParameter(
+                f"{window!r} reaches back too far", param_hint="--since"
+            ) from e
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--since") from e
     store = None
@@ -287,12 +291,15 @@ def eval_stories(file: Path, as_json: bool, window: str) -> None:
     share "story" report the same occurrence. Prints pairwise precision, recall and F1 of the
     "same story" decision, and B-cubed F1. Exit 2: the file or the window is invalid.
     """
-    from aggregator.config.load import parse_duration
+    from aggregator.config.values import parse_duration
     from aggregator.measure.stories import StoryDataError, eval_stories_output
 
     try:
         hours = parse_duration(window) / 3600
         click.echo(eval_stories_output(file, as_json=as_json, window_hours=hours))
+    except OverflowError:
+        click.echo(f"eval-stories: the window {window!r} is too long", err=True)
+        sys.exit(2)
     except (StoryDataError, ValueError) as e:
         click.echo(f"eval-stories: {e}", err=True)
         sys.exit(2)

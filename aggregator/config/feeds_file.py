@@ -15,7 +15,7 @@ import re
 import tempfile
 import tomllib
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -174,8 +174,27 @@ def write_text_atomic(path: Path, text: str) -> None:
 # -- OPML ------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class OpmlScan:
+    """What an OPML file holds: its feeds, and the outlines that cannot be feeds, with why."""
+
+    outlines: int  # outlines with an xmlUrl
+    feeds: tuple[OpmlFeed, ...]
+    refused: tuple[tuple[str, str], ...]  # (xmlUrl, reason): javascript:, file: ...
+
+
 def read_opml(text: str) -> list[OpmlFeed]:
-    """The feeds of an OPML file: every outline with an ``xmlUrl``, with its folder as category."""
+    """The feeds of an OPML file: every outline with an http(s) ``xmlUrl``, folder as category."""
+    return list(scan_opml(text).feeds)
+
+
+def scan_opml(text: str) -> OpmlScan:
+    """Every outline with an ``xmlUrl``, in document order, with its folder as category.
+
+    Only http(s) URLs become feeds; the others (``javascript:``, ``file:``, ``feed:`` ...) are
+    returned as refused so the caller can list them. Walks the tree without recursion: a file of
+    deeply nested folders cannot exhaust the stack.
+    """
     if re.search(r"<!\s*(ENTITY|DOCTYPE)", text, re.IGNORECASE):
         raise ConfigError("OPML files that declare a DOCTYPE or entities are refused")
     try:
@@ -186,35 +205,55 @@ def read_opml(text: str) -> list[OpmlFeed]:
     if root.tag != "opml" or body is None:
         raise ConfigError("not an OPML file: expected <opml> with a <body>")
     found: dict[str, OpmlFeed] = {}
-
-    def walk(node: ET.Element, category: str) -> None:
-        for outline in node.findall("outline"):
-            url = (outline.get("xmlUrl") or outline.get("xmlurl") or "").strip()
-            label = (outline.get("title") or outline.get("text") or "").strip()
-            if url:
-                if url.lower().startswith(("http://", "https://")) and url not in found:
-                    found[url] = OpmlFeed(url=url, name=label, category=category)
-            else:
-                walk(outline, label or category)
-
-    walk(body, "")
-    return list(found.values())
+    refused: dict[str, str] = {}
+    outlines = 0
+    # Depth first, in document order: one iterator per open folder.
+    stack: list[tuple[Iterator[ET.Element], str]] = [(iter(body.findall("outline")), "")]
+    while stack:
+        children, category = stack[-1]
+        outline = next(children, None)
+        if outline is None:
+            stack.pop()
+            continue
+        url = (outline.get("xmlUrl") or outline.get("xmlurl") or "").strip()
+        label = " ".join((outline.get("title") or outline.get("text") or "").split())
+        if not url:  # a folder
+            stack.append((iter(outline.findall("outline")), label or category))
+            continue
+        outlines += 1
+        if not url.lower().startswith(("http://", "https://")):
+            refused.setdefault(url, "not an http(s) URL")
+        elif url not in found:
+            found[url] = OpmlFeed(url=url, name=label, category=category)
+    return OpmlScan(outlines, tuple(found.values()), tuple(refused.items()))
 
 
 def import_opml(text: str, feeds: Iterable[OpmlFeed]) -> tuple[str, list[OpmlFeed], list[str]]:
-    """Append the OPML feeds not yet in ``feeds.toml``. Returns the text, the added, the skipped."""
+    """Append the OPML feeds not yet in ``feeds.toml``. Returns the text, the added, the skipped.
+
+    One pass: the file is parsed once before and once after, however many feeds are added.
+    """
     present = set(_urls_in(text))
+    before = len(present)
     added: list[OpmlFeed] = []
     skipped: list[str] = []
+    blocks: list[str] = []
     for feed in feeds:
         if feed.url in present:
             skipped.append(feed.url)
             continue
         comment = f"Imported from OPML ({feed.category})" if feed.category else "Imported from OPML"
-        text = add_feed(text, feed_block(feed.url, name=feed.name, comment=comment))
+        blocks.append(feed_block(feed.url, name=feed.name, comment=comment))
         present.add(feed.url)
         added.append(feed)
-    return text, added, skipped
+    if not blocks:
+        return text, added, skipped
+    if text and not text.endswith("\n"):
+        text += "\n"
+    head = text + "\n" if text.strip() else ""
+    result = head + "\n".join(blocks)
+    _check(result, expected=before + len(added))
+    return result, added, skipped
 
 
 def export_opml(feeds: Sequence[FeedConfig], title: str = "aggregator feeds") -> str:

@@ -7,6 +7,7 @@ environment or from systemd's ``$CREDENTIALS_DIRECTORY`` (see :func:`slack_token
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -20,6 +21,15 @@ from aggregator.config.model import (
     Settings,
     TopicConfig,
 )
+from aggregator.config.values import (
+    MAX_ATTEMPTS,
+    MAX_CONCURRENCY,
+    MAX_PARSE_WORKERS,
+    MAX_REDIRECTS,
+    MAX_RETENTION_DAYS,
+    duration_in,
+    parse_size,
+)
 from aggregator.errors import ConfigError, RuleSyntaxError
 
 FILES = ("aggregator.toml", "feeds.toml", "topics.toml")
@@ -27,10 +37,7 @@ DEFAULTS_DIR = Path(__file__).parent / "defaults"
 
 _CHANNEL = re.compile(r"^(#[a-z0-9][a-z0-9._-]{0,79}|[CGD][A-Z0-9]{6,})$")
 _TOPIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-
 
 # -- public entry points -------------------------------------------------------------------------
 
@@ -113,36 +120,6 @@ def slack_token(environ: Mapping[str, str]) -> str | None:
         except OSError:
             return None
     return None
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from ``300``, ``"90s"``, ``"5m"``, ``"24h"`` or ``"7d"``."""
-    if isinstance(value, bool):
-        raise ValueError('expected a duration such as 300, "5m" or "24h"')
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
-            return float(m.group(1)) * scale
-    raise ValueError(f'expected a duration such as 300, "5m" or "24h", got {value!r}')
-
-
-def parse_size(value: object) -> int:
-    """Bytes from ``1048576`` or ``"10MiB"``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            unit = m.group(2) or "B"
-            scale = {"B": 1, "KB": 1000, "KiB": 1024, "MB": 10**6, "MiB": 2**20}
-            scale |= {"GB": 10**9, "GiB": 2**30}
-            return int(m.group(1)) * scale[unit]
-    raise ValueError(f'expected a size such as 10485760 or "10MiB", got {value!r}')
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -252,16 +229,28 @@ def _boolean(value: object) -> bool:
     return value
 
 
-def _positive_int(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
-    return value
+def _whole_number(low: int, high: int) -> Callable[[object], int]:
+    def convert(value: object) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"expected a whole number of at least {low}, got {value!r}")
+        if value > high:
+            raise ValueError(f"must be at most {high:,}, got {value!r}")
+        return value
+
+    return convert
 
 
-def _non_negative_int(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"expected a whole number of at least 0, got {value!r}")
-    return value
+def _networks(value: object) -> tuple[str, ...]:
+    """Addresses or networks in canonical form (``"10.1.0.0/16"``)."""
+    out = []
+    for text in _strings(value):
+        try:
+            out.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError as e:
+            raise ValueError(
+                f"expected addresses or networks such as 10.1.0.0/16, got {text!r}"
+            ) from e
+    return tuple(out)
 
 
 def _http_url(value: object) -> str:
@@ -308,11 +297,10 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
     fetch = section(
         "fetch",
         {"timeout", "deadline", "max_body", "max_redirects", "concurrency", "parse_workers"}
-        | {"user_agent", "failing_after"},
+        | {"user_agent", "failing_after", "allow_private", "allow_networks"},
     )
     slack = section("slack", {"api_url", "ops_channel", "max_attempts", "per_channel_interval"})
     stories = section("stories", {"window", "reply_batch"})
-    p = ("polling",)
     f = ("fetch",)
     api_url = _get(slack, "api_url", _http_url, d.slack_api_url, ("slack",), rep)
     if environ.get("SLACK_API_URL"):
@@ -320,37 +308,48 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
     if not api_url.endswith("/"):
         api_url += "/"
     ops = _get(slack, "ops_channel", lambda v: _channel(v) if v else None, None, ("slack",), rep)
+
+    def duration(table: dict[str, Any], name: str, key: str, default: float) -> float:
+        value: float = _get(table, key, duration_in(f"{name}.{key}"), default, (name,), rep)
+        return value
+
+    def number(
+        table: dict[str, Any], name: str, key: str, default: int, bounds: tuple[int, int]
+    ) -> int:
+        value: int = _get(table, key, _whole_number(*bounds), default, (name,), rep)
+        return value
+
     settings = Settings(
         database=_get(storage, "database", _string, d.database, ("storage",), rep),
-        retention_days=_get(
-            storage, "retention_days", _positive_int, d.retention_days, ("storage",), rep
+        retention_days=number(
+            storage, "storage", "retention_days", d.retention_days, (1, MAX_RETENTION_DAYS)
         ),
-        poll_interval=_get(polling, "interval", parse_duration, d.poll_interval, p, rep),
-        first_poll_window=_get(
-            polling, "first_poll_window", parse_duration, d.first_poll_window, p, rep
-        ),
-        jitter=_get(polling, "jitter", parse_duration, d.jitter, p, rep),
-        cycle_timeout=_get(polling, "cycle_timeout", parse_duration, d.cycle_timeout, p, rep),
-        backoff_cap=_get(polling, "backoff_cap", parse_duration, d.backoff_cap, p, rep),
-        fetch_timeout=_get(fetch, "timeout", parse_duration, d.fetch_timeout, f, rep),
-        fetch_deadline=_get(fetch, "deadline", parse_duration, d.fetch_deadline, f, rep),
+        poll_interval=duration(polling, "polling", "interval", d.poll_interval),
+        first_poll_window=duration(polling, "polling", "first_poll_window", d.first_poll_window),
+        jitter=duration(polling, "polling", "jitter", d.jitter),
+        cycle_timeout=duration(polling, "polling", "cycle_timeout", d.cycle_timeout),
+        backoff_cap=duration(polling, "polling", "backoff_cap", d.backoff_cap),
+        fetch_timeout=duration(fetch, "fetch", "timeout", d.fetch_timeout),
+        fetch_deadline=duration(fetch, "fetch", "deadline", d.fetch_deadline),
         max_body_bytes=_get(fetch, "max_body", parse_size, d.max_body_bytes, f, rep),
-        max_redirects=_get(fetch, "max_redirects", _non_negative_int, d.max_redirects, f, rep),
-        concurrency=_get(fetch, "concurrency", _positive_int, d.concurrency, f, rep),
-        parse_workers=_get(fetch, "parse_workers", _non_negative_int, d.parse_workers, f, rep),
-        failing_after=_get(fetch, "failing_after", parse_duration, d.failing_after, f, rep),
+        max_redirects=number(fetch, "fetch", "max_redirects", d.max_redirects, (0, MAX_REDIRECTS)),
+        concurrency=number(fetch, "fetch", "concurrency", d.concurrency, (1, MAX_CONCURRENCY)),
+        parse_workers=number(
+            fetch, "fetch", "parse_workers", d.parse_workers, (0, MAX_PARSE_WORKERS)
+        ),
+        failing_after=duration(fetch, "fetch", "failing_after", d.failing_after),
         user_agent=_get(fetch, "user_agent", _string, d.user_agent, f, rep),
+        allow_private=_get(fetch, "allow_private", _boolean, d.allow_private, f, rep),
+        allow_networks=_get(fetch, "allow_networks", _networks, d.allow_networks, f, rep),
         slack_api_url=api_url,
         ops_channel=ops,
-        max_attempts=_get(slack, "max_attempts", _positive_int, d.max_attempts, ("slack",), rep),
-        per_channel_interval=_get(
-            slack, "per_channel_interval", parse_duration, d.per_channel_interval, ("slack",), rep
+        max_attempts=number(slack, "slack", "max_attempts", d.max_attempts, (1, MAX_ATTEMPTS)),
+        per_channel_interval=duration(
+            slack, "slack", "per_channel_interval", d.per_channel_interval
         ),
-        story_window=_get(stories, "window", parse_duration, d.story_window, ("stories",), rep),
-        reply_batch=_get(stories, "reply_batch", parse_duration, d.reply_batch, ("stories",), rep),
+        story_window=duration(stories, "stories", "window", d.story_window),
+        reply_batch=duration(stories, "stories", "reply_batch", d.reply_batch),
     )
-    if settings.poll_interval < 10:
-        rep.error(("polling", "interval"), "must be at least 10 seconds, to be polite to feeds")
     if settings.fetch_deadline < settings.fetch_timeout:
         rep.error(("fetch", "deadline"), "must be at least fetch.timeout")
     return settings
@@ -394,7 +393,11 @@ def _topics(doc: dict[str, Any], rep: _Reporter) -> tuple[TopicConfig, ...]:
         query = _get(raw, "query", _string, "", path, rep)
         exclude = _get(raw, "exclude", _string, None, path, rep)
         for key, text in (("query", query), ("exclude", exclude)):
-            if text is None or (key == "query" and not text):
+            if text is None or (key == "query" and "query" not in raw):
+                continue
+            if not rules.describe(text):
+                hint = "every topic needs a query" if key == "query" else "remove the key instead"
+                rep.error((*path, key), f"is empty (nothing but spaces or comments): {hint}")
                 continue
             try:
                 rules.parse(text)
@@ -411,7 +414,9 @@ def _topics(doc: dict[str, Any], rep: _Reporter) -> tuple[TopicConfig, ...]:
         if delivery not in ("realtime", "digest"):
             rep.error((*path, "delivery"), f'expected "realtime" or "digest", got {delivery!r}')
         digest_at = _get(raw, "digest_at", lambda v: tuple(_clock(x) for x in v), (), path, rep)
-        digest_every = _get(raw, "digest_every", parse_duration, None, path, rep)
+        digest_every = _get(
+            raw, "digest_every", duration_in("topics.*.digest_every"), None, path, rep
+        )
         if delivery == "digest" and not digest_at and not digest_every:
             rep.error((*path, "delivery"), 'a digest needs digest_at = ["08:00"] or digest_every')
         timezone = _get(raw, "timezone", _string, "UTC", path, rep)
@@ -475,9 +480,7 @@ def _feeds(doc: dict[str, Any], rep: _Reporter, topic_names: set[str]) -> tuple[
             if topic not in topic_names:
                 known = ", ".join(sorted(topic_names))
                 rep.error((*path, "topics"), f"unknown topic {topic!r} (topics are: {known})")
-        interval = _get(raw, "interval", parse_duration, None, path, rep)
-        if interval is not None and interval < 10:
-            rep.error((*path, "interval"), "must be at least 10 seconds")
+        interval = _get(raw, "interval", duration_in("feeds[].interval"), None, path, rep)
         feeds.append(
             FeedConfig(
                 url=url,

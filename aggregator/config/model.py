@@ -49,6 +49,8 @@ class Settings:
     fetch_deadline: float = 30.0
     max_body_bytes: int = 10 * 1024 * 1024
     max_redirects: int = 5
+    allow_private: bool = False  # fetch from loopback and private ranges (intranet feeds)
+    allow_networks: tuple[str, ...] = ()  # networks fetched even if internal, e.g. "10.1.0.0/16"
     concurrency: int = 16
     parse_workers: int = 0  # 0 means one per core
     backoff_cap: float = 6 * 3600.0

@@ -11,6 +11,7 @@ added together without ever pushing a feed past the cycle that should pick it up
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -20,6 +21,10 @@ from aggregator.models import FeedStatus
 MAX_AGE_CEILING = 3600.0  # max-age may stretch the interval up to an hour, never more
 RETRY_AFTER_CEILING = 24 * 3600.0  # a server may ask us to wait at most a day
 FAILING_AFTER_ERRORS = 3  # consecutive errors before a feed is reported as failing
+# No delay is longer than a year. The config refuses absurd durations; this bound makes sure one
+# that got through anyway (a huge, infinite or NaN value) cannot overflow a datetime and fail the
+# cycle of every other feed.
+MAX_DELAY = 365 * 24 * 3600.0
 
 ACTIVE = FeedStatus.ACTIVE
 FAILING = FeedStatus.FAILING
@@ -85,12 +90,20 @@ def next_fetch(
         max_age=max_age,
         backoff_cap=backoff_cap,
     )
-    spread = min(max(jitter, 0.0), delay / 2)
+    delay = _bounded(delay)
+    spread = min(_bounded(jitter), delay / 2)
     early = rng.uniform(0.0, spread) if spread > 0 else 0.0
     seconds = delay - early
     if retry_after is not None and retry_after > 0:
         seconds = max(seconds, min(retry_after, RETRY_AFTER_CEILING))
-    return now + timedelta(seconds=seconds)
+    return now + timedelta(seconds=_bounded(seconds))
+
+
+def _bounded(seconds: float) -> float:
+    """``seconds`` within 0 and :data:`MAX_DELAY`; NaN counts as the longest wait."""
+    if math.isnan(seconds):
+        return MAX_DELAY
+    return min(max(seconds, 0.0), MAX_DELAY)
 
 
 def feed_status(

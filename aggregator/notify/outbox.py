@@ -29,6 +29,7 @@ from aggregator.models import AlertKind, AlertState, DeliveryOutcome, HoldMode
 from aggregator.notify.render import Message, render, render_digest, render_replies
 from aggregator.notify.sink import Posted, Sink, UncertainDelivery
 from aggregator.notify.windows import hold_for
+from aggregator.redact import Redactor
 from aggregator.store import Store
 from aggregator.store.rows import OutboxRow
 from aggregator.store.schema import from_iso
@@ -247,7 +248,7 @@ class Outbox:
         except Exception as e:  # a bug must not stop the other alerts
             log.exception("delivery of alerts %s failed", [r.alert.id for r in unit.rows])
             now = self._clock()
-            reason = f"internal error: {type(e).__name__}: {e}"
+            reason = Redactor()(f"internal error: {type(e).__name__}: {e}")  # stored: no tokens
             until = now + timedelta(seconds=self.retry_base)
             # the post may have landed before the error: look first
             self.store.outbox.mark_failed(unit.rows, now, until=until, reason=reason, verify=True)

@@ -1,9 +1,12 @@
 """Block Kit messages for alerts, replies, digests and notices. Pure: no I/O, no clock.
 
 Every piece of feed text is escaped (``&``, ``<``, ``>``) before it reaches Slack, so a title such
-as ``<!channel>`` is shown as text and pings no one. Links are http(s) only, with ``|``, ``<`` and
-``>`` percent-encoded so a URL cannot close Slack's ``<url|label>`` syntax. Every message stays
-within Block Kit's limits and always carries a fallback ``text``.
+as ``<!channel>`` is shown as text and pings no one. Feed text also loses its power over the layout:
+mrkdwn's markers (``*``, ``~``, backticks, and ``_`` where it could open italics) become look-alike
+characters, and bidi overrides (U+202E ...) are dropped, so a title can neither restyle an alert nor
+show its text reversed. Links are http(s) only, with ``|``, ``<`` and ``>`` percent-encoded so a URL
+cannot close Slack's ``<url|label>`` syntax. Every message stays within Block Kit's limits and
+always carries a fallback ``text``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from aggregator.models import (
     Alert,
@@ -52,6 +55,13 @@ class Message:
 
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Bidi embeddings, overrides and isolates: they make text display in another order than it reads.
+# (The marks U+200E and U+200F only nudge neutral characters; right-to-left text needs them.)
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# Mrkdwn markers in feed text, and the look-alikes that show the same but format nothing. An
+# underscore between two letters or digits (snake_case) opens no italics and stays as it is.
+_MRKDWN = re.compile(r"[*~`]|(?<![^\W_])_|_(?![^\W_])")
+_LOOK_ALIKES = {"*": "\u2217", "~": "\u223c", "`": "\u02cb", "_": "\u02cd"}
 
 
 def escape(text: str) -> str:
@@ -59,9 +69,18 @@ def escape(text: str) -> str:
     return "".join(_ESCAPES.get(ch, ch) for ch in text)
 
 
+def inert(text: str) -> str:
+    """Feed text made inert: one line, no bidi controls, no mrkdwn markers (look-alikes instead).
+
+    Not yet escaped: :func:`escape` still applies.
+    """
+    text = " ".join(_CONTROL.sub(" ", _BIDI.sub("", text)).split())
+    return _MRKDWN.sub(lambda m: _LOOK_ALIKES[m.group()], text)
+
+
 def escape_within(text: str, limit: int) -> str:
-    """``escape(text)`` cut to at most ``limit`` characters, never inside an entity."""
-    text = " ".join(_CONTROL.sub(" ", text).split())
+    """``escape(inert(text))`` cut to at most ``limit`` characters, never inside an entity."""
+    text = inert(text)
     full = escape(text)
     if len(full) <= limit:
         return full
@@ -79,7 +98,7 @@ def escape_within(text: str, limit: int) -> str:
 
 def safe_link(url: str) -> str | None:
     """An http(s) URL fit for ``<url|label>``, or None when the link must not be shown."""
-    url = url.strip()
+    url = _BIDI.sub(lambda m: quote(m.group()), url.strip())  # the link works, shown inert
     if not url or _CONTROL.search(url) or " " in url:
         return None
     try:
@@ -103,11 +122,12 @@ def link(url: str, label: str, limit: int = 300) -> str:
 
 
 def highlight(text: str, terms: Sequence[str], limit: int = SNIPPET_CHARS) -> str:
-    """An escaped snippet of ``text`` with each matched term in bold, near the first match.
+    """An escaped, :func:`inert` snippet of ``text`` with each matched term in bold, near the first
+    match.
 
     ``limit`` bounds the result, entities and bold markers included.
     """
-    text = " ".join(_CONTROL.sub(" ", text).split())
+    text = inert(text)
     if not text:
         return ""
     spans = _term_spans(text, terms)

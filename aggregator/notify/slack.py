@@ -5,6 +5,10 @@ response was lost, so the outbox owns every retry. Every failure becomes a
 :class:`~aggregator.errors.DeliveryError` that says whether it is permanent, how long Slack asked us
 to wait, whether it concerns the whole channel, and (as :class:`UncertainDelivery`) whether Slack
 may have accepted the message anyway.
+
+Every reason is redacted before it leaves this module: a proxy's error page or an API error field
+may quote the Authorization header, and reasons are stored (an alert's ``last_error``, a channel's
+pause reason) and printed (``outbox``, ``slack test``, ``doctor``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from aggregator.errors import DeliveryError
 from aggregator.notify.render import Message, alert_ids_in
 from aggregator.notify.sink import Posted, UncertainDelivery
+from aggregator.redact import Redactor
 
 HISTORY_PAGE = 200
 HISTORY_MAX_PAGES = 25
@@ -118,6 +123,7 @@ class SlackSink:
             token=token, base_url=base_url, timeout=int(max(1, timeout)), retry_handlers=[]
         )
         self._channel_ids: dict[str, str] = {}
+        self._redact = Redactor([token])
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -265,11 +271,21 @@ class SlackSink:
         try:
             return call(**args)
         except SlackApiError as e:
-            raise api_error(channel, method, e.response.status_code, e.response) from e
+            error = api_error(channel, method, e.response.status_code, e.response)
+            raise self._redacted(error, e) from e
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            raise connection_error(method, e) from e
+            raise self._redacted(connection_error(method, e), e) from e
         except SlackClientError as e:
-            raise DeliveryError(f"{method}: {e}", channel_wide=True) from e
+            error = DeliveryError(f"{method}: {e}", channel_wide=True)
+            raise self._redacted(error, e) from e
+
+    def _redacted(self, error: DeliveryError, cause: BaseException) -> DeliveryError:
+        """``error`` with no secret in its reason, nor in the SDK error it is chained to (a
+        traceback prints that one too)."""
+        error.reason = self._redact(error.reason)
+        error.args = (error.reason,)
+        cause.args = tuple(self._redact(str(a)) if isinstance(a, str) else a for a in cause.args)
+        return error
 
 
 def api_error(channel: str, method: str, status: int, response: Any) -> DeliveryError:

@@ -129,16 +129,17 @@ class _Near(Node):
         if not lefts:
             return []
         rights = self.right.spans(index)
-        out: list[Span] = []
+        # Each span once, in order: a chain of NEARs would otherwise double its spans per link.
+        out: dict[Span, None] = {}
         for a in lefts:
             for b in rights:
                 if a[0] >> SHIFT != b[0] >> SHIFT:
                     continue
                 gap = b[0] - a[1] if b[0] > a[1] else a[0] - b[1]
                 if gap <= self.distance:
-                    out.append(a)
-                    out.append(b)
-        return out
+                    out[a] = None
+                    out[b] = None
+        return list(out)
 
     def test(self, index: Index) -> bool:
         return bool(self.spans(index))

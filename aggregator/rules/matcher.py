@@ -326,8 +326,15 @@ class TopicMatcher:
 
 
 def check_examples(topics: Sequence[TopicExamples]) -> list[str]:
-    """One readable problem per violated example. Examples are titles; feeds do not apply."""
-    matcher = TopicMatcher.compile(topics)
+    """One readable problem per violated example. Examples are titles; feeds do not apply.
+
+    A query that does not compile is a problem too, never an exception: the config loader has
+    already refused it, so this is a second line, but check-config and a reload must not crash.
+    """
+    try:
+        matcher = TopicMatcher.compile(topics)
+    except RuleSyntaxError as e:
+        return [f"topics: {e}"]
     problems: list[str] = []
     for topic in topics:
         for i, example in enumerate(topic.examples_match):

@@ -30,6 +30,12 @@ FIELDS = ("title", "summary", "source", "link")
 DEFAULT_FIELDS = frozenset({"title", "summary"})
 MAX_DISTANCE = 100
 MIN_WILDCARD_PREFIX = 3
+# Limits on one query (a topic's query or its exclude). A person never comes near them; a
+# generated or pasted query that does is refused where it is written, instead of overflowing the
+# recursion of the parser and the matcher (depth), or slowing every cycle (size).
+MAX_DEPTH = 32  # levels of nesting: each '(', each NOT and each NEAR of a chain counts one
+MAX_QUERY_WORDS = 2_000  # words, counting every word of a phrase
+MAX_QUERY_CHARS = 100_000  # comments included
 _QUOTES = '"\u201c\u201d\u201e'
 _STOP = " \t\r\n()#" + _QUOTES
 
@@ -241,6 +247,10 @@ def _lex_run(source: str, start: int, end: int) -> list[_Token]:
         field = _Token("FIELD", name, start, start + colon + 1)
         if colon + 1 == len(run):
             return [field]
+        rest = run[colon + 1 :]
+        if rest[: max(rest.find(":"), 0)].lower() in FIELDS:  # title:summary:x, never recursed
+            message = f"'{run[: colon + 1]}' must be followed by a word"
+            raise _fail(source, start + colon + 1, message)
         return [field, *_lex_run(source, start + colon + 1, end)]
     if run[0] in "-+!":
         raise _fail(
@@ -254,6 +264,12 @@ def _lex_run(source: str, start: int, end: int) -> list[_Token]:
 
 def parse(source: str) -> Query:
     """Parse a query. Raises :class:`RuleSyntaxError` naming the column of the first mistake."""
+    if len(source) > MAX_QUERY_CHARS:
+        raise _fail(
+            source,
+            MAX_QUERY_CHARS,
+            f"the query is longer than {MAX_QUERY_CHARS:,} characters: split it into topics",
+        )
     comments: list[tuple[int, str]] = []
     tokens = _lex(source, comments)
     parser = _Parser(source, tokens)
@@ -307,6 +323,8 @@ class _Parser:
         self.source = source
         self.tokens = tokens
         self.pos = 0
+        self.depth = 0  # open groups and NOTs around the current token
+        self.words = 0
 
     def peek(self) -> _Token:
         return self.tokens[self.pos]
@@ -339,18 +357,35 @@ class _Parser:
         token = self.peek()
         if token.kind == "NOT":
             self.take()
+            self._deeper(token, 1)
             child = self.not_expr(fields)
+            self.depth -= 1
             return Not(child, token.start, child.end)
         return self.near_expr(fields)
 
+    def _deeper(self, token: _Token, levels: int) -> None:
+        """Count nesting before descending, so the parser itself never recurses too deep."""
+        self.depth += levels
+        if self.depth > MAX_DEPTH:
+            raise _fail(
+                self.source,
+                token.start,
+                f"the query nests more than {MAX_DEPTH} levels deep (each '(', NOT and NEAR "
+                "of a chain counts one): flatten it, e.g. a OR b OR c instead of nested groups",
+            )
+
     def near_expr(self, fields: frozenset[str]) -> Node:
         left = self.primary(fields)
+        links = 0
         while self.peek().kind == "NEAR":
             near = self.take()
+            links += 1
+            self._deeper(near, 1)
             self._check_near_operand(left)
             right = self.primary(fields)
             self._check_near_operand(right)
             left = Near(left, right, near.distance, left.start, right.end)
+        self.depth -= links
         return left
 
     def _check_near_operand(self, node: Node) -> None:
@@ -374,7 +409,9 @@ class _Parser:
         if token.kind == "(":
             if self.peek().kind == ")":
                 raise _fail(self.source, token.start, "this group '()' is empty")
+            self._deeper(token, 1)
             inner = self.or_expr(fields)
+            self.depth -= 1
             close = self.take()
             if close.kind != ")":
                 raise _fail(self.source, token.start, "this '(' is never closed")
@@ -412,6 +449,14 @@ class _Parser:
                     self.source,
                     offset + piece_start,
                     f"{piece!r} has no letters or digits to match",
+                )
+            self.words += len(found)
+            if self.words > MAX_QUERY_WORDS:
+                raise _fail(
+                    self.source,
+                    offset + piece_start,
+                    f"the query has more than {MAX_QUERY_WORDS:,} words: split it into "
+                    "several topics, or use wildcards (regulat*) for families of words",
                 )
             if star != -1 and len(textnorm.word_key(found[-1])) < MIN_WILDCARD_PREFIX:
                 raise _fail(

@@ -17,22 +17,18 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any
-from urllib.parse import quote
+
+from aggregator.redact import REDACTED, Redactor
+
+__all__ = ["REDACTED", "RedactingFilter", "Redactor", "setup_logging"]
 
 FORMATS = ("auto", "text", "journal", "json")
 LEVELS = ("debug", "info", "warning", "error")
-REDACTED = "[REDACTED]"
 
-# Slack bot/user/app/refresh tokens and incoming-webhook URLs.
-_SLACK_SECRET = re.compile(
-    r"\b(?P<kind>xox[abeposr]|xapp|xoxe\.xox[bp])-[A-Za-z0-9-]+"
-    r"|(?P<hook>https://hooks\.slack\.com/(?:services|workflows|triggers)/)[A-Za-z0-9/_-]+"
-)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_MIN_SECRET_LENGTH = 6  # shorter values would mask ordinary words in every line
 # Libraries that log every request or job run at INFO; at INFO they would drown the cycle summary.
 _CHATTY = ("httpx", "httpcore", "apscheduler", "slack_sdk", "urllib3")
 # Attributes every LogRecord has; anything else came in through ``extra=``.
@@ -50,37 +46,6 @@ def journal_priority(levelno: int) -> int:
     if levelno >= logging.INFO:
         return 6
     return 7
-
-
-class Redactor:
-    """Masks Slack-shaped tokens and registered secret values in text."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: list[str] = []
-        for secret in secrets:
-            self.add(secret)
-
-    def add(self, secret: str | None) -> None:
-        """Register a value (and its URL-encoded form) that must never be logged."""
-        value = (secret or "").strip()
-        if len(value) < _MIN_SECRET_LENGTH:
-            return
-        for form in (value, quote(value, safe="")):
-            if form not in self._secrets:
-                self._secrets.append(form)
-        self._secrets.sort(key=len, reverse=True)  # mask the longest form first
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return _SLACK_SECRET.sub(_mask, text)
-
-
-def _mask(match: re.Match[str]) -> str:
-    if match.group("hook"):
-        return match.group("hook") + REDACTED
-    return f"{match.group('kind')}-{REDACTED}"
 
 
 class RedactingFilter(logging.Filter):

@@ -100,7 +100,8 @@ def run_demo(
         (work / "topics.toml").write_text(topics, encoding="utf-8")
         # Snapshots are months old: the demo treats every item as fresh news.
         (work / "aggregator.toml").write_text(
-            '[polling]\nfirst_poll_window = "36500d"\n[fetch]\ntimeout = 5\ndeadline = 10\n',
+            '[polling]\nfirst_poll_window = "36500d"\n'
+            '[fetch]\ntimeout = 5\ndeadline = 10\nallow_networks = ["127.0.0.1/32"]\n',
             encoding="utf-8",
         )
         lines = []
