@@ -197,7 +197,8 @@ def check_database(path: str) -> tuple[Check, list[FeedRow] | None]:
                 f"{path} (or its directory, which holds the -wal file) is not writable by uid "
                 f"{os.getuid()}",
                 "run the doctor as the service's user (deploy/README.md shows how with "
-                "systemd-run), or give that user the file and its directory",
+                "systemd-run), or give that user the file and its directory; if `lsattr` shows "
+                "the file immutable (i), `chattr -i` it; a read-only mount needs remounting",
             ),
             None,
         )
@@ -213,8 +214,17 @@ def check_database(path: str) -> tuple[Check, list[FeedRow] | None]:
                 version = int(
                     conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] or 0
                 )
-            conn.execute("BEGIN IMMEDIATE")  # takes the write lock, changes nothing
-            conn.execute("ROLLBACK")
+            # A real write, rolled back: an immutable file opens, reads and locks, then refuses
+            # the first write (and root passes every permission check above).
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if "schema_migrations" in tables:
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, applied_at) "
+                        "VALUES (-1, 'doctor write check')"
+                    )
+            finally:
+                conn.execute("ROLLBACK")
             rows = _feed_rows(conn) if "feeds" in tables else []
         finally:
             conn.close()
@@ -224,8 +234,9 @@ def check_database(path: str) -> tuple[Check, list[FeedRow] | None]:
                 "database",
                 False,
                 f"{path} cannot be opened for writing: {e}",
-                "check the disk is not full or read-only and the file is a SQLite database; "
-                "restore it from a backup if it is damaged",
+                "check the disk is not full or mounted read-only, the file is not immutable "
+                "(lsattr; chattr -i) and is a SQLite database; restore it from a backup if it is "
+                "damaged",
             ),
             None,
         )

@@ -66,7 +66,22 @@ def fail_config(error: ConfigError, code: int = 2) -> None:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The command group. An expected failure (the project's own error: a database that cannot
+    be written, a model file that is damaged, a store error) ends in one readable line and exit
+    1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            fail_config(e)
+            raise  # unreachable: fail_config exits
+        except AggregatorError as e:
+            raise click.ClickException(shown(" ".join(str(e).split()))) from e
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_arg",

@@ -107,6 +107,8 @@ def _serve(
             report = runtime.cycle()
             state.last_success = time.monotonic()
             notifier.status(report.summary())
+        except AggregatorError as e:  # expected (a database error, a damaged file): one line
+            log.error("cycle failed: %s; the next one will retry", e)
         except Exception:
             log.exception("cycle failed; the next one will retry")
         finally:

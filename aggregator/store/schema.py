@@ -214,6 +214,7 @@ class Database:
             conn.execute("PRAGMA foreign_keys = ON")
             db.check_version()
             db.migrate()
+            db.check_writable()
         except sqlite3.Error as e:
             conn.close()
             raise StoreError(f"cannot open database {path!r}: {describe(e)}") from e
@@ -269,6 +270,20 @@ class Database:
                 )
             applied.append(version)
         return applied
+
+    def check_writable(self) -> None:
+        """Write a row and roll it back, so that a database that cannot be written (a read-only
+        file system, an immutable file, another owner) fails now with the reason, not at every
+        cycle. Opening and reading such a file work; only a write says no."""
+        if self.conn.in_transaction:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (-1, 'write check')"
+            )
+        finally:
+            self.conn.execute("ROLLBACK")
 
     def journal_mode(self) -> str:
         return str(self.conn.execute("PRAGMA journal_mode").fetchone()[0])
@@ -336,7 +351,10 @@ def describe(error: sqlite3.Error) -> str:
         seconds = BUSY_TIMEOUT_MS / 1000
         return f"{text}: another process held the database for more than {seconds:g} s"
     if "readonly" in text or "read-only" in text:
-        return f"{text}: the database file or its directory is not writable by this user"
+        return (
+            f"{text}: the file or its directory cannot be written (a read-only file system, "
+            "an immutable file, or another owner)"
+        )
     return text
 
 
