@@ -603,3 +603,17 @@ def test_a_reply_another_loop_already_sent_is_not_sent_again(
     assert outcomes == []
     assert slack.alert_counts() == {parent: 1, reply: 1}
     assert states(store) == {parent: "sent", reply: "sent"}
+
+
+def test_a_channel_whose_pause_ends_during_a_long_pass_is_served_in_that_pass(
+    store: Store, slack: SlackServer, clock: FakeClock
+) -> None:
+    """A pause that ends while another channel is still being paced through its backlog used to
+    wait for the next cycle (about 55 s more, seen under load)."""
+    busy = add_alerts(store, 8)  # #ai-policy: eight seconds of pacing at one a second
+    waiting = add_alerts(store, 2, "#executive-orders", "executive-orders")
+    store.outbox.pause("#executive-orders", START + timedelta(seconds=3), "Slack asked to wait")
+    outcomes = outbox(store, slack, clock).deliver_due(clock())
+    assert {o.alert_id for o in outcomes if o.state == "sent"} == set(busy + waiting)
+    first = slack.posts("#executive-orders")[0]
+    assert first.at - START.timestamp() == pytest.approx(3.0, abs=1.01)

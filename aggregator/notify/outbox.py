@@ -218,7 +218,9 @@ class Outbox:
                 state = self.store.outbox.channel(channel)
                 paused = state.paused_until
                 if paused is not None and paused > now:
-                    del queues[channel]  # the pause outlasts this call; the rows stay due
+                    # Waited for like a pacing slot: a pause that ends while other channels are
+                    # still sending is honoured in this pass, not in the next cycle.
+                    slots.append(paused)
                     continue
                 last = state.last_sent_at
                 if last is not None and last + interval > now:
@@ -233,6 +235,8 @@ class Outbox:
                     return outcomes
             if not sent_any and slots:
                 wait = (min(slots) - self._clock()).total_seconds()
+                if wait > self.inline_wait:
+                    break  # nothing can go out soon: the rows stay due for a later call
                 if deadline is not None and self._monotonic() + wait > deadline:
                     break
                 if wait > 0:
