@@ -21,6 +21,7 @@ from aggregator.notify import ConsoleSink, Outbox, make_sink
 from aggregator.notify.render import metadata_for, render
 from aggregator.notify.slack import SlackSink
 from aggregator.store import Store
+from aggregator.store.rows import OutboxRow
 from tests.slackserver import TOKEN, Fault, SlackServer
 from tests.storing import alert_item, store_items
 
@@ -603,6 +604,55 @@ def test_a_reply_another_loop_already_sent_is_not_sent_again(
     assert outcomes == []
     assert slack.alert_counts() == {parent: 1, reply: 1}
     assert states(store) == {parent: "sent", reply: "sent"}
+
+
+def stale_read(monkeypatch: pytest.MonkeyPatch, store: Store, rows: list[OutboxRow]) -> None:
+    """The loop's next read of due rows returns ``rows``, as read earlier; later reads are live."""
+    live = store.outbox.due
+    reads = iter([rows])
+    monkeypatch.setattr(store.outbox, "due", lambda now, limit=500: next(reads, None) or live(now))
+
+
+def test_a_grouped_reply_another_loop_took_part_of_is_not_posted_twice(
+    store: Store, slack: SlackServer, clock: FakeClock, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """One loop read two retried replies of a story (one message lists both); the other loop, which
+    had read only one of them, claimed and posted it meanwhile. Claiming the rest is not enough:
+    the message still lists the reply already posted, which was posted twice."""
+    settings = replace(SETTINGS, reply_batch=0.0)
+    [parent] = add_alerts(store, 1)
+    outbox(store, slack, clock, settings=settings).deliver_due(clock())
+    row = store.outbox.row(parent)
+    assert row is not None
+    for n in (1, 2):  # each reply's first send fails, a second apart: each retries on its own
+        item = ReplyItem("Ars", f"Same story {n}", f"https://a.example/{n}")
+        store.outbox.queue_reply(row, ReplyPayload(parent, (item,)), clock(), f"reply:{n}")
+        slack.script("chat.postMessage", Fault.error("unexpected_failure"))
+        outbox(store, slack, clock, settings=settings).deliver_due(clock())
+        clock.advance(1)
+    retried = store.outbox.rows(AlertState.FAILED)
+    assert len(retried) == 2 and all(r.alert.thread_ts for r in retried)
+    other = Store.open(tmp_path / "outbox.db")  # the other process's connection
+    try:
+        one, two = sorted(r.next_attempt_at for r in retried)
+        clock.now = one
+        early = store.outbox.due(clock())  # this loop reads one reply, then is slow
+        clock.now = two
+        both = other.outbox.due(clock())  # the other loop reads both: one message lists them
+        assert len(early) == 1 and len(both) == 2
+        stale_read(monkeypatch, store, early)  # the slow loop sends what it read, then stops
+        slow = outbox(store, slack, clock, settings=settings)
+        slow.deliver_due(clock(), deadline=clock.monotonic() + 0.5)
+        assert len(slack.posts()) == 2
+        stale_read(monkeypatch, other, both)
+        outbox(other, slack, clock, settings=settings).deliver_due(clock())
+    finally:
+        other.close()
+    drain(outbox(store, slack, clock, settings=settings), clock)
+    first, second = (r.alert.id for r in both)
+    assert slack.alert_counts() == {parent: 1, first: 1, second: 1}
+    assert states(store) == {parent: "sent", first: "sent", second: "sent"}
 
 
 def test_a_channel_whose_pause_ends_during_a_long_pass_is_served_in_that_pass(

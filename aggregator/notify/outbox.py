@@ -343,8 +343,11 @@ class Outbox:
     def _send(self, channel: str, message: Message, rows: list[OutboxRow]) -> list[DeliveryOutcome]:
         now = self._clock()
         outbox = self.store.outbox
-        rows = outbox.claim(rows, now)
-        if not rows:
+        read, rows = rows, outbox.claim(rows, now)
+        if len(rows) < len(read):
+            # Another loop took some of these rows since they were read, and this message names
+            # them all: it is not sent. Ours wait again, to be read afresh (and sent alone).
+            outbox.release(rows, read, now)
             return []
         outbox.note_sent(channel, now)
         alert = rows[0].alert

@@ -233,6 +233,19 @@ class Outbox(Part):
                                            updated_at=iso(now) or ""))  # fmt: skip
         return claimed
 
+    def release(
+        self, claimed: Sequence[OutboxRow], read: Sequence[OutboxRow], now: datetime
+    ) -> None:
+        """Undo :meth:`claim` for rows whose message is not sent after all: each goes back to the
+        state and attempts it was ``read`` with, due as it was."""
+        if not claimed:
+            return
+        before = {r.alert.id: r for r in read}
+        with self.db.transaction():
+            for r in claimed:
+                was = before[r.alert.id]
+                self._set(r, now, state=was.state, attempts=was.alert.attempts)
+
     def mark_sent(
         self, rows: Sequence[OutboxRow], now: datetime, *, ts: str, channel_id: str
     ) -> None:
