@@ -7,6 +7,11 @@ It speaks enough of the Web API for the bot: ``chat.postMessage``, ``chat.update
 It records every message it accepts, with the time it received it (from an injectable clock), so
 tests count what reached each channel instead of trusting the client.
 
+Several processes can share one server and still be told apart: a client whose base URL has a
+prefix before ``/api/`` (:meth:`SlackServer.client_url`: ``http://127.0.0.1:PORT/run/api/``) is
+recorded under that name (``Call.client``, ``Received.client``), and a chaos hook can ask
+:meth:`SlackServer.caller` which client made the call it is deciding on.
+
 Faults are queued per method and used one per call (:meth:`SlackServer.script`), set per channel
 (:meth:`SlackServer.fail_channel`), or chosen by a hook for chaos runs (``chaos=``):
 
@@ -16,6 +21,7 @@ Faults are queued per method and used one per call (:meth:`SlackServer.script`),
 - ``Fault.drop()``: the connection is closed before any response, nothing accepted;
 - ``Fault.accept_then_drop()``: the message is stored, then the connection closed (lost response);
 - ``Fault.error("channel_not_found")`` and the like: HTTP 200 with ``{"ok": false, "error": ...}``;
+- ``Fault.held(event)``: answered normally once the test sets ``event`` (a send in flight);
 - ``Fault.echo_auth_page(502)``: a proxy's HTML error page that quotes the request's Authorization
   header (the token); ``Fault.echo_auth_error()``: an ``error`` field that quotes it.
 
@@ -51,9 +57,17 @@ SCOPES = (
 @dataclass(frozen=True)
 class Fault:
     kind: str  # rate_limited | status | drop | accept_then_drop | error | echo_page | echo_error
+    #            | held
     http_status: int = 200
     code: str = ""
     retry_after: float | None = None
+    until: threading.Event | None = field(default=None, compare=False)  # for held
+
+    @classmethod
+    def held(cls, until: threading.Event, timeout: float = 30.0) -> Fault:
+        """The call is answered normally, but only once ``until`` is set (or after ``timeout``):
+        a send in flight for as long as the test wants. Other calls are answered meanwhile."""
+        return cls("held", retry_after=timeout, until=until)
 
     @classmethod
     def rate_limited(cls, retry_after: float = 1) -> Fault:
@@ -101,6 +115,7 @@ class Received:
     blocks: list[dict[str, Any]]
     metadata: dict[str, Any] | None
     thread_ts: str | None = None
+    client: str = ""  # the base URL's prefix before /api/ ("" for the plain URL)
 
     @property
     def alert_ids(self) -> list[int]:
@@ -116,6 +131,7 @@ class Call:
     at: float
     params: dict[str, Any]
     outcome: str  # ok | the error code | the fault kind
+    client: str = ""  # the base URL's prefix before /api/ ("" for the plain URL)
 
 
 @dataclass
@@ -151,6 +167,7 @@ class SlackServer:
         self._channel_errors: dict[str, str] = {}
         self._channels: dict[str, _Channel] = {}
         self._last_ts = 0.0
+        self._local = threading.local()  # the client of the call this thread is answering
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -227,9 +244,24 @@ class SlackServer:
         with self.lock:
             return [r for r in self.received if r.method == "chat.update"]
 
+    def client_url(self, client: str) -> str:
+        """A base URL whose calls are recorded under ``client`` (see :meth:`caller`)."""
+        return self.url.removesuffix("api/") + f"{client}/api/"
+
+    def caller(self) -> str:
+        """The client whose call this thread is answering (for a chaos hook)."""
+        return str(getattr(self._local, "client", ""))
+
     def count(self, method: str) -> int:
         with self.lock:
             return sum(1 for c in self.calls if c.method == method)
+
+    def message(self, channel: str, ts: str) -> dict[str, Any] | None:
+        """A message as the channel shows it now (after any chat.update), or None."""
+        with self.lock:
+            ch = self._channel(channel, create=False)
+            found = next((m for m in ch.messages if m["ts"] == ts), None) if ch else None
+            return dict(found) if found else None
 
     def alert_counts(self) -> dict[int, int]:
         """How many accepted posts carried each alert id."""
@@ -257,14 +289,16 @@ class SlackServer:
         self._last_ts = now
         return f"{now:.6f}"
 
-    def handle(self, method: str, params: dict[str, Any], auth: str) -> tuple[int, dict[str, Any]]:
+    def handle(
+        self, method: str, params: dict[str, Any], auth: str, client: str = ""
+    ) -> tuple[int, dict[str, Any]]:
         """Answer one call (faults already applied). Returns (HTTP status, body)."""
         if auth != f"Bearer {self.token}":
             return 200, {"ok": False, "error": "invalid_auth"}
         if method == "auth.test":
             return 200, {"ok": True, "user": "alertbot", "user_id": "U0BOT", "team": "Test Team"}
         if method in ("chat.postMessage", "chat.update"):
-            return self._post(method, params)
+            return self._post(method, params, client)
         if method in ("conversations.history", "conversations.replies"):
             return self._history(method, params)
         if method == "conversations.list":
@@ -281,7 +315,7 @@ class SlackServer:
             return 200, {"ok": True, "channel": info | {"is_private": ch.is_private}}
         return 404, {"ok": False, "error": "unknown_method"}
 
-    def _post(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _post(self, method: str, params: dict[str, Any], client: str) -> tuple[int, dict[str, Any]]:
         ref = str(params.get("channel", ""))
         ch = self._channel(ref, create=self.auto_channels)
         error = self._channel_errors.get(ref) or (ch and self._channel_errors.get(ch.id))
@@ -329,6 +363,7 @@ class SlackServer:
                 blocks or [],
                 metadata,
                 params.get("thread_ts"),
+                client,
             )
         )
         return 200, {"ok": True, "channel": ch.id, "ts": ts, "message": {"text": text, "ts": ts}}
@@ -393,7 +428,9 @@ def _make_handler(server: SlackServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             at = server.clock()
             parts = urlsplit(self.path)
-            method = parts.path.rsplit("/", 1)[-1]
+            prefix, _, method = parts.path.rpartition("/")
+            client = prefix.removesuffix("/api").strip("/")
+            server._local.client = client
             params: dict[str, Any] = dict(parse_qsl(parts.query))
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
@@ -407,12 +444,14 @@ def _make_handler(server: SlackServer) -> type[BaseHTTPRequestHandler]:
                 fault = server._faults[method].popleft() if server._faults[method] else None
                 if fault is None and server.chaos is not None:
                     fault = server.chaos(method, params)
-                if fault is not None and fault.kind != "accept_then_drop":
-                    server.calls.append(Call(method, at, params, fault.kind))
-                else:
-                    status, body = server.handle(method, params, auth)
-                    outcome = "ok" if body.get("ok") else str(body.get("error"))
-                    server.calls.append(Call(method, at, params, outcome))
+                if fault is None or fault.kind != "held":
+                    status, body = self._answer(method, params, auth, client, at, fault)
+            if fault is not None and fault.kind == "held":
+                assert fault.until is not None
+                fault.until.wait(fault.retry_after)  # not holding the lock: others are answered
+                fault = None
+                with server.lock:
+                    status, body = self._answer(method, params, auth, client, at, fault)
             changed()
             if fault is None:
                 scopes = {"x-oauth-scopes": ",".join(server.scopes)} if server.scopes else {}
@@ -437,6 +476,19 @@ def _make_handler(server: SlackServer) -> type[BaseHTTPRequestHandler]:
                     headers["Retry-After"] = f"{fault.retry_after:g}"
                 body = {"ok": False, "error": fault.code}
                 self._reply(fault.http_status, body, headers=headers)
+
+        def _answer(
+            self, method: str, params: dict[str, Any], auth: str, client: str, at: float,
+            fault: Fault | None,
+        ) -> tuple[int, dict[str, Any]]:  # fmt: skip
+            """Record the call and, unless a fault stops it first, handle it. Under the lock."""
+            if fault is not None and fault.kind != "accept_then_drop":
+                server.calls.append(Call(method, at, params, fault.kind, client))
+                return 0, {}
+            status, body = server.handle(method, params, auth, client)
+            outcome = "ok" if body.get("ok") else str(body.get("error"))
+            server.calls.append(Call(method, at, params, outcome, client))
+            return status, body
 
         def _reply(
             self,
