@@ -252,6 +252,7 @@ class DeliveryMarks:
     hold: HoldMode | None = None  # set once the row was held (it is never held twice)
     digest: str | None = None  # the digest a held row goes out in
     batched: bool = False  # a reply that already waited for its story's reply slot
+    sender: str | None = None  # the process that claimed the row for its last send ("host:pid")
 
 
 @dataclass(frozen=True, slots=True)

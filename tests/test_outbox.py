@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -18,6 +22,7 @@ import pytest
 from aggregator.config.model import Settings, TopicConfig
 from aggregator.models import AlertState, EditPayload, Entry, ReplyItem, ReplyPayload, TopicMatch
 from aggregator.notify import ConsoleSink, Outbox, make_sink
+from aggregator.notify.outbox import STALE_SENDING
 from aggregator.notify.render import metadata_for, render
 from aggregator.notify.slack import SlackSink
 from aggregator.store import Store
@@ -457,6 +462,36 @@ def test_stuck_sending_rows_are_settled_by_the_loop(
     clock.advance(100)
     box.deliver_due(clock())
     assert slack.alert_counts() == {alert: 1}
+
+
+def test_start_up_settles_what_dead_senders_left_and_leaves_a_live_senders_send(
+    store: Store, slack: SlackServer, clock: FakeClock
+) -> None:
+    """A row in ``sending`` names the process sending it. At start the service settles the
+    rows of processes that are gone (reaped or not), but not the one another live process
+    (``poll --once``) is sending right now, until that one is stale."""
+    ids = add_alerts(store, 3)
+    rows = store.outbox.rows(AlertState.PENDING)
+    host = socket.gethostname()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    unreaped = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, unreaped.pid, os.WEXITED | os.WNOWAIT)  # exited, left a zombie
+    try:
+        for row, proc in zip(rows, (alive, exited, unreaped), strict=True):
+            store.outbox.claim([row], clock(), sender=f"{host}:{proc.pid}")
+        box = outbox(store, slack, clock)
+        settled = box.recover(clock())
+        assert {o.alert_id: o.state for o in settled} == {ids[1]: "pending", ids[2]: "pending"}
+        assert states(store)[ids[0]] == "sending"
+        clock.advance(STALE_SENDING + 1)  # no live send takes this long
+        [late] = box.recover(clock())
+        assert (late.alert_id, late.state) == (ids[0], "pending")
+    finally:
+        alive.kill()
+        alive.wait()
+        unreaped.wait()
 
 
 def test_thread_reply_and_edit_follow_their_parent(

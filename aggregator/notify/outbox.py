@@ -27,6 +27,7 @@ from aggregator.config.model import Settings, TopicConfig
 from aggregator.errors import DeliveryError
 from aggregator.models import AlertKind, AlertState, DeliveryOutcome, HoldMode
 from aggregator.notify.render import Message, render, render_digest, render_replies
+from aggregator.notify.senders import another_live_process, this_process
 from aggregator.notify.sink import Posted, Sink, UncertainDelivery
 from aggregator.notify.windows import hold_for
 from aggregator.redact import Redactor
@@ -88,23 +89,30 @@ class Outbox:
         self.pause_base = pause_base
         self.pause_cap = pause_cap
         self.inline_wait = inline_wait
+        self.sender = this_process()  # named on the rows this loop claims
 
     # -- public ----------------------------------------------------------------------------------
 
     def recover(self, now: datetime, *, older_than: float = 0.0) -> list[DeliveryOutcome]:
         """Settle rows left in ``sending`` by a crash: sent if Slack has them, else due again.
 
-        At start-up every such row belongs to a dead process (``older_than=0``). A process that
-        may run beside a live one (``poll --once``) passes ``older_than`` so it leaves the other's
-        in-flight send alone; :meth:`deliver_due` does that itself for rows stuck that long.
+        At start-up (``older_than=0``) every such row belongs to a dead process, except one that
+        another live process (``poll --once`` beside the service) is sending right now: that one
+        is left to it unless it is stale. A process that may run beside a live one passes
+        ``older_than`` so it leaves the other's in-flight send alone; :meth:`deliver_due` does
+        that itself for rows stuck that long.
         """
         outcomes: list[DeliveryOutcome] = []
         cutoff = now - timedelta(seconds=older_than)
+        stale = now - timedelta(seconds=STALE_SENDING)
         if older_than <= 0:
             self._pace_after_restart()
         for row in self.store.outbox.rows(AlertState.SENDING):
             since = from_iso(row.updated_at)
             if older_than > 0 and since is not None and since > cutoff:
+                continue
+            young = since is not None and since > stale
+            if young and another_live_process(row.marks.sender):
                 continue
             try:
                 outcomes.extend(self._recover_row(row, now))
@@ -343,7 +351,7 @@ class Outbox:
     def _send(self, channel: str, message: Message, rows: list[OutboxRow]) -> list[DeliveryOutcome]:
         now = self._clock()
         outbox = self.store.outbox
-        read, rows = rows, outbox.claim(rows, now)
+        read, rows = rows, outbox.claim(rows, now, sender=self.sender)
         if len(rows) < len(read):
             # Another loop took some of these rows since they were read, and this message names
             # them all: it is not sent. Ours wait again, to be read afresh (and sent alone).

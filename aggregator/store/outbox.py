@@ -218,18 +218,22 @@ class Outbox(Part):
 
     # -- delivery: each call commits before the next network call --------------------------------
 
-    def claim(self, rows: Sequence[OutboxRow], now: datetime) -> list[OutboxRow]:
-        """Take waiting rows for sending (``sending``, attempts + 1); returns them as they are
-        now. A row another process moved or sent since it was read is not taken."""
+    def claim(
+        self, rows: Sequence[OutboxRow], now: datetime, *, sender: str | None = None
+    ) -> list[OutboxRow]:
+        """Take waiting rows for sending (``sending``, attempts + 1, and who sends them);
+        returns them as they are now. A row another process moved or sent since it was read is
+        not taken."""
         claimed: list[OutboxRow] = []
         with self.db.transaction():
             for r in rows:
                 if r.state not in WAITING:
                     continue
                 attempts = r.alert.attempts + 1
-                if self._set(r, now, state=AlertState.SENDING, attempts=attempts):
+                marks = replace(r.marks, sender=sender)
+                if self._set(r, now, state=AlertState.SENDING, attempts=attempts, marks=marks):
                     alert = replace(r.alert, attempts=attempts)
-                    claimed.append(replace(r, alert=alert, state=AlertState.SENDING,
+                    claimed.append(replace(r, alert=alert, state=AlertState.SENDING, marks=marks,
                                            updated_at=iso(now) or ""))  # fmt: skip
         return claimed
 

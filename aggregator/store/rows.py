@@ -103,6 +103,7 @@ class StoredEntry:
 # -- the payload column ---------------------------------------------------------------------------
 
 _VERIFY, _HOLD, _DIGEST, _BATCHED = "_verify", "_hold", "_digest", "_batched"
+_SENDER = "_sender"
 
 
 NO_MARKS = DeliveryMarks()
@@ -139,6 +140,8 @@ def encode_payload(payload: Payload, marks: DeliveryMarks = NO_MARKS) -> str:
         data[_DIGEST] = marks.digest
     if marks.batched:
         data[_BATCHED] = True
+    if marks.sender is not None:
+        data[_SENDER] = marks.sender
     return json.dumps(data)
 
 
@@ -177,11 +180,13 @@ def decode_payload(kind: AlertKind, text: str | None) -> tuple[Payload, Delivery
         payload = AlertPayload(primary=bool(data.get("primary")))
     hold = data.get(_HOLD)
     digest = data.get(_DIGEST)
+    sender = data.get(_SENDER)
     marks = DeliveryMarks(
         verify=bool(data.get(_VERIFY)),
         hold=HoldMode(hold) if hold in (HoldMode.DIGEST, HoldMode.QUIET) else None,
         digest=str(digest) if digest is not None else None,
         batched=bool(data.get(_BATCHED)),
+        sender=str(sender) if sender is not None else None,
     )
     return payload, marks
 
