@@ -32,7 +32,8 @@ WORKER = Path(__file__).with_name("delivery_worker.py")  # a process that only d
 UNSENT = (AlertState.PENDING, AlertState.FAILED, AlertState.HELD, AlertState.SENDING)
 
 ROOT = Path(__file__).resolve().parents[1]
-READS = ("conversations.history", "conversations.list")
+READS = ("conversations.history", "conversations.replies", "conversations.list")
+WRITES = ("chat.postMessage", "chat.update")
 
 
 @dataclass
@@ -59,14 +60,27 @@ class SoakResult:
     notes: list[str] = field(default_factory=list)
 
 
-class _Chaos:
-    """Decides faults per call, and kills the worker from inside a post now and then."""
+class Chaos:
+    """Decides faults per call, and kills the worker from inside a post or an edit now and then.
 
-    def __init__(self, rng: random.Random, fault_rate: float, kill_rate: float) -> None:
+    With ``kill_client``, only a call from that client of the server (``SlackServer.caller``) can
+    kill: the process is killed while its own message is in flight, not another process's.
+    """
+
+    def __init__(
+        self,
+        rng: random.Random,
+        fault_rate: float,
+        kill_rate: float,
+        *,
+        kill_client: str | None = None,
+    ) -> None:
         self.rng = rng
         self.fault_rate = fault_rate
         self.kill_rate = kill_rate
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.kill_client = kill_client
+        self.server: SlackServer | None = None  # set when kill_client is
+        self.proc: subprocess.Popen[Any] | None = None
         self.killing = True
         self.kills_in_flight = 0
         self.faults: dict[str, int] = {}
@@ -75,6 +89,10 @@ class _Chaos:
         self.round_killed = False
 
     def _kill(self) -> bool:
+        if self.kill_client is not None and (
+            self.server is None or self.server.caller() != self.kill_client
+        ):
+            return False
         with self.kill_lock:
             proc = self.proc
             if not self.killing or self.round_killed or proc is None or proc.poll() is not None:
@@ -95,10 +113,11 @@ class _Chaos:
             return True
 
     def __call__(self, method: str, params: dict[str, Any]) -> Fault | None:
-        self.called.set()
+        if self.kill_client is None or (self.server and self.server.caller() == self.kill_client):
+            self.called.set()
         roll = self.rng.random()
         fault: Fault | None = None
-        if method == "chat.postMessage":
+        if method in WRITES:
             if roll < self.kill_rate / 2 and self._kill():
                 fault = Fault.accept_then_drop()  # Slack has it; the worker never hears back
             elif roll < self.kill_rate and self._kill():
@@ -215,7 +234,7 @@ def run_soak(
     cycles with the production backoff) instead of the bare delivery worker.
     """
     rng = random.Random(seed)
-    chaos = _Chaos(rng, fault_rate, kill_rate)
+    chaos = Chaos(rng, fault_rate, kill_rate)
     names = [f"#soak-{i}" for i in range(channels)]
     db = workdir / "soak.db"
     store = Store.open(db)

@@ -1,0 +1,89 @@
+"""``aggregator run`` and ``aggregator poll --once`` on one database at the same time.
+
+Real subprocesses, a real SQLite file, the feed server and the Slack stand-in (each process talks
+to it under its own client name, so the server can tell their calls apart). Issue 16, item 6: the
+two used to fail each other with "database is locked", and two delivery loops posted some
+messages twice; running both at once must be safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator.models import AlertState, Entry
+from aggregator.store import Store
+from tests.loops_harness import Logged, aggregator, environment, run_loops, write_config
+from tests.slackserver import Fault, SlackServer
+from tests.storing import alert_item, store_items
+
+
+@pytest.mark.slow
+def test_poll_once_beside_the_service_delivers_every_message_once(tmp_path: Path) -> None:
+    """Stories become alerts, thread replies (a second and third outlet) and edits (a rewritten
+    title, more outlets) while the service and one ``poll --once`` after another poll the feeds
+    and deliver."""
+    result = run_loops(tmp_path, stories=6, step_seconds=0.6)
+
+    assert result.polls >= 3, result
+    assert result.polls_failed == [], result.polls_failed
+    assert result.trouble == [], result.trouble  # no "database is locked", no "cycle failed"
+    assert result.alerts.rows == 12 and result.replies.rows == 24 and result.edits.rows > 0
+    for kind in (result.alerts, result.replies, result.edits):
+        assert (kind.lost, kind.duplicated) == (0, 0), (result, result.notes)
+    assert result.story_errors == 0, result
+    assert result.not_sent == 0, result
+    assert set(result.sent_by) == {"run", "poll"}, result.sent_by  # both loops delivered
+
+
+def test_a_service_starting_while_poll_once_posts_leaves_that_post_alone(tmp_path: Path) -> None:
+    """At start the service settles the rows a crash left in ``sending``. A row ``poll --once``
+    is sending right now is not one of them: looking it up in Slack finds nothing yet, and
+    sending it again posted it twice once the poll's post landed."""
+    entered, release = threading.Event(), threading.Event()
+
+    def poll_post_in_flight(method: str, params: dict[str, Any]) -> Fault | None:
+        if method == "chat.postMessage" and slack.caller() == "poll" and not entered.is_set():
+            entered.set()
+            return Fault.held(release)
+        return None
+
+    db = tmp_path / "bot.db"
+    config = write_config(tmp_path / "config", {}, interval=0.0)
+    store = Store.open(db)
+    now = datetime.now(UTC)
+    entry = Entry(
+        feed_url="https://feeds.example/a", guid="g1", link="https://news.example/1",
+        canonical_url="https://news.example/1", title="Senate weighs AI rules",
+        summary="Lawmakers debated AI regulation.", published=now, content_hash="h1",
+        source="Example News",
+    )  # fmt: skip
+    store_items(store, [alert_item(entry, "ai-rules", "#ai-rules", "AI")], now)
+    [alert] = [r.alert.id for r in store.outbox.rows()]
+    with SlackServer(chaos=poll_post_in_flight) as slack:
+        slack.add_channel("#ai-rules")
+        poll = Logged(aggregator(config, db, "poll", "--once"), environment(slack, "poll"),
+                      tmp_path / "poll.log")  # fmt: skip
+        assert entered.wait(30), "the poll never posted:\n" + "\n".join(poll.lines)
+        row = store.outbox.row(alert)
+        assert row is not None and row.state == AlertState.SENDING
+        run = [*aggregator(config, db, "--log-level", "debug", "run", "--tick", "0.2")]
+        service = Logged(run, environment(slack, "run"), tmp_path / "service.log")
+        try:
+            ready = service.wait_line("ready")
+            service.wait_line("cycle:", after=ready)  # a cycle: it would have sent the alert
+            release.set()  # the poll's post lands
+            assert poll.wait() == 0, "\n".join(poll.lines)
+            service.wait_line("cycle:", after=service.find("cycle:", after=ready))
+        finally:
+            release.set()
+            assert service.stop() == 0
+        assert slack.alert_counts() == {alert: 1}
+        assert [p.client for p in slack.posts()] == ["poll"]
+    sent = store.outbox.row(alert)
+    store.close()
+    assert sent is not None and sent.state == AlertState.SENT
