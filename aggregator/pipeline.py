@@ -14,9 +14,10 @@ due feeds ─> fetch (threads, httpx) ─> parse changed bodies + match topics (
 4. For each feed, in order: the store says which of its entries it already holds
    (:meth:`Entries.view <aggregator.store.entries.Entries.view>`); the pure planner
    (:func:`~aggregator.cycle.plan.plan_feed`) decides what is new, which story each entry joins
-   (:mod:`aggregator.stories`), which alerts and thread replies to queue, and the feed's next
-   fetch; :meth:`Store.apply <aggregator.store.Store.apply>` writes that plan. Alerts are written
-   in the same transaction as their entries, before anything is sent.
+   (:mod:`aggregator.stories`; entries another process stored meanwhile, ``poll --once`` beside
+   the service, join the story window first), which alerts and thread replies to queue, and the
+   feed's next fetch; :meth:`Store.apply <aggregator.store.Store.apply>` writes that plan.
+   Alerts are written in the same transaction as their entries, before anything is sent.
 5. The outbox (:mod:`aggregator.notify.outbox`) sends what is due, paced per channel.
 
 :func:`run_cycle` does only this wiring. The edges (HTTP, SQLite, Slack, the parse workers) come
@@ -57,7 +58,7 @@ from aggregator.models import (
 )
 from aggregator.rules.matcher import TopicMatcher
 from aggregator.store import Store
-from aggregator.stories.index import StoryIndex
+from aggregator.stories.index import StoryIndex, warm_index
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,11 @@ def run_cycle(deps: Deps, now: datetime, *, deadline: float | None = None) -> Cy
             # A feed's entries, alerts and schedule commit together. Feeds that are ready share
             # a commit; the write lock is never held while waiting for a slow feed.
             with deps.store.transaction():
+                _catch_up(deps, now)
                 for fetched, parsed in ready.while_ready(first, SETTLE_BATCH):
                     outcomes.append(_settle(deps, fetched, parsed, now))
+                # the write lock is still held: every entry up to here is in the story window
+                deps.stories.stored_up_to = deps.store.entries.last_id()
     deliveries = deps.outbox.deliver_due(now, deadline=deadline) if deps.outbox else []
     finished = now + timedelta(seconds=time.monotonic() - started)
     report = CycleReport(now, finished, tuple(outcomes), tuple(deliveries))
@@ -123,6 +127,13 @@ def run_cycle(deps: Deps, now: datetime, *, deadline: float | None = None) -> Cy
     # 2,900 such lines a day to the journal.
     log.log(logging.INFO if report.feeds or report.deliveries else logging.DEBUG, report.summary())
     return report
+
+
+def _catch_up(deps: Deps, now: datetime) -> None:
+    """Add to the story window the entries another process (``poll --once`` beside the service)
+    stored since this one last wrote, so that either can join a story the other stored."""
+    stored = deps.store.entries.story_entries_after(deps.stories.stored_up_to)
+    warm_index(deps.stories, stored, now)
 
 
 def _settle(

@@ -8,6 +8,7 @@ messages twice; running both at once must be safe.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,11 @@ import pytest
 
 from aggregator.models import AlertState, Entry
 from aggregator.store import Store
+from aggregator.store.schema import iso
+from tests import waiting
+from tests.feedserver import FeedServer
 from tests.loops_harness import Logged, aggregator, environment, run_loops, write_config
+from tests.newsroom import CHANNELS, Newsroom
 from tests.slackserver import Fault, SlackServer
 from tests.storing import alert_item, store_items
 
@@ -87,3 +92,37 @@ def test_a_service_starting_while_poll_once_posts_leaves_that_post_alone(tmp_pat
     sent = store.outbox.row(alert)
     store.close()
     assert sent is not None and sent.state == AlertState.SENT
+
+
+def test_a_story_poll_once_stored_is_joined_by_the_service(tmp_path: Path) -> None:
+    """The service groups stories in memory, warmed from the database at start. A story that
+    ``poll --once`` stored after that was unknown to it, so the same story from a second outlet
+    became a second alert instead of a reply in the first alert's thread."""
+    db = tmp_path / "bot.db"
+    with FeedServer() as feeds, SlackServer() as slack:
+        for name in CHANNELS:
+            slack.add_channel(name)
+        newsroom = Newsroom(feeds, stories=1)
+        config = write_config(tmp_path / "config", newsroom.urls(), interval=0.0)
+        Store.open(db).close()
+        run = aggregator(config, db, "run", "--tick", "0.2")
+        service = Logged(run, environment(slack, "run"), tmp_path / "service.log")
+        try:
+            first = service.wait_line("cycle: 3 feeds: 3 fetched")  # its first poll: empty feeds
+            newsroom.advance()  # the first outlet tells the story
+            poll = Logged(aggregator(config, db, "poll", "--once"), environment(slack, "poll"),
+                          tmp_path / "poll.log")  # fmt: skip
+            assert poll.wait() == 0, "\n".join(poll.lines)
+            assert len(slack.posts()) == 2  # an alert in each channel, from the poll
+            newsroom.advance()  # a second outlet tells it too; the service polls it
+            with sqlite3.connect(db) as conn:  # its feeds fall due, as time passing would do
+                conn.execute("UPDATE feeds SET next_fetch_at = ?", [iso(datetime.now(UTC))])
+            service.wait_line("1 new entries", after=first)
+            waiting.wait_until(lambda: len(slack.posts()) >= 4, "the service's posts", 30)
+        finally:
+            assert service.stop() == 0
+        top = [p for p in slack.posts() if p.thread_ts is None]
+        replies = [p for p in slack.posts() if p.thread_ts is not None]
+    assert sorted(p.channel for p in top) == sorted(CHANNELS), "the story was alerted twice"
+    assert {r.thread_ts for r in replies} == {p.ts for p in top}
+    assert all(r.client == "run" for r in replies)

@@ -229,7 +229,11 @@ class Runtime:
 
     def _warm_stories(self, now: datetime) -> StoryIndex:
         since = now - timedelta(seconds=self.config.settings.story_window)
-        return warm_index(StoryIndex(), self.store.entries.recent_story_entries(since), now)
+        last = self.store.entries.last_id()  # what is stored later, the pipeline catches up on
+        rows = self.store.entries.recent_story_entries(since, up_to=last)
+        index = warm_index(StoryIndex(), rows, now)
+        index.stored_up_to = last
+        return index
 
     def _config_mtimes(self) -> tuple[float, ...]:
         stamps = []

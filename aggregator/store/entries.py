@@ -141,16 +141,30 @@ class Entries(Part):
 
     # -- the story window -----------------------------------------------------------------------
 
-    def recent_story_entries(self, since: datetime) -> list[tuple[int, Entry]]:
-        """(story id, entry) for every matching entry of a story seen since ``since``, oldest
-        first: what warms the story index at start. An entry without a published time is dated
-        by when it was first seen. The cost follows the window, not the table."""
+    def recent_story_entries(
+        self, since: datetime, up_to: int | None = None
+    ) -> list[tuple[int, Entry]]:
+        """(story id, entry) for every matching entry of a story seen since ``since`` (with an id
+        up to ``up_to``), oldest first: what warms the story index at start. An entry without a
+        published time is dated by when it was first seen. The cost follows the window, not the
+        table."""
         rows = self.db.rows(
             "SELECT e.*, coalesce(e.published, e.first_seen) AS at FROM entries e "
             "WHERE e.story_id IN (SELECT id FROM stories WHERE last_seen >= ?) "
-            "AND EXISTS (SELECT 1 FROM matches m WHERE m.entry_id = e.id) "
+            "AND EXISTS (SELECT 1 FROM matches m WHERE m.entry_id = e.id) AND (? < 0 OR e.id <= ?) "
             "ORDER BY at, e.id",
-            [iso(since)],
+            [iso(since), -1 if up_to is None else up_to, up_to],
+        )
+        return [(int(row["story_id"]), entry_from_row(row, row["at"])) for row in rows]
+
+    def story_entries_after(self, entry_id: int) -> list[tuple[int, Entry]]:
+        """(story id, entry) for every matching entry with a story stored after ``entry_id``, in
+        the order they were stored: what another process stored since this one last looked."""
+        rows = self.db.rows(
+            "SELECT e.*, coalesce(e.published, e.first_seen) AS at FROM entries e "
+            "WHERE e.id > ? AND e.story_id IS NOT NULL "
+            "AND EXISTS (SELECT 1 FROM matches m WHERE m.entry_id = e.id) ORDER BY e.id",
+            [entry_id],
         )
         return [(int(row["story_id"]), entry_from_row(row, row["at"])) for row in rows]
 

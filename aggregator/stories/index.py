@@ -87,6 +87,10 @@ class StoryIndex:
         # Bumped when an outlet gains or loses boilerplate: which members ``member_sum`` leaves out
         # depends on that alone, not on what the boilerplate is.
         self._apart_version = 0
+        # The largest entry id of the database this index has taken in (0: none). Entries past it
+        # were stored by another process (``poll --once`` beside the service): the pipeline adds
+        # them before it plans, so a story either process stored can be joined by the other.
+        self.stored_up_to = 0
 
     def __len__(self) -> int:
         return len(self._stories)
