@@ -518,6 +518,36 @@ def test_thread_reply_and_edit_follow_their_parent(
     assert set(states(store).values()) == {"sent"}
 
 
+def test_an_edit_older_than_one_already_sent_is_never_applied_after_it(
+    store: Store, slack: SlackServer, clock: FakeClock
+) -> None:
+    """An edit shows the story whole, so the newest edit is the one that must stay. A service
+    killed while its edit was in flight left that row in ``sending``; ``poll --once`` beside it
+    queued a newer edit (more outlets) as a row of its own and sent it; the restarted service
+    then sent the old edit again, and the message went back to the older coverage."""
+    [parent] = add_alerts(store, 1)
+    box = outbox(store, slack, clock)
+    box.deliver_due(clock())
+    row = store.outbox.row(parent)
+    assert row is not None
+    old = store.outbox.queue_edit(row, EditPayload(parent, outlets=2, updated=True), clock())
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])  # the killed service
+    exited.wait()
+    [in_flight] = store.outbox.rows(ids=[old])
+    store.outbox.claim([in_flight], clock(), sender=f"{socket.gethostname()}:{exited.pid}")
+    new = store.outbox.queue_edit(row, EditPayload(parent, outlets=3), clock())
+    assert new != old  # the old one was in flight: it could not absorb this one
+    clock.advance(2)
+    box.deliver_due(clock())  # the poll sends the new edit
+    box.recover(clock())  # the service starts again
+    drain(box, clock)
+    [top] = slack.posts()
+    shown = slack.message(top.channel_id, top.ts)
+    assert shown is not None and "covered by 3 outlets" in str(shown["blocks"])
+    assert "_updated_" in str(shown["blocks"])  # what the old edit said still shows
+    assert states(store) == {parent: "sent", old: "sent", new: "sent"}
+
+
 def test_reply_to_a_dead_parent_dies_too(
     store: Store, slack: SlackServer, clock: FakeClock
 ) -> None:

@@ -278,6 +278,10 @@ class Outbox:
             if not resolved:
                 return []  # another delivery loop took them meanwhile
             rows = resolved
+        if rows[0].alert.kind == AlertKind.UPDATE:
+            newer = self.store.outbox.newer_edit(rows[0])
+            if newer is not None:
+                return self._superseded(unit.channel, rows, newer)
         if any(r.marks.verify for r in rows):
             found, rows, failure = self._verify(unit.channel, rows)
             message = None if found else message
@@ -315,6 +319,16 @@ class Outbox:
         return self.store.outbox.attach_thread(
             rows, now, thread_ts=parent.slack_ts, channel_id=parent.slack_channel
         )
+
+    def _superseded(self, channel: str, rows: list[OutboxRow], newer: int) -> list[DeliveryOutcome]:
+        """An edit shows the story whole, as it was when queued, and a later edit of the same
+        alert (queued while this one was in flight, beside ``poll --once``) shows it as it is
+        now: this one is done without a send, so it can never land after that one."""
+        row = rows[0]
+        ts, where = row.alert.thread_ts or "", row.slack_channel or channel
+        self.store.outbox.mark_sent(rows, self._clock(), ts=ts, channel_id=where)
+        note = f"superseded by edit {newer}"
+        return [DeliveryOutcome(r.alert.id, channel, AlertState.SENT, note, ts) for r in rows]
 
     def _reply_slot(self, row: OutboxRow, now: datetime) -> DeliveryOutcome | None:
         """At most one thread reply per story every ``reply_batch``: later ones wait and merge."""

@@ -143,6 +143,15 @@ class Outbox(Part):
                             [entry_id])  # fmt: skip
         return [_outbox_row(r) for r in rows]
 
+    def newer_edit(self, row: OutboxRow) -> int | None:
+        """A later edit of the same alert, not given up on (its id), or None."""
+        found = self.db.value(
+            "SELECT max(id) FROM alerts WHERE kind = 'update' AND state != 'dead' AND id > ? "
+            "AND json_extract(payload, '$.parent_alert_id') = ?",
+            [row.alert.id, row.alert.parent_alert_id],
+        )
+        return int(found) if found is not None else None
+
     # -- queueing ---------------------------------------------------------------------------------
 
     def queue_alert(
@@ -193,6 +202,15 @@ class Outbox(Part):
                 [encode_payload(merged, marks), iso(now), waiting[0]["id"]],
             )
             return int(waiting[0]["id"])
+        in_flight = self.db.rows(
+            "SELECT payload FROM alerts WHERE kind = 'update' AND state = 'sending' "
+            "AND json_extract(payload, '$.parent_alert_id') = ? ORDER BY id DESC LIMIT 1",
+            [parent.alert.id],
+        )
+        if in_flight:  # being sent now: this row supersedes it, so it says what that one said
+            old, _ = decode_payload(AlertKind.UPDATE, in_flight[0]["payload"])
+            if isinstance(old, EditPayload) and old.updated:
+                payload = replace(payload, updated=True)
         count = self.db.value(
             "SELECT count(*) FROM alerts WHERE kind = 'update' "
             "AND json_extract(payload, '$.parent_alert_id') = ?",
