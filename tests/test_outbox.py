@@ -518,6 +518,33 @@ def test_thread_reply_and_edit_follow_their_parent(
     assert set(states(store).values()) == {"sent"}
 
 
+def test_a_reply_whose_parent_another_loop_is_posting_follows_it_at_once(
+    store: Store, slack: SlackServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A story's alert and its first reply are often queued together. When the other loop
+    (``poll --once`` beside the service) had the alert in flight, this loop put the reply off
+    for a whole retry (30 s in the service) although the alert was posted a moment later."""
+    settings = replace(SETTINGS, reply_batch=0.0)
+    [parent] = add_alerts(store, 1)
+    row = store.outbox.row(parent)
+    assert row is not None
+    item = ReplyItem("Ars", "Same story", "https://a.example/1")
+    reply = store.outbox.queue_reply(row, ReplyPayload(parent, (item,)), clock(), "reply:1")
+    other = Store.open(tmp_path / "outbox.db")  # the other loop, sending the alert right now
+    try:
+        [in_flight] = other.outbox.claim([row], clock(), sender=f"{socket.gethostname()}:1")
+        box = outbox(store, slack, clock, settings=settings)
+        box.deliver_due(clock())  # the reply waits, and the pass ends
+        other.outbox.mark_sent([in_flight], clock(), ts="1795860000.000100", channel_id="C1")
+    finally:
+        other.close()
+    clock.advance(1)
+    box.deliver_due(clock())
+    assert slack.alert_counts() == {reply: 1}
+    [posted] = slack.posts()
+    assert posted.thread_ts == "1795860000.000100"
+
+
 def test_an_edit_older_than_one_already_sent_is_never_applied_after_it(
     store: Store, slack: SlackServer, clock: FakeClock
 ) -> None:

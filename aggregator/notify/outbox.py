@@ -311,6 +311,10 @@ class Outbox:
             reason = f"its parent alert {parent_id} was never posted"
             self.store.outbox.mark_dead(rows, now, reason)
             return self._outcome(rows[0], AlertState.DEAD, reason)
+        if parent.state == AlertState.SENDING:
+            # In flight from the other loop (the service beside poll --once): posted in a moment.
+            # These stay due for the next pass, rather than waiting a whole retry.
+            return []
         if parent.state != AlertState.SENT or not parent.slack_ts:
             until = now + timedelta(seconds=self.retry_base)
             self.store.outbox.postpone(rows, now, until=until)
