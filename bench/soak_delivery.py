@@ -1,6 +1,7 @@
 """Soak: the delivery worker SIGKILLed many times while Slack misbehaves; count lost and duplicates.
 
     .venv/bin/python bench/soak_delivery.py [--alerts 220] [--kills 55] [--channels 4]
+    .venv/bin/python bench/soak_delivery.py --beside-polls [--stories 150] [--kills 140]
 
 Alerts are queued while a real delivery worker (``tests/delivery_worker.py``) delivers them to the
 local Slack server of ``tests/slackserver.py``, which answers at random with 429 (``ratelimited``
@@ -9,6 +10,16 @@ SIGKILL from inside the server during posts (before and after Slack accepted the
 random moments, then restarted; a last clean run drains the outbox. It prints lost and duplicated
 alerts (from the server's records) and per-channel pacing measured on the server's receive times of
 every ``chat.postMessage`` request, faulted ones included, at the real 1 message/second setting.
+
+``--beside-polls`` runs ``aggregator run`` and, beside it on the same database, loops of
+``aggregator poll --once`` (each starts the next poll as its last one ends), both polling feeds
+whose stories become alerts, thread replies and edits (``tests/newsroom.py``). The service is
+SIGKILLed during its own posts and edits and at random, one story step per start, while Slack
+misbehaves as above; ``tests/loops_harness.py`` counts lost and duplicated messages per kind.
+Edits are idempotent, so an edit counts as duplicated only when it changed the wrong message
+(not the alert of its story); it counts as lost when its row was never sent or its alert does
+not show, at the end, the story as stored (a stale edit landing last). A ``chat.update`` sent
+again after a lost response is only counted.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.delivery_harness import run_soak
+from tests.loops_harness import LoopsResult, run_loops
 
 
 def main() -> int:
@@ -36,7 +48,16 @@ def main() -> int:
     parser.add_argument(
         "--service", action="store_true", help="kill the real service (aggregator run)"
     )
+    parser.add_argument(
+        "--beside-polls", action="store_true",
+        help="aggregator run beside loops of poll --once, over feeds with replies and edits",
+    )  # fmt: skip
+    parser.add_argument("--stories", type=int, default=150, help="with --beside-polls")
+    parser.add_argument("--poll-loops", type=int, default=2, help="with --beside-polls")
+    parser.add_argument("--max-delay", type=float, default=2.0, help="longest life of a start, s")
     args = parser.parse_args()
+    if args.beside_polls:
+        return beside_polls(args)
     with tempfile.TemporaryDirectory(prefix="soak-delivery-") as tmp:
         r = run_soak(
             Path(tmp),
@@ -70,6 +91,56 @@ def main() -> int:
     ok = r.lost == 0 and r.duplicated == 0 and r.not_sent == 0
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
+
+
+def beside_polls(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="soak-loops-") as tmp:
+        r = run_loops(
+            Path(tmp),
+            stories=args.stories,
+            kills=args.kills,
+            per_channel_interval=args.interval,
+            fault_rate=args.fault_rate,
+            kill_rate=args.kill_rate,
+            max_delay=args.max_delay,
+            poll_loops=args.poll_loops,
+            seed=args.seed,
+            drain_timeout=900,
+        )
+    report(r, args)
+    ok = r.lost == 0 and r.duplicated == 0 and r.story_errors == 0 and r.not_sent == 0
+    ok = ok and not r.polls_failed and not r.trouble
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def report(r: LoopsResult, args: argparse.Namespace) -> None:
+    print(
+        f"processes: aggregator run beside {args.poll_loops} loop(s) of poll --once, one database"
+    )
+    print(f"stories: {r.stories} (each told by 3 outlets, then one rewrites its title), 2 channels")
+    print(f"SIGKILLs of the service: {r.kills} ({r.kills_in_flight} during its own post or edit, "
+          f"{r.kills_at_random} at random)")  # fmt: skip
+    print(f"service starts: {r.service_starts}")
+    print(f"polls: {r.polls} ({len(r.polls_failed)} exited non-zero)")
+    print(f"faults injected: {sum(r.faults.values())} {r.faults}")
+    for name, kind in (("alerts", r.alerts), ("replies", r.replies), ("edits", r.edits)):
+        print(f"{name}: {kind.rows} rows, lost {kind.lost}, duplicated {kind.duplicated}")
+    print(f"chat.update repeated after a lost response (harmless): {r.repeated_updates}")
+    print(f"stories alerted twice in a channel: {r.stories_alerted_twice}, never alerted: "
+          f"{r.stories_missed}")  # fmt: skip
+    print(f"outlets listed twice in a thread: {r.outlets_repeated}, never listed: "
+          f"{r.outlets_missing}")  # fmt: skip
+    print(f"lost: {r.lost}")
+    print(f"duplicated: {r.duplicated}")
+    print(f'"database is locked", "cycle failed" or tracebacks in any output: {len(r.trouble)}')
+    for line in r.trouble[:10]:
+        print(f"  {line}")
+    print(f"accepted posts and edits by process: {r.sent_by}")
+    print(f"left unsent in the outbox: {r.not_sent}")
+    for note in r.notes[:20]:
+        print(f"  {note}")
+    print(f"wall time: {r.seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -190,48 +190,58 @@ class _Processes:
 
     def __init__(self, workdir: Path, config: Path, db: Path, slack: SlackServer) -> None:
         self.env = {name: environment(slack, name) for name in ("run", "poll")}
-        self.config, self.db = config, db
+        self.workdir, self.config, self.db = workdir, config, db
         self.service_log = workdir / "service.log"
-        self.poll_log = workdir / "polls.log"
+        self._lock = threading.Lock()
         self.polls = 0
         self.polls_failed: list[str] = []
         self.polls_after: list[float] = []  # when each successful poll started (monotonic)
         self._stop_polls = threading.Event()
-        self._poll_thread: threading.Thread | None = None
+        self._poll_threads: list[threading.Thread] = []
 
     def start_service(self) -> subprocess.Popen[str]:
         command = aggregator(self.config, self.db, "run", "--tick", "0.2")
         return Logged(command, self.env["run"], self.service_log).proc
 
-    def start_polls(self) -> None:
-        self._poll_thread = threading.Thread(target=self._poll_loop, daemon=True)
-        self._poll_thread.start()
+    def start_polls(self, loops: int) -> None:
+        """``loops`` threads, each starting ``poll --once`` again as soon as its last one ended."""
+        for _ in range(loops):
+            thread = threading.Thread(target=self._poll_loop, daemon=True)
+            thread.start()
+            self._poll_threads.append(thread)
 
     def stop_polls(self, after: float, timeout: float) -> None:
         """Stop the loop once a poll that started after ``after`` (monotonic) succeeded."""
         waiting.wait_until(lambda: any(t > after for t in self.polls_after) or self.polls_failed,
                            "a poll after the last step", timeout)  # fmt: skip
         self._stop_polls.set()
-        assert self._poll_thread is not None
-        self._poll_thread.join(timeout)
+        for thread in self._poll_threads:
+            thread.join(timeout)
 
     def _poll_loop(self) -> None:
         while not self._stop_polls.is_set():
             started = time.monotonic()
-            self.polls += 1
-            with open(self.poll_log, "a", encoding="utf-8") as log:
-                log.write(f"--- poll {self.polls}\n")
-            poll = Logged(aggregator(self.config, self.db, "poll", "--once"), self.env["poll"],
-                          self.poll_log)  # fmt: skip
-            if poll.wait(300) != 0:
-                self.polls_failed.append("\n".join(poll.lines))
-            else:
-                self.polls_after.append(started)
+            with self._lock:
+                self.polls += 1
+                log = self.workdir / f"poll-{self.polls}.log"
+            poll = Logged(aggregator(self.config, self.db, "poll", "--once"), self.env["poll"], log)
+            code = poll.wait(300)
+            with self._lock:
+                if code != 0:
+                    self.polls_failed.append("\n".join(poll.lines))
+                else:
+                    self.polls_after.append(started)
             waiting.changed()
+
+    def close(self) -> None:
+        """Stop starting polls, and wait for the one running to end."""
+        self._stop_polls.set()
+        for thread in self._poll_threads:
+            thread.join(300)
 
     def trouble(self) -> list[str]:
         lines = []
-        for path in (self.service_log, self.poll_log):
+        for path in [self.service_log, *sorted(self.workdir.glob("poll-*.log"))]:
             if path.exists():
                 text = path.read_text(encoding="utf-8", errors="replace")
                 lines += [line for line in text.splitlines() if any(t in line for t in TROUBLE)]
@@ -249,6 +259,7 @@ def run_loops(
     fault_rate: float = 0.0,
     kill_rate: float = 0.0,
     max_delay: float = 3.0,
+    poll_loops: int = 1,
     seed: int = 1,
     drain_timeout: float = 120.0,
 ) -> LoopsResult:
@@ -272,7 +283,7 @@ def run_loops(
         try:
             chaos.proc = procs.start_service()
             starts += 1
-            procs.start_polls()
+            procs.start_polls(poll_loops)
             last_step = time.monotonic()
             while True:
                 stepped = newsroom.advance()
@@ -287,7 +298,7 @@ def run_loops(
                     break
                 # A step per service start: let it run a random while (from its first call to
                 # Slack: an idle one makes none), kill it unless a post did, and start it again.
-                chaos.called.wait(3)
+                chaos.called.wait(max_delay)
                 try:
                     chaos.proc.wait(timeout=rng.uniform(0.0, max_delay))
                 except subprocess.TimeoutExpired:
@@ -312,10 +323,10 @@ def run_loops(
             chaos.proc.send_signal(signal.SIGTERM)
             chaos.proc.wait(timeout=60)
         finally:
-            procs._stop_polls.set()
             if chaos.proc is not None and chaos.proc.poll() is None:
                 chaos.proc.kill()
                 chaos.proc.wait()
+            procs.close()
         result = _count(db, slack, newsroom)
         result.polls, result.polls_failed = procs.polls, procs.polls_failed
         result.trouble = procs.trouble()

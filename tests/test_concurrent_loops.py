@@ -30,14 +30,21 @@ from tests.storing import alert_item, store_items
 @pytest.mark.slow
 def test_poll_once_beside_the_service_delivers_every_message_once(tmp_path: Path) -> None:
     """Stories become alerts, thread replies (a second and third outlet) and edits (a rewritten
-    title, more outlets) while the service and one ``poll --once`` after another poll the feeds
-    and deliver."""
-    result = run_loops(tmp_path, stories=6, step_seconds=0.6)
+    title, more outlets) while the service and two loops of ``poll --once`` (each starting the
+    next poll as its last one ends) poll the feeds and deliver.
 
-    assert result.polls >= 3, result
+    What it catches, each checked by undoing the fix: writes begun with a deferred BEGIN (polls
+    exit 1 with "database is locked", service cycles fail); a claim that is not a compare-and-set
+    (alerts and replies posted twice); an attach_thread that is not one (a follow-up the other
+    loop is sending is rewritten under it, so its send is never recorded: it stays in 'sending'
+    past the drain, which is shorter than the two minutes before such a row is settled).
+    """
+    result = run_loops(tmp_path, stories=10, step_seconds=0.6, poll_loops=2, drain_timeout=60)
+
+    assert result.polls >= 4, result
     assert result.polls_failed == [], result.polls_failed
     assert result.trouble == [], result.trouble  # no "database is locked", no "cycle failed"
-    assert result.alerts.rows == 12 and result.replies.rows == 24 and result.edits.rows > 0
+    assert result.alerts.rows == 20 and result.replies.rows == 40 and result.edits.rows > 0
     for kind in (result.alerts, result.replies, result.edits):
         assert (kind.lost, kind.duplicated) == (0, 0), (result, result.notes)
     assert result.story_errors == 0, result
