@@ -14,8 +14,10 @@ every ``chat.postMessage`` request, faulted ones included, at the real 1 message
 ``--beside-polls`` runs ``aggregator run`` and, beside it on the same database, loops of
 ``aggregator poll --once`` (each starts the next poll as its last one ends), both polling feeds
 whose stories become alerts, thread replies and edits (``tests/newsroom.py``). The service is
-SIGKILLed during its own posts and edits and at random, one story step per start, while Slack
-misbehaves as above; ``tests/loops_harness.py`` counts lost and duplicated messages per kind.
+SIGKILLed during its own posts and edits and at random, and stays down a random while (up to
+``--restart-delay``) as the next story step is told and the polls go on, while Slack misbehaves
+as above and answers some calls late (``--slow-rate``); ``tests/loops_harness.py`` counts lost
+and duplicated messages per kind.
 Edits are idempotent, so an edit counts as duplicated only when it changed the wrong message
 (not the alert of its story); it counts as lost when its row was never sent or its alert does
 not show, at the end, the story as stored (a stale edit landing last). A ``chat.update`` sent
@@ -55,6 +57,8 @@ def main() -> int:
     parser.add_argument("--stories", type=int, default=150, help="with --beside-polls")
     parser.add_argument("--poll-loops", type=int, default=2, help="with --beside-polls")
     parser.add_argument("--max-delay", type=float, default=2.0, help="longest life of a start, s")
+    parser.add_argument("--restart-delay", type=float, default=1.5, help="longest downtime, s")
+    parser.add_argument("--slow-rate", type=float, default=0.1, help="calls answered late")
     args = parser.parse_args()
     if args.beside_polls:
         return beside_polls(args)
@@ -103,6 +107,8 @@ def beside_polls(args: argparse.Namespace) -> int:
             fault_rate=args.fault_rate,
             kill_rate=args.kill_rate,
             max_delay=args.max_delay,
+            restart_delay=args.restart_delay,
+            slow_rate=args.slow_rate,
             poll_loops=args.poll_loops,
             seed=args.seed,
             drain_timeout=900,
@@ -126,11 +132,12 @@ def report(r: LoopsResult, args: argparse.Namespace) -> None:
     print(f"faults injected: {sum(r.faults.values())} {r.faults}")
     for name, kind in (("alerts", r.alerts), ("replies", r.replies), ("edits", r.edits)):
         print(f"{name}: {kind.rows} rows, lost {kind.lost}, duplicated {kind.duplicated}")
-    print(f"chat.update repeated after a lost response (harmless): {r.repeated_updates}")
+    print(f"chat.update of the same edit again, after a lost response (harmless): "
+          f"{r.repeated_updates}")  # fmt: skip
     print(f"stories alerted twice in a channel: {r.stories_alerted_twice}, never alerted: "
           f"{r.stories_missed}")  # fmt: skip
     print(f"outlets listed twice in a thread: {r.outlets_repeated}, never listed: "
-          f"{r.outlets_missing}")  # fmt: skip
+          f"{r.outlets_missing}, in another story's thread: {r.replies_elsewhere}")  # fmt: skip
     print(f"lost: {r.lost}")
     print(f"duplicated: {r.duplicated}")
     print(f'"database is locked", "cycle failed" or tracebacks in any output: {len(r.trouble)}')

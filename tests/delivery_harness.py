@@ -61,7 +61,8 @@ class SoakResult:
 
 
 class Chaos:
-    """Decides faults per call, and kills the worker from inside a post or an edit now and then.
+    """Decides faults per call (``slow_rate``: some calls are answered late), and kills the
+    worker from inside a post or an edit now and then.
 
     With ``kill_client``, only a call from that client of the server (``SlackServer.caller``) can
     kill: the process is killed while its own message is in flight, not another process's.
@@ -74,10 +75,12 @@ class Chaos:
         kill_rate: float,
         *,
         kill_client: str | None = None,
+        slow_rate: float = 0.0,
     ) -> None:
         self.rng = rng
         self.fault_rate = fault_rate
         self.kill_rate = kill_rate
+        self.slow_rate = slow_rate  # calls answered normally, but 0.2 to 1.5 s late
         self.kill_client = kill_client
         self.server: SlackServer | None = None  # set when kill_client is
         self.proc: subprocess.Popen[Any] | None = None
@@ -136,8 +139,12 @@ class Chaos:
                     fault = self.rng.choice(kinds)
         elif method in READS and roll < self.fault_rate / 2:
             fault = Fault.status(503)
+        if fault is None and self.slow_rate and self.rng.random() < self.slow_rate:
+            fault = Fault.held(threading.Event(), timeout=self.rng.uniform(0.2, 1.5))
         if fault is not None:
-            name = f"{fault.kind}:{fault.http_status}:{fault.code}"
+            name = (
+                "slow" if fault.kind == "held" else f"{fault.kind}:{fault.http_status}:{fault.code}"
+            )
             self.faults[name] = self.faults.get(name, 0) + 1
         return fault
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -46,10 +47,11 @@ from aggregator.store import Store
 from tests import waiting
 from tests.delivery_harness import UNSENT, Chaos
 from tests.feedserver import FeedServer
-from tests.newsroom import CHANNELS, OUTLETS, SOURCES, TOPICS, Newsroom
+from tests.newsroom import CHANNELS, SOURCES, TOPICS, Newsroom
 from tests.slackserver import TOKEN, Received, SlackServer
 
 ROOT = Path(__file__).resolve().parents[1]
+_LINK = re.compile(r"https://(alpha|beta|gamma)\.example/story/(\d+)")  # an item's own link
 TROUBLE = ("database is locked", "cycle failed", "Traceback")  # never in either process's output
 
 
@@ -65,24 +67,26 @@ class LoopsResult:
     alerts: KindCount
     replies: KindCount
     edits: KindCount
-    repeated_updates: int  # a chat.update sent again after a lost response: harmless
+    repeated_updates: int  # the same edit applied again after a lost response: harmless
     stories: int  # stories published
     stories_alerted_twice: int  # (story, channel) pairs with more than one top-level post
     stories_missed: int  # (story, channel) pairs with no top-level post
     outlets_repeated: int  # an outlet listed more than once in a story's thread
     outlets_missing: int  # a further outlet never listed in the story's thread
-    polls: int
-    polls_failed: list[str]  # the output of each poll that exited non-zero
-    trouble: list[str]  # lines of TROUBLE in either process's output
-    service_starts: int
-    kills: int
-    kills_in_flight: int
-    kills_at_random: int
-    faults: dict[str, int]
+    replies_elsewhere: int  # an outlet's item listed in another story's thread
     sent_by: dict[str, int]  # accepted posts and edits per client (run, poll)
     not_sent: int
-    seconds: float
-    notes: list[str] = field(default_factory=list)
+    notes: list[str]
+    # what the run did
+    polls: int = 0
+    polls_failed: list[str] = field(default_factory=list)  # the output of each failed poll
+    trouble: list[str] = field(default_factory=list)  # lines of TROUBLE in any output
+    service_starts: int = 0
+    kills: int = 0
+    kills_in_flight: int = 0
+    kills_at_random: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
 
     @property
     def lost(self) -> int:
@@ -95,7 +99,7 @@ class LoopsResult:
     @property
     def story_errors(self) -> int:
         return (self.stories_alerted_twice + self.stories_missed + self.outlets_repeated
-                + self.outlets_missing)  # fmt: skip
+                + self.outlets_missing + self.replies_elsewhere)  # fmt: skip
 
 
 def write_config(directory: Path, feeds: dict[str, str], *, interval: float) -> Path:
@@ -259,6 +263,8 @@ def run_loops(
     fault_rate: float = 0.0,
     kill_rate: float = 0.0,
     max_delay: float = 3.0,
+    restart_delay: float = 0.0,
+    slow_rate: float = 0.0,
     poll_loops: int = 1,
     seed: int = 1,
     drain_timeout: float = 120.0,
@@ -266,7 +272,7 @@ def run_loops(
     """Tell ``stories`` stories (a step every ``step_seconds``, or one per service start when
     ``kills``) while the service and the poll loop run; then drain, stop and count."""
     rng = random.Random(seed)
-    chaos = Chaos(rng, fault_rate, kill_rate, kill_client="run")
+    chaos = Chaos(rng, fault_rate, kill_rate, kill_client="run", slow_rate=slow_rate)
     db = workdir / "loops.db"
     started = time.monotonic()
     kills_at_random = 0
@@ -285,19 +291,21 @@ def run_loops(
             starts += 1
             procs.start_polls(poll_loops)
             last_step = time.monotonic()
+            stepped = newsroom.advance()
             while True:
-                stepped = newsroom.advance()
                 if stepped:
                     last_step = time.monotonic()
                 if not kills:
                     if not stepped:
                         break
                     time.sleep(step_seconds)
+                    stepped = newsroom.advance()
                     continue
                 if not stepped and chaos.kills_in_flight + kills_at_random >= kills:
                     break
-                # A step per service start: let it run a random while (from its first call to
-                # Slack: an idle one makes none), kill it unless a post did, and start it again.
+                # Let the service run a random while (from its first call to Slack: an idle one
+                # makes none), kill it unless a post did, tell the next story step while it is
+                # down (the polls go on: systemd would wait RestartSec), and start it again.
                 chaos.called.wait(max_delay)
                 try:
                     chaos.proc.wait(timeout=rng.uniform(0.0, max_delay))
@@ -305,6 +313,8 @@ def run_loops(
                     if chaos.kill_now():
                         kills_at_random += 1
                     chaos.proc.wait()
+                stepped = newsroom.advance()
+                time.sleep(rng.uniform(0.0, restart_delay))
                 with chaos.kill_lock:
                     chaos.called.clear()
                     chaos.round_killed = False
@@ -390,19 +400,22 @@ def _count(db: Path, slack: SlackServer, newsroom: Newsroom) -> LoopsResult:
         if target is None or newsroom.story_of(_text(target)) != newsroom.story_of(_text(u)):
             edit_dup += 1
             notes.append(f"an edit changed the wrong message: {u.channel} {u.ts}")
-    sent_edits = sum(1 for r in edits if r.state == AlertState.SENT)
+    last: dict[tuple[str, str], str] = {}
+    repeats = 0  # the same edit applied again (after a lost response): harmless, only counted
+    for u in updates:
+        key, content = (u.channel_id, u.ts), str(u.blocks)
+        repeats += last.get(key) == content
+        last[key] = content
     kinds[AlertKind.UPDATE] = KindCount(len(edits), edit_lost, edit_dup)
     twice, missed = _stories(newsroom, top.values())
-    repeated, missing = _threads(newsroom, posts, top.values())
+    repeated, missing, elsewhere = _threads(newsroom, posts, top.values())
     sent_by = Counter(r.client for r in slack.received)
     return LoopsResult(
         alerts=kinds[AlertKind.ALERT], replies=kinds[AlertKind.REPLY],
-        edits=kinds[AlertKind.UPDATE], repeated_updates=max(0, len(updates) - sent_edits),
-        stories=newsroom.told(), stories_alerted_twice=twice, stories_missed=missed,
-        outlets_repeated=repeated, outlets_missing=missing, polls=0, polls_failed=[],
-        trouble=[], service_starts=0, kills=0, kills_in_flight=0, kills_at_random=0, faults={},
-        sent_by=dict(sent_by), not_sent=sum(1 for r in rows if r.state != AlertState.SENT),
-        seconds=0.0, notes=notes,
+        edits=kinds[AlertKind.UPDATE], repeated_updates=repeats, stories=newsroom.told(),
+        stories_alerted_twice=twice, stories_missed=missed, outlets_repeated=repeated,
+        outlets_missing=missing, replies_elsewhere=elsewhere, sent_by=dict(sent_by),
+        not_sent=sum(1 for r in rows if r.state != AlertState.SENT), notes=notes,
     )  # fmt: skip
 
 
@@ -419,34 +432,30 @@ def _stories(newsroom: Newsroom, top: Any) -> tuple[int, int]:
     return twice, missed
 
 
-def _threads(newsroom: Newsroom, posts: list[Received], top: Any) -> tuple[int, int]:
-    """Per story and channel: each outlet after the first listed once in the thread."""
-    parent_story = {(p.channel_id, p.ts): newsroom.story_of(_text(p)) for p in top}
-    listed: Counter[tuple[int | None, str, str]] = Counter()
+def _threads(newsroom: Newsroom, posts: list[Received], top: Any) -> tuple[int, int, int]:
+    """Per story and channel: each outlet after the first listed once, in that story's thread.
+    Returns (outlets listed again, outlets never listed, items in another story's thread)."""
+    parents = {(p.channel_id, p.ts): newsroom.story_of(_text(p)) for p in top}
+    first: dict[tuple[int, str], str] = {}  # (story, channel id): the outlet of its alert
+    for p in top:
+        for outlet, n in _LINK.findall(str(p.blocks)):
+            first.setdefault((int(n), p.channel_id), outlet)
+    listed: Counter[tuple[int, str, str]] = Counter()
+    elsewhere = 0
     for p in posts:
         if p.thread_ts is None:
             continue
-        story = parent_story.get((p.channel_id, p.thread_ts))
-        text = str(p.blocks)
-        for outlet in OUTLETS:
-            listed[(story, p.channel_id, outlet)] += text.count(f"https://{outlet}.example/story/")
+        story = parents.get((p.channel_id, p.thread_ts))
+        for outlet, n in _LINK.findall(str(p.blocks)):
+            if int(n) == story:
+                listed[(story, p.channel_id, outlet)] += 1
+            else:
+                elsewhere += 1
     repeated = sum(n - 1 for n in listed.values() if n > 1)
-    missing = 0
-    channel_ids = {p.channel: p.channel_id for p in top}
-    for n, outlets in newsroom.published.items():
-        for c in CHANNELS:
-            cid = channel_ids.get(c, c)
-            parent_outlet = _first_outlet(newsroom, n, c, top)
-            for outlet in outlets:
-                if outlet != parent_outlet and listed[(n, cid, outlet)] == 0:
-                    missing += 1
-    return repeated, missing
-
-
-def _first_outlet(newsroom: Newsroom, story: int, channel: str, top: Any) -> str | None:
-    for p in top:
-        if p.channel == channel and newsroom.story_of(_text(p)) == story:
-            for outlet in OUTLETS:
-                if f"https://{outlet}.example/story/" in str(p.blocks):
-                    return outlet
-    return None
+    missing = sum(
+        1
+        for (story, channel), alerted_by in first.items()
+        for outlet in newsroom.published.get(story, [])
+        if outlet != alerted_by and listed[(story, channel, outlet)] == 0
+    )
+    return repeated, missing, elsewhere
