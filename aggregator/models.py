@@ -193,6 +193,8 @@ class TopicMatch:
 
     topic: str
     terms: tuple[str, ...] = ()
+    clauses: tuple[str, ...] = ()  # the labels of the query's clauses that held
+    score: float | None = None  # the topic's learned relevance score, when it has a model
 
 
 # -- deliver -------------------------------------------------------------------------------------
@@ -213,6 +215,7 @@ class AlertPayload:
     """Kind ``alert``: the story's first alert in a channel."""
 
     primary: bool = False  # the entry comes from an official source
+    review: bool = False  # "possibly relevant": it goes to the topic's review digest
 
 
 @dataclass(frozen=True, slots=True)

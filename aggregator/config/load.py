@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aggregator.config.model import (
+    REVIEW_AT,
     Config,
     FeedConfig,
     Settings,
@@ -72,7 +73,15 @@ def load_config(directory: str | Path, environ: Mapping[str, str] | None = None)
             problems.append(f"{path}: cannot read: {e}")
     if problems:
         raise ConfigError(problems)
-    return parse_config(texts, directory=directory, environ=environ or {})
+    config = parse_config(texts, directory=directory, environ=environ or {})
+    missing = [
+        f"{directory / 'topics.toml'}: topics.{t.name}.model: no such file: {t.model}"
+        for t in config.topics
+        if t.model is not None and not t.model.is_file()
+    ]
+    if missing:
+        raise ConfigError(missing)
+    return config
 
 
 def parse_config(
@@ -100,7 +109,7 @@ def parse_config(
         return _Reporter(label, texts.get(name, ""), problems)
 
     settings = _settings(docs["aggregator.toml"], reporter("aggregator.toml"), environ)
-    topics = _topics(docs["topics.toml"], reporter("topics.toml"))
+    topics = _topics(docs["topics.toml"], reporter("topics.toml"), directory)
     feeds = _feeds(docs["feeds.toml"], reporter("feeds.toml"), {t.name for t in topics})
     if problems:
         raise ConfigError(problems)
@@ -367,10 +376,16 @@ _TOPIC_KEYS = {
     "quiet_hours",
     "urgent",
     "description",
+    "model",
+    "alert_threshold",
+    "review_threshold",
+    "review_at",
 }
 
 
-def _topics(doc: dict[str, Any], rep: _Reporter) -> tuple[TopicConfig, ...]:
+def _topics(
+    doc: dict[str, Any], rep: _Reporter, directory: Path | None = None
+) -> tuple[TopicConfig, ...]:
     from aggregator.rules import syntax as rules  # the rule language validates queries
 
     _check_keys(doc, {"topics"}, (), rep)
@@ -447,9 +462,42 @@ def _topics(doc: dict[str, Any], rep: _Reporter) -> tuple[TopicConfig, ...]:
                 timezone=timezone,
                 quiet_hours=quiet,
                 urgent=_get(raw, "urgent", _boolean, False, path, rep),
+                **_relevance(raw, path, rep, directory),
             )
         )
     return tuple(topics)
+
+
+def _relevance(
+    raw: Mapping[str, Any], path: tuple[str | int, ...], rep: _Reporter, directory: Path | None
+) -> dict[str, Any]:
+    """A topic's model (a path relative to the config directory) and its thresholds."""
+    model = _get(raw, "model", _string, None, path, rep)
+    alert = _get(raw, "alert_threshold", _probability, None, path, rep)
+    review = _get(raw, "review_threshold", _probability, None, path, rep)
+    if model is None and (alert is not None or review is not None):
+        key = "alert_threshold" if alert is not None else "review_threshold"
+        rep.error((*path, key), 'a threshold needs a model: add model = "models/NAME.json"')
+    if alert is not None and review is not None and review > alert:
+        rep.error((*path, "review_threshold"), f"must be at most alert_threshold ({alert:g})")
+    review_at = _get(raw, "review_at", lambda v: tuple(_clock(x) for x in v), REVIEW_AT, path, rep)
+    resolved = None
+    if model:
+        resolved = directory / model if directory is not None else Path(model)
+    return {
+        "model": resolved,
+        "alert_threshold": alert,
+        "review_threshold": review,
+        "review_at": review_at,
+    }
+
+
+def _probability(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number from 0 to 1, got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:  # also refuses nan
+        raise ValueError(f"expected a number from 0 to 1, got {value!r}")
+    return float(value)
 
 
 def _feeds(doc: dict[str, Any], rep: _Reporter, topic_names: set[str]) -> tuple[FeedConfig, ...]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+REVIEW_AT = ("09:00", "17:00")
 USER_AGENT = "aggregator/0.1 (political-news alert bot; +https://github.com/aggregator)"
 
 
@@ -35,6 +36,10 @@ class TopicConfig:
     timezone: str = "UTC"
     quiet_hours: tuple[str, str] | None = None  # ("22:00", "07:00") in ``timezone``
     urgent: bool = False  # urgent topics ignore quiet hours
+    model: Path | None = None  # the learned relevance score behind the query (a JSON file)
+    alert_threshold: float | None = None  # None: the model's own
+    review_threshold: float | None = None  # None: the model's own
+    review_at: tuple[str, ...] = REVIEW_AT  # when "possibly relevant" items go out, in ``timezone``
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,11 +112,13 @@ class Store(Part):
     def _alert(self, step: NewEntry, entry_id: int, primary: bool, now: datetime) -> int:
         if step.story_id is None:
             return 0
-        payload = AlertPayload(primary=primary)
         return sum(
-            self.outbox.queue_alert(step.story_id, entry_id, a.channel, a.topics, payload, now)
+            self.outbox.queue_alert(
+                step.story_id, entry_id, a.channel, a.topics,
+                AlertPayload(primary=primary, review=a.review), now,
+            )
             for a in step.alerts
-        )
+        )  # fmt: skip
 
     def _follow_up(self, step: NewEntry, entry_id: int, primary: bool, now: datetime) -> None:
         """A further outlet of an alerted story: a reply in each earlier alert's thread (the

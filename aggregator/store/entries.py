@@ -24,7 +24,7 @@ _INSERT_ENTRY = (
 )
 _JOIN_STORY = "UPDATE stories SET last_seen = ?, entry_count = entry_count + 1 WHERE id = ?"
 _OFFICIAL = "UPDATE stories SET official_link = ? WHERE id = ? AND official_link IS NULL"
-_INSERT_MATCH = "INSERT OR IGNORE INTO matches (entry_id, topic, terms) VALUES (?, ?, ?)"
+_INSERT_MATCH = "INSERT OR IGNORE INTO matches (entry_id, topic, terms, score) VALUES (?, ?, ?, ?)"
 # entries_fts is external-content (content=entries): it keeps only the index, so an insert
 # there must carry the same rowid, title and summary as the entry's row.
 _INDEX_ENTRY = "INSERT INTO entries_fts (rowid, title, summary) VALUES (?, ?, ?)"
@@ -82,7 +82,7 @@ class Entries(Part):
         joined: list[tuple[str | None, int]] = []
         officials: list[tuple[str, int]] = []
         entry_rows: list[tuple[Any, ...]] = []
-        match_rows: list[tuple[int, str, str]] = []
+        match_rows: list[tuple[int, str, str, float | None]] = []
         index_rows: list[tuple[int, str, str]] = []
         for entry_id, item in zip(ids, new, strict=True):
             e = item.entry
@@ -99,7 +99,9 @@ class Entries(Part):
                 (entry_id, e.feed_url, e.guid, e.link, e.canonical_url, e.title, e.summary,
                  e.source, published, stamp, e.content_hash, _links_json(e.links), item.story_id)
             )  # fmt: skip
-            match_rows.extend((entry_id, m.topic, json.dumps(list(m.terms))) for m in item.matches)
+            match_rows.extend(
+                (entry_id, m.topic, json.dumps(list(m.terms)), m.score) for m in item.matches
+            )
             index_rows.append((entry_id, e.title, e.summary))
         db = self.db
         db.executemany(_INSERT_STORY, stories)

@@ -20,6 +20,7 @@ from typing import Any
 from aggregator.models import (
     Alert,
     AlertKind,
+    AlertPayload,
     AlertState,
     DeliveryMarks,
     EditPayload,
@@ -147,10 +148,11 @@ class Outbox(Part):
 
     def queue_alert(
         self, story_id: int, entry_id: int, channel: str, topics: tuple[TopicMatch, ...],
-        payload: Payload, now: datetime,
+        payload: AlertPayload, now: datetime,
     ) -> bool:  # fmt: skip
-        """The alert of a story in a channel; False when the story already has one there."""
-        key = f"alert:{story_id}:{channel}"
+        """The alert of a story in a channel (or its "possibly relevant" item, which has a key of
+        its own); False when the story already has one there."""
+        key = f"{'review' if payload.review else 'alert'}:{story_id}:{channel}"
         stamp = iso(now)
         cursor = self.db.execute(
             _INSERT,

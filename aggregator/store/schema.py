@@ -175,6 +175,10 @@ MIGRATIONS: dict[int, str] = {
         ORDER BY a.id LIMIT 1
     );
     """,
+    5: """
+    -- The learned relevance score of a match, for a topic with a model (NULL without one).
+    ALTER TABLE matches ADD COLUMN score REAL;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
