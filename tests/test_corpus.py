@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
+from aggregator.config.load import load_config
 from aggregator.config.model import Settings
 from aggregator.ingest.fetch import Fetcher
 from aggregator.ingest.workers import ParseJob, ParsePool
@@ -27,10 +28,12 @@ from aggregator.models import (
     NotModified,
     ParsedFeed,
 )
+from aggregator.rules.matcher import TopicMatcher
 from aggregator.store import NewEntry, Store
 from tests.feedserver import FeedServer, Reply
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 CORPORA = {
     "feedparser-tests": SHARED / "corpus" / "feedparser-tests",
     "real-feeds": SHARED / "corpus" / "real-feeds",
@@ -102,9 +105,10 @@ def test_every_corpus_file_is_ingested_or_recorded(tmp_path: Path) -> None:
             outcomes = fetcher.fetch_many([FetchRequest(u) for u in urls])
 
     fetched = [o for o in outcomes if isinstance(o, FetchResult)]
-    jobs = [ParseJob(o.url, o.body, content_type=o.content_type) for o in fetched]
+    rules = TopicMatcher.compile(load_config(ROOT / "config", {}).topics).rules  # shipped topics
+    jobs = ((o.url, ParseJob(o.url, o.body, "", o.content_type, rules)) for o in fetched)
     with ParsePool() as pool:  # every core, as the pipeline does
-        parsed = dict(zip([o.url for o in fetched], pool.parse_many(jobs), strict=True))
+        parsed = dict(pool.parse_stream(jobs))
 
     batch: list[NewEntry] = []
     errors: list[str] = []
@@ -124,11 +128,14 @@ def test_every_corpus_file_is_ingested_or_recorded(tmp_path: Path) -> None:
                 store.log_fetch(url, NOW, "unchanged", status_code=304)
                 continue
             result = parsed[url]
+            assert result is not None
             if not isinstance(result, ParsedFeed):
                 counts[f"{corpus}: parse errors"] += 1
                 errors.append(result.reason)
                 store.log_fetch(url, NOW, "failed", status_code=200, error=result.reason)
                 continue
+            # the cycle's contract: every parsed entry comes back with its matches
+            assert result.matches is not None and len(result.matches) == len(result.entries)
             key = "feeds with entries" if result.entries else "valid feeds without entries"
             counts[f"{corpus}: {key}"] += 1
             entry_counts[corpus] += len(result.entries)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -19,8 +19,8 @@ import pytest
 
 from aggregator.config.load import load_config
 from aggregator.ingest.fetch import Fetcher
-from aggregator.ingest.workers import K, ParseJob, ParsePool
-from aggregator.models import CycleReport, ParseOutcome
+from aggregator.ingest.workers import ParsePool
+from aggregator.models import CycleReport
 from aggregator.notify import Outbox, make_sink
 from aggregator.pipeline import Deps, run_cycle
 from aggregator.rules.matcher import TopicMatcher
@@ -189,21 +189,11 @@ def test_seed_story_becomes_one_message_per_topic_channel(rig: Rig) -> None:
     assert posted.metadata and posted.metadata["event_type"] == "aggregator_alert"
 
 
-class ParsingOnly(ParsePool):
-    """Parses with the rules left out of every job, so the cycle must match entries itself."""
-
-    def parse_stream(
-        self, items: Iterable[tuple[K, ParseJob | None]], *, ahead: int = 0
-    ) -> Iterator[tuple[K, ParseOutcome | None]]:
-        stripped = ((key, None if job is None else replace(job, rules=())) for key, job in items)
-        return super().parse_stream(stripped, ahead=ahead)
-
-
-@pytest.mark.parametrize("parser", [ParsePool, ParsingOnly])
-def test_entries_are_matched_on_the_parse_workers_or_in_the_cycle_alike(
-    rig: Rig, parser: type[ParsePool]
+@pytest.mark.parametrize("workers", [1, 2])
+def test_entries_are_matched_alike_in_this_process_or_on_the_parse_workers(
+    rig: Rig, workers: int
 ) -> None:
-    rig._pool = parser(2)
+    rig._pool = ParsePool(workers)
     url = rig.feeds.serve("/a.xml", rss(SEED_ITEM, DULL_ITEM))
     report = rig.cycle(rig.write_config([url]))
 

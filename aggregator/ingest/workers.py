@@ -3,13 +3,18 @@
 A parse job carries a fetched body and the cycle's topic rules; a worker process parses the body
 (:mod:`aggregator.ingest.parse`) and matches every entry (:mod:`aggregator.rules.matcher`), so both
 CPU-bound steps run beside the cycle's thread instead of on it.
+
+What the cycle can rely on: every job comes back as a :class:`ParseError`, or as a
+:class:`ParsedFeed` whose ``matches`` is never None and holds one tuple per entry, in entry order:
+the topics of ``job.rules`` that match that entry, as :meth:`TopicMatcher.match` finds them. With
+no topics, every tuple is empty. A feed's own ``topics`` (``feeds.toml``) are not in it.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -24,17 +29,20 @@ K = TypeVar("K")
 
 @dataclass(frozen=True, slots=True)
 class ParseJob:
+    """One body to parse and match. Every field is required: a job without its rules would come
+    back with no matches, and its entries would silently alert no one."""
+
     feed_url: str
     body: bytes
-    source: str = ""
-    content_type: str = ""
-    rules: MatchRules = ()  # when given, the entries are matched too, on the worker's core
+    source: str  # the feed's name from feeds.toml, else "" (the feed's own title is used)
+    content_type: str  # the HTTP header, which helps find the encoding
+    rules: MatchRules  # TopicMatcher.rules: () when no topic is configured
 
 
 def run_job(job: ParseJob) -> ParseOutcome:
-    """Top-level and picklable: what a pool worker runs. Parses, then matches when asked."""
+    """Top-level and picklable: what a pool worker runs. Parses, then matches every entry."""
     outcome = parse_feed(job.feed_url, job.body, source=job.source, content_type=job.content_type)
-    if job.rules and isinstance(outcome, ParsedFeed):
+    if isinstance(outcome, ParsedFeed):
         outcome = replace(outcome, matches=match_entries(job.rules, outcome.entries))
     return outcome
 
@@ -42,20 +50,15 @@ def run_job(job: ParseJob) -> ParseOutcome:
 class ParsePool:
     """Parses on every core; parsing is CPU-bound and holds the GIL.
 
-    Workers are separate interpreters (:mod:`aggregator.procpool`), started on first use and
+    Workers are separate interpreters (:mod:`aggregator.ingest.procpool`), started on first use and
     reused across cycles. A worker that dies (a crash in a C parser, the OOM killer) costs only
     the feed it was parsing; the next feed starts a new worker.
     """
 
     def __init__(
-        self,
-        workers: int = 0,
-        *,
-        inline_below: int = 4,
-        runner: Callable[[ParseJob], ParseOutcome] = run_job,
+        self, workers: int = 0, *, runner: Callable[[ParseJob], ParseOutcome] = run_job
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
-        self.inline_below = inline_below  # tiny batches are cheaper in-process than over IPC
         self.runner = runner  # a top-level function, so that a worker can import it
         self._pool: ProcessPool[ParseJob, ParseOutcome] | None = None
 
@@ -74,13 +77,6 @@ class ParsePool:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-
-    def parse_many(self, jobs: Sequence[ParseJob]) -> list[ParseOutcome]:
-        """Outcomes in input order; never raises for a single feed."""
-        if self.workers <= 1 or len(jobs) < self.inline_below:
-            return [self.runner(job) for job in jobs]
-        futures = [self._submit(job) for job in jobs]
-        return [_outcome(job, future) for job, future in zip(jobs, futures, strict=True)]
 
     def parse_stream(
         self, items: Iterable[tuple[K, ParseJob | None]], *, ahead: int = 0
