@@ -25,6 +25,17 @@ def square_or_die(n: int) -> int:
     return n * n
 
 
+_SET_UP: list[int] = []  # each process has its own
+
+
+def note_setup() -> None:
+    _SET_UP.append(os.getpid())
+
+
+def setup_calls(_: int) -> tuple[int, list[int]]:
+    return os.getpid(), list(_SET_UP)
+
+
 def test_results_in_order_and_exceptions_travel_back() -> None:
     pool: ProcessPool[int, int] = ProcessPool(square_or_die, 2)
     try:
@@ -35,6 +46,27 @@ def test_results_in_order_and_exceptions_travel_back() -> None:
         assert pool.submit(7).result(timeout=60) == 49  # the worker survived the exception
     finally:
         pool.shutdown()
+
+
+def test_setup_runs_once_in_each_worker_before_its_calls_and_never_here() -> None:
+    pool: ProcessPool[int, tuple[int, list[int]]] = ProcessPool(setup_calls, 2, setup=note_setup)
+    try:
+        seen = [f.result(timeout=60) for f in [pool.submit(n) for n in range(20)]]
+    finally:
+        pool.shutdown()
+    assert all(calls == [pid] for pid, calls in seen)  # once, in that very worker
+    assert 1 <= len({pid for pid, _ in seen}) <= 2
+    assert _SET_UP == []
+
+
+def test_a_function_a_worker_cannot_import_is_refused_at_once() -> None:
+    def nested(n: int) -> int:
+        return n
+
+    with pytest.raises(ValueError, match="not a top-level function"):
+        ProcessPool(nested, 1)
+    with pytest.raises(ValueError, match="not a top-level function"):
+        ProcessPool(square_or_die, 1, setup=lambda: None)
 
 
 def test_a_dying_worker_fails_only_the_call_it_was_running() -> None:
@@ -109,7 +141,7 @@ def test_a_worker_that_cannot_start_fails_the_call_instead_of_hanging(
 ) -> None:
     import aggregator.ingest.procpool as procpool
 
-    def no_processes(fn: object) -> subprocess.Popen[bytes]:
+    def no_processes(names: tuple[str, str]) -> subprocess.Popen[bytes]:
         raise OSError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(procpool, "_start_worker", no_processes)

@@ -8,12 +8,14 @@ shared queue.
 
 A worker that dies (a crash in a C extension, the OOM killer) fails only the call it was running,
 with :class:`WorkerDied`; the next call on that thread starts a new worker. A worker whose parent
-dies reads the end of its stdin and exits.
+dies reads the end of its stdin and exits. A ``setup`` function runs once in each worker as it
+starts, before its first call: what only workers should do to their interpreter goes there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import pickle
 import queue
@@ -30,7 +32,7 @@ A = TypeVar("A")
 R = TypeVar("R")
 _LENGTH = 8  # bytes of the big-endian length before each frame
 IN_FLIGHT = 2  # calls sent to one worker ahead of its results
-_WORKER = "from aggregator.ingest.procpool import serve_stdio; serve_stdio()"
+_WORKER = "from aggregator.ingest.procpool import serve_stdio; serve_stdio()"  # + 2 arguments
 
 
 class WorkerDied(Exception):
@@ -39,11 +41,15 @@ class WorkerDied(Exception):
 
 class ProcessPool(Generic[A, R]):
     """Runs ``fn(arg)`` on ``workers`` processes. ``fn`` must be a top-level function and
-    ``arg`` picklable; the module of ``fn`` is imported in the worker."""
+    ``arg`` picklable; the module of ``fn`` is imported in the worker as it starts, and then
+    ``setup()``, a top-level function too, is called there once."""
 
-    def __init__(self, fn: Callable[[A], R], workers: int) -> None:
+    def __init__(
+        self, fn: Callable[[A], R], workers: int, *, setup: Callable[[], object] | None = None
+    ) -> None:
         self.fn = fn
         self.workers = max(1, workers)
+        self._names = (_top_level_name(fn), _top_level_name(setup))  # how a worker finds them
         self._calls: queue.SimpleQueue[tuple[A, Future[R]] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -55,7 +61,7 @@ class ProcessPool(Generic[A, R]):
             while len(self._threads) < self.workers:
                 worker = None
                 with contextlib.suppress(OSError):
-                    worker = _start_worker(self.fn)
+                    worker = _start_worker(self._names)
                 self._start_feeder(worker)
 
     def submit(self, arg: A) -> Future[R]:
@@ -115,7 +121,7 @@ class ProcessPool(Generic[A, R]):
                         continue
                     if worker is None:
                         try:
-                            worker = _start_worker(self.fn)
+                            worker = _start_worker(self._names)
                         except OSError as e:  # no process to be had: this call fails, not hangs
                             future.set_exception(WorkerDied(f"no worker process: {e}"))
                             continue
@@ -169,19 +175,33 @@ def _pipe(stream: IO[bytes] | None) -> IO[bytes]:
     return stream
 
 
-def _start_worker(fn: Callable[..., object]) -> subprocess.Popen[bytes]:
+def _start_worker(names: tuple[str, str]) -> subprocess.Popen[bytes]:
     # The worker imports the module of ``fn`` by name, at once: give it our import path.
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    module = fn.__module__
-    if not module.replace(".", "").replace("_", "").isalnum():
-        raise ValueError(f"{module!r} is not a module name")
     return subprocess.Popen(
-        [sys.executable, "-c", f"import {module}\n{_WORKER}"],
+        [sys.executable, "-c", _WORKER, *names],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=environ,
         close_fds=True,
     )
+
+
+def _top_level_name(fn: Callable[..., object] | None) -> str:
+    """``module:name``, by which a worker finds ``fn`` again ("" for None)."""
+    if fn is None:
+        return ""
+    if "." in fn.__qualname__ or "<" in fn.__qualname__:
+        raise ValueError(
+            f"{fn.__qualname__!r} is not a top-level function: a worker cannot import it"
+        )
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def _find(name: str) -> Callable[..., object]:
+    module, _, attribute = name.partition(":")
+    found: Callable[..., object] = getattr(importlib.import_module(module), attribute)
+    return found
 
 
 def _stop(worker: subprocess.Popen[bytes]) -> None:
@@ -221,11 +241,17 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
 def serve_stdio() -> None:
     """The worker's main loop: one call at a time, until stdin ends.
 
-    A thread drains stdin, so that the parent's next request never waits for this parse to end
-    (and a large request and a large reply cannot block each other in the pipes).
+    Its two arguments name the function it will run and the setup to call first (or ""); the
+    function's module is imported now, so that the first call does not wait for it. A thread
+    drains stdin, so that the parent's next request never waits for this parse to end (and a large
+    request and a large reply cannot block each other in the pipes).
     """
     # Ctrl-C and the service's stop reach the parent, which stops us by closing stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    fn_name, setup_name = sys.argv[1:3]
+    _find(fn_name)
+    if setup_name:
+        _find(setup_name)()
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt a frame
     waiting: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
