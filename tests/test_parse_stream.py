@@ -4,6 +4,7 @@ this process with one worker, with the same outcomes."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +42,13 @@ def _die_on_request(job: ParseJob) -> ParseOutcome:
     """A worker that dies on one body, as a crash in a C parser or the OOM killer would."""
     if job.body == b"die":
         os._exit(3)
+    return run_job(job)
+
+
+def _hang_on_request(job: ParseJob) -> ParseOutcome:
+    """A worker that never finishes one body, as a parse stuck in a pathological input would."""
+    if job.body == b"hang":
+        time.sleep(3600)
     return run_job(job)
 
 
@@ -129,3 +137,18 @@ def test_a_dying_worker_costs_only_its_own_feed() -> None:
         if key != 5:
             assert streamed[key] == (None if job is None else run_job(job))
     assert after == {key: None if job is None else run_job(job) for key, job in _items(6)}
+
+
+def test_a_hung_parse_fails_its_feed_and_the_pool_goes_on() -> None:
+    items = [(key, _job(f"{URL}/{key}", b"hang" if key == 5 else RSS)) for key in range(10)]
+    # 5 s: far above a worker's start (under 1 s here), which the first job on it waits for
+    with ParsePool(workers=2, time_limit=5.0, runner=_hang_on_request) as pool:
+        warm = dict(pool.parse_stream(_items(4)))
+        streamed = dict(pool.parse_stream(items))
+        after = dict(pool.parse_stream(_items(8)))  # a new worker took the hung one's place
+    assert warm == {key: None if job is None else run_job(job) for key, job in _items(4)}
+    hung = streamed.pop(5)
+    assert isinstance(hung, ParseError)
+    assert hung.reason == f"parse failed: '{URL}/5': took longer than 5 s"
+    assert streamed == {key: run_job(job) for key, job in items if key != 5}
+    assert after == {key: None if job is None else run_job(job) for key, job in _items(8)}

@@ -308,7 +308,7 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
     fetch = section(
         "fetch",
         {"timeout", "deadline", "max_body", "max_redirects", "concurrency", "parse_workers"}
-        | {"user_agent", "failing_after"},
+        | {"parse_timeout", "user_agent", "failing_after"},
     )
     slack = section("slack", {"api_url", "ops_channel", "max_attempts", "per_channel_interval"})
     stories = section("stories", {"window", "reply_batch"})
@@ -338,6 +338,7 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
         max_redirects=_get(fetch, "max_redirects", _non_negative_int, d.max_redirects, f, rep),
         concurrency=_get(fetch, "concurrency", _positive_int, d.concurrency, f, rep),
         parse_workers=_get(fetch, "parse_workers", _non_negative_int, d.parse_workers, f, rep),
+        parse_timeout=_get(fetch, "parse_timeout", parse_duration, d.parse_timeout, f, rep),
         failing_after=_get(fetch, "failing_after", parse_duration, d.failing_after, f, rep),
         user_agent=_get(fetch, "user_agent", _string, d.user_agent, f, rep),
         slack_api_url=api_url,
@@ -353,6 +354,8 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
         rep.error(("polling", "interval"), "must be at least 10 seconds, to be polite to feeds")
     if settings.fetch_deadline < settings.fetch_timeout:
         rep.error(("fetch", "deadline"), "must be at least fetch.timeout")
+    if settings.parse_timeout < 1:
+        rep.error(("fetch", "parse_timeout"), "must be at least 1 second")
     return settings
 
 

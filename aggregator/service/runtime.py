@@ -109,7 +109,7 @@ class Runtime:
         self.store.sync_feeds(self.config.feeds, utcnow())
         self.sink = make_sink(self.config.settings, self.token)
         workers = self.config.settings.parse_workers if parse_workers is None else parse_workers
-        self.parser = ParsePool(workers)
+        self.parser = ParsePool(workers, time_limit=self.config.settings.parse_timeout)
         self.parser.start()  # the first cycle should not wait for workers to import feedparser
         if (untuned := tuning_off_reason()) is not None:
             log.warning("%s", untuned)  # once here, where every worker would find the same
@@ -168,6 +168,7 @@ class Runtime:
             log.warning("storage.database changed: it takes effect at the next restart")
         rebuild = config.settings != self.config.settings
         self.config, self.matcher = config, matcher
+        self.parser.time_limit = config.settings.parse_timeout
         self.store.sync_feeds(config.feeds, utcnow())
         if rebuild:
             self.fetcher.close()
