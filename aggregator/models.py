@@ -159,8 +159,8 @@ class ParsedFeed:
     title: str
     entries: tuple[Entry, ...]
     warning: str | None = None  # a recoverable problem the parser noted
-    # Each entry's rule matches, in entry order, when the parse job carried the rules: matching
-    # then runs on the parse worker's core, not on the cycle's thread. None when it did not.
+    # Each entry's rule matches, in entry order: a parse job always matches, on the parse
+    # worker's core. None only from parse_feed() called on its own (the probe of `feeds add`).
     matches: tuple[tuple[TopicMatch, ...], ...] | None = None
 
 

@@ -109,7 +109,7 @@ def measure_floor(bodies: list[bytes]) -> float:
     """Bare feedparser, default settings, one process. A stream, as bytes would be a file name."""
     import feedparser
 
-    if getattr(feedparser, "_aggregator_tuned", False):  # see aggregator/parse_tuning.py
+    if getattr(feedparser, "_aggregator_tuned", False):  # see aggregator/ingest/tuning.py
         raise RuntimeError("the floor must be bare feedparser, but this process has tuned it")
     started = time.perf_counter()
     for body in bodies:

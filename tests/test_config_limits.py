@@ -71,6 +71,7 @@ DURATION_KEYS = [
     ("aggregator", '[fetch]\ndeadline = "1h"', "fetch.timeout"),
     ("aggregator", "[fetch]", "fetch.deadline"),
     ("aggregator", "[fetch]", "fetch.failing_after"),
+    ("aggregator", "[fetch]", "fetch.parse_timeout"),
     ("aggregator", "[slack]", "slack.per_channel_interval"),
     ("aggregator", "[stories]", "stories.window"),
     ("aggregator", "[stories]", "stories.reply_batch"),

@@ -10,6 +10,7 @@ import logging
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,8 +21,8 @@ import pytest
 
 from aggregator.config.load import load_config
 from aggregator.ingest.fetch import Fetcher
-from aggregator.ingest.workers import ParsePool
-from aggregator.models import CycleReport
+from aggregator.ingest.workers import ParseJob, ParsePool, run_job
+from aggregator.models import CycleReport, ParseOutcome
 from aggregator.notify import Outbox, make_sink
 from aggregator.pipeline import Deps, run_cycle
 from aggregator.rules.matcher import TopicMatcher
@@ -190,8 +191,11 @@ def test_seed_story_becomes_one_message_per_topic_channel(rig: Rig) -> None:
     assert posted.metadata and posted.metadata["event_type"] == "aggregator_alert"
 
 
-def test_entries_are_matched_on_the_parse_workers(rig: Rig) -> None:
-    rig._pool = ParsePool(2)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_entries_are_matched_alike_in_this_process_or_on_the_parse_workers(
+    rig: Rig, workers: int
+) -> None:
+    rig._pool = ParsePool(workers)
     url = rig.feeds.serve("/a.xml", rss(SEED_ITEM, DULL_ITEM))
     report = rig.cycle(rig.write_config([url]))
 
@@ -201,6 +205,34 @@ def test_entries_are_matched_on_the_parse_workers(rig: Rig) -> None:
         "SELECT e.guid, m.topic FROM matches m JOIN entries e ON e.id = m.entry_id ORDER BY 2"
     ).fetchall()
     assert stored == [("seed-1", "ai-policy"), ("seed-1", "executive-orders")]
+
+
+def _hang_on_marked_body(job: ParseJob) -> ParseOutcome:
+    """A parse worker that never finishes a body holding the marker, as a stuck parse would."""
+    if b"hang-here" in job.body:
+        time.sleep(3600)
+    return run_job(job)
+
+
+def test_a_hung_parse_fails_its_feed_and_the_cycle_goes_on(rig: Rig) -> None:
+    rig._pool = ParsePool(2, time_limit=5.0, runner=_hang_on_marked_body)
+    stuck = rig.feeds.serve("/stuck.xml", rss(DULL_ITEM, title="hang-here"))
+    good = rig.feeds.serve("/a.xml", rss(SEED_ITEM))
+    config = rig.write_config([stuck, good])
+    report = rig.cycle(config)
+
+    outcomes = {f.url: f for f in report.feeds}
+    assert (outcomes[stuck].status, outcomes[stuck].reason) == (
+        "failed",
+        f"parse failed: {stuck!r}: took longer than 5 s",
+    )
+    assert (outcomes[good].status, outcomes[good].alerts) == ("fetched", 2)
+    assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
+
+    rig.feeds.serve("/stuck.xml", rss(DULL_ITEM))  # the feed mends; the pool was never stuck
+    rig.clock.advance(120)
+    again = {f.url: f for f in rig.cycle(config).feeds}
+    assert (again[stuck].status, again[stuck].new_entries) == ("fetched", 1)
 
 
 def test_second_poll_posts_nothing(rig: Rig) -> None:

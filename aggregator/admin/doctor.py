@@ -4,7 +4,9 @@ Checks, in order: the config (and its topics' examples), the database (writable,
 the Slack token (``auth.test``) and its scopes, each configured channel (it exists and the bot can
 post there, asked with ``conversations.info``, never by posting), how many feeds answered on
 their last fetch, and, where the systemd unit is installed, whether its IP firewall would block a
-feed, Slack, a proxy or a DNS resolver. Every failed check says how to fix it.
+feed, Slack, a proxy or a DNS resolver. Every failed check says how to fix it. One informational
+line says when the feedparser tuning is off (another feedparser than the pinned one), since
+parsing is slower then.
 
 The database is only read. Opening it through :class:`~aggregator.store.Store` would migrate it
 under a running older service, switch it to WAL behind the check's back, or create it owned by
@@ -34,6 +36,7 @@ from aggregator.admin.ipfirewall import (
 from aggregator.config.load import load_config, slack_token
 from aggregator.config.model import DEFAULT_SLACK_API_URL, Config, FeedConfig
 from aggregator.errors import ConfigError, DeliveryError
+from aggregator.ingest.parse import tuning_off_reason
 from aggregator.notify.slack import ChannelInfo, SlackSink, TokenInfo
 from aggregator.rules.matcher import check_examples
 from aggregator.store import MIGRATIONS
@@ -119,6 +122,7 @@ def run_checks(
             checks.append(Check("unit firewall", True, detail))
         elif firewall is not None:
             checks.append(check_firewall(config, firewall, _read_text(resolv_conf), resolver))
+    checks.extend(check_parse_tuning(tuning_off_reason()))
     return checks
 
 
@@ -385,6 +389,15 @@ def check_channel(probe: SlackProbe, channel: str, scopes: frozenset[str] | None
         f"invite the bot: /invite @bot in {channel}"
         + ("" if info.is_private else ", or add the chat:write.public scope"),
     )
+
+
+# -- parsing --------------------------------------------------------------------------------------
+
+
+def check_parse_tuning(off_reason: str | None) -> list[Check]:
+    """Nothing when the feedparser tuning applies; else one line that passes, for information:
+    parsing still works, only slower."""
+    return [] if off_reason is None else [Check("parsing", True, off_reason)]
 
 
 # -- feeds ----------------------------------------------------------------------------------------

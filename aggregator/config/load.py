@@ -306,7 +306,7 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
     fetch = section(
         "fetch",
         {"timeout", "deadline", "max_body", "max_redirects", "concurrency", "parse_workers"}
-        | {"user_agent", "failing_after", "allow_private", "allow_networks"},
+        | {"user_agent", "failing_after", "allow_private", "allow_networks", "parse_timeout"},
     )
     slack = section("slack", {"api_url", "ops_channel", "max_attempts", "per_channel_interval"})
     stories = section("stories", {"window", "reply_batch"})
@@ -346,6 +346,7 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
         parse_workers=number(
             fetch, "fetch", "parse_workers", d.parse_workers, (0, MAX_PARSE_WORKERS)
         ),
+        parse_timeout=duration(fetch, "fetch", "parse_timeout", d.parse_timeout),
         failing_after=duration(fetch, "fetch", "failing_after", d.failing_after),
         user_agent=_get(fetch, "user_agent", _string, d.user_agent, f, rep),
         allow_private=_get(fetch, "allow_private", _boolean, d.allow_private, f, rep),

@@ -58,6 +58,7 @@ class Settings:
     allow_networks: tuple[str, ...] = ()  # networks fetched even if internal, e.g. "10.1.0.0/16"
     concurrency: int = 16
     parse_workers: int = 0  # 0 means one per core
+    parse_timeout: float = 60.0  # one feed's parse and match on a worker; then it fails
     backoff_cap: float = 6 * 3600.0
     failing_after: float = 24 * 3600.0  # failing this long earns an ops notice
     user_agent: str = USER_AGENT

@@ -26,6 +26,7 @@ DURATION_RANGES: dict[str, tuple[float, float]] = {
     "fetch.timeout": (0.1, 10 * MINUTE),
     "fetch.deadline": (0.1, HOUR),
     "fetch.failing_after": (0.0, 365 * DAY),
+    "fetch.parse_timeout": (1.0, HOUR),
     "slack.per_channel_interval": (0.0, HOUR),
     "stories.window": (0.0, 365 * DAY),
     "stories.reply_batch": (0.0, DAY),

@@ -20,6 +20,7 @@ from aggregator.config.load import config_files, load_config, slack_token
 from aggregator.config.model import Config
 from aggregator.errors import ConfigError
 from aggregator.ingest.fetch import Fetcher
+from aggregator.ingest.parse import tuning_off_reason
 from aggregator.ingest.workers import ParsePool
 from aggregator.models import CycleReport
 from aggregator.notify import Outbox, make_sink
@@ -124,8 +125,10 @@ class Runtime:
         self.store.feeds.sync(self.config.feeds, utcnow())
         self.sink = make_sink(self.config.settings, self.token)
         workers = self.config.settings.parse_workers if parse_workers is None else parse_workers
-        self.parser = ParsePool(workers)
+        self.parser = ParsePool(workers, time_limit=self.config.settings.parse_timeout)
         self.parser.start()  # the first cycle should not wait for workers to import feedparser
+        if (untuned := tuning_off_reason()) is not None:
+            log.warning("%s", untuned)  # once here, where every worker would find the same
         self.fetcher = Fetcher(self.config.settings)
         self.stories = self._warm_stories(utcnow())
         self.outbox = self._outbox()
@@ -187,6 +190,7 @@ class Runtime:
             log.warning("storage.database changed: it takes effect at the next restart")
         rebuild = config.settings != self.config.settings
         self.config, self.matcher = config, matcher
+        self.parser.time_limit = config.settings.parse_timeout
         self.store.feeds.sync(config.feeds, utcnow())
         if rebuild:
             self.fetcher.close()
