@@ -16,6 +16,7 @@ from typing import Any
 
 from aggregator.errors import AggregatorError
 from aggregator.models import Document
+from aggregator.relevance.tiers import NO_SCORING, Scoring, Tier
 from aggregator.rules.explain import ClauseResult, TopicExplanation
 from aggregator.rules.matcher import TopicMatcher
 
@@ -174,49 +175,104 @@ class TopicScore:
         }
 
 
-def score(items: Sequence[Item], matcher: TopicMatcher) -> dict[str, TopicScore]:
+@dataclass(frozen=True, slots=True)
+class TopicEval:
+    """A topic's figures three ways: what alerts in real time (the rule, and the score at or
+    above the alert threshold when the topic has a model), the rule alone, and what alerts or
+    goes to the review digest."""
+
+    alert: TopicScore
+    rules_only: TopicScore
+    review: TopicScore
+    scored: bool  # the topic has a model
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.alert.as_dict(),
+            "rules_only": self.rules_only.as_dict(),
+            "review": self.review.as_dict(),
+        }
+
+
+def score(
+    items: Sequence[Item], matcher: TopicMatcher, scoring: Scoring = NO_SCORING
+) -> dict[str, TopicEval]:
     """Precision, recall and F1 per topic that both the matcher and the labels know.
 
     An item whose ``unsure`` lists a topic is left out of that topic's score.
     """
     names = [n for n in matcher.topic_names if any(n in item.labels for item in items)]
-    counts = {n: {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "skipped": 0} for n in names}
-    wrong: dict[str, dict[str, list[tuple[str, str]]]] = {n: {"fp": [], "fn": []} for n in names}
+    systems = ("alert", "rules_only", "review")
+    tally = {(n, s): _Tally() for n in names for s in systems}
     for item in items:
-        found = {m.topic for m in matcher.match(item.document())}
+        doc = item.document()
+        tiers: dict[str, Tier] = {}
+        for m in matcher.match(doc):
+            tiers[m.topic] = scoring.judge(doc, m)[1]
         for name in names:
             if name not in item.labels:
                 continue
-            if name in item.unsure:
-                counts[name]["skipped"] += 1
-                continue
-            truth, guess = item.labels[name] == 1, name in found
-            outcome = ("tp" if guess else "fn") if truth else ("fp" if guess else "tn")
-            counts[name][outcome] += 1
-            if outcome in ("fp", "fn"):
-                wrong[name][outcome].append((item.id, item.title))
+            truth = item.labels[name] == 1
+            tier = tiers.get(name)
+            guesses = {
+                "alert": tier == Tier.ALERT,
+                "rules_only": tier is not None,
+                "review": tier in (Tier.ALERT, Tier.REVIEW),
+            }
+            for system, guess in guesses.items():
+                tally[name, system].add(item, truth, guess, unsure=name in item.unsure)
     return {
-        name: TopicScore(
-            name,
-            **counts[name],
-            false_positives=tuple(wrong[name]["fp"]),
-            false_negatives=tuple(wrong[name]["fn"]),
+        name: TopicEval(
+            alert=tally[name, "alert"].result(name),
+            rules_only=tally[name, "rules_only"].result(name),
+            review=tally[name, "review"].result(name),
+            scored=name in scoring.scorers,
         )
         for name in names
     }
 
 
-def scores_json(scores: dict[str, TopicScore]) -> dict[str, Any]:
+class _Tally:
+    def __init__(self) -> None:
+        self.counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "skipped": 0}
+        self.wrong: dict[str, list[tuple[str, str]]] = {"fp": [], "fn": []}
+
+    def add(self, item: Item, truth: bool, guess: bool, *, unsure: bool) -> None:
+        if unsure:
+            self.counts["skipped"] += 1
+            return
+        outcome = ("tp" if guess else "fn") if truth else ("fp" if guess else "tn")
+        self.counts[outcome] += 1
+        if outcome in ("fp", "fn"):
+            self.wrong[outcome].append((item.id, item.title))
+
+    def result(self, name: str) -> TopicScore:
+        return TopicScore(
+            name,
+            **self.counts,
+            false_positives=tuple(self.wrong["fp"]),
+            false_negatives=tuple(self.wrong["fn"]),
+        )
+
+
+def scores_json(scores: dict[str, TopicEval]) -> dict[str, Any]:
     return {"topics": {name: s.as_dict() for name, s in scores.items()}}
 
 
-def format_scores(scores: dict[str, TopicScore], *, list_errors: bool = True) -> str:
+def format_scores(scores: dict[str, TopicEval], *, list_errors: bool = True) -> str:
     lines: list[str] = []
-    for name, s in scores.items():
+    for name, e in scores.items():
+        s = e.alert
         lines.append(
             f"{name}: precision {s.precision:.3f}  recall {s.recall:.3f}  f1 {s.f1:.3f}  "
             f"(tp {s.tp}, fp {s.fp}, fn {s.fn}, tn {s.tn}; {s.skipped} unsure left out)"
         )
+        if e.scored:
+            for label, other in (("the rule alone", e.rules_only), ("alert or review", e.review)):
+                lines.append(
+                    f"  {label}: precision {other.precision:.3f}  recall {other.recall:.3f}  "
+                    f"f1 {other.f1:.3f}  (tp {other.tp}, fp {other.fp}, fn {other.fn})"
+                )
         if list_errors:
             for label, pairs in (
                 ("false positives", s.false_positives),
