@@ -12,12 +12,12 @@ import pytest
 
 from aggregator.config.load import parse_config
 from aggregator.config.model import TopicConfig
+from aggregator.measure.explain import format_explain
 from aggregator.measure.topics import (
     Item,
     LabelledDataError,
     backtest,
     format_backtest,
-    format_explain,
     format_scores,
     parse_labelled,
     read_items_csv,
@@ -427,3 +427,22 @@ def test_format_backtest_adds_months_for_long_histories() -> None:
     text = format_backtest(backtest(items, matcher(("ai", "AI"))), days=14)
     assert "matches per month (latest 3 of 3 months):" in text
     assert "2025-01        28" in text and "2025-03         4" in text
+
+
+def test_explain_shows_the_score_its_thresholds_its_tier_and_what_moved_it() -> None:
+    from aggregator.measure.explain import explain_scores
+
+    m = matcher(("ai", "AI"), ("eo", "order"))
+    topic = replace(TopicConfig("ai", "#ai", "AI"), model=Path("m.json"))
+    scoring = load_scoring([topic], lambda path: _ScoreFromTitle())
+    for title, words in (("0.9 AI order", "it alerts now"),
+                         ("0.6 AI order", 'review digest as "possibly relevant"'),
+                         ("0.1 AI order", "it is stored, not delivered")):  # fmt: skip
+        doc = Document(title)
+        scores = explain_scores(doc, m.match(doc), scoring)
+        assert set(scores) == {"ai"}  # eo has no model: its rule decides
+        text = format_explain(m.explain(doc), scores=scores)
+        ai, eo = text.split("\n\n", 1)
+        assert "alerts from 0.80, review digest from 0.50" in ai and words in ai
+        assert "what moved the score most: title +1.00" in ai
+        assert "score" not in eo

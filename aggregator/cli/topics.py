@@ -113,7 +113,7 @@ def explain(
     already in the database. Matched words are highlighted; each clause is shown with the query
     comment that says what it is for; an exclusion that vetoed the item is named.
     """
-    from aggregator.measure.topics import format_explain
+    from aggregator.measure.explain import format_explain
     from aggregator.models import Document
 
     config, topics = _topics_from(obj, topics_file)

@@ -17,7 +17,6 @@ from typing import Any
 from aggregator.errors import AggregatorError
 from aggregator.models import Document
 from aggregator.relevance.tiers import NO_SCORING, Scoring, Tier
-from aggregator.rules.explain import ClauseResult, TopicExplanation
 from aggregator.rules.matcher import TopicMatcher
 
 Progress = Callable[[int], None]  # called with the number of items just processed
@@ -398,96 +397,3 @@ def format_backtest(result: BacktestResult, *, days: int = 14) -> str:
 def _item_line(item: Item) -> str:
     day = item.published.date().isoformat() if item.published else "undated"
     return f"{day}  {item.title}" + (f"  [{item.source}]" if item.source else "")
-
-
-# -- explain -------------------------------------------------------------------------------------
-
-
-def _bracket(text: str) -> str:
-    return f"[{text}]"
-
-
-def highlight(text: str, spans: Sequence[tuple[int, int]], mark: Callable[[str], str]) -> str:
-    out, last = [], 0
-    for start, end in spans:
-        out.append(text[last:start])
-        out.append(mark(text[start:end]))
-        last = end
-    out.append(text[last:])
-    return "".join(out)
-
-
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
-
-
-def _clause_line(clause: ClauseResult, indent: str) -> str:
-    tick = "yes" if clause.matched else "no "
-    text = _short(clause.text, 50 if clause.label else 90)
-    what = f"{_short(clause.label, 60)}: {text}" if clause.label else text
-    found = f"   <- {', '.join(clause.terms)}" if clause.terms else ""
-    return f"{indent}{tick}  {what}{found}"
-
-
-def _clause_lines(clause: ClauseResult, indent: str = "    ") -> list[str]:
-    lines = [_clause_line(clause, indent)]
-    for part in clause.parts:
-        lines.extend(_clause_lines(part, indent + "     "))
-    return lines
-
-
-def format_explain(
-    explanations: Sequence[TopicExplanation],
-    *,
-    mark: Callable[[str], str] = _bracket,
-) -> str:
-    """A readable account of each topic's verdict; ``mark`` decorates matched words.
-
-    Each clause is shown with the query comment that introduces it, so the reader sees what the
-    clause is for; only the clauses that held are expanded.
-    """
-    lines: list[str] = []
-    for e in explanations:
-        if e.matched:
-            verdict = "MATCH"
-        elif e.query_matched:
-            verdict = "no match (vetoed by an exclusion)"
-        else:
-            verdict = "no match"
-        lines.append(f"{e.topic}: {verdict}")
-        if e.terms:
-            found = "matched words" if e.query_matched else "words found (not enough to match)"
-            lines.append(f"  {found}: {', '.join(e.terms)}")
-        held = [c for c in e.clauses if c.matched]
-        missed = [c for c in e.clauses if not c.matched]
-        if e.combine == "any":
-            lines.append("  the query needs any one of its clauses:")
-            for clause in held:
-                lines.extend(_clause_lines(clause))
-            by_label: dict[str, list[ClauseResult]] = {}
-            for clause in missed:
-                by_label.setdefault(clause.label, []).append(clause)
-            for label, group in by_label.items():
-                if len(group) == 1:
-                    lines.append(_clause_line(group[0], "    "))
-                else:
-                    sample = ", ".join(_short(c.text, 30) for c in group[:3])
-                    more = ", \u2026" if len(group) > 3 else ""
-                    what = f"{_short(label, 60)} " if label else ""
-                    lines.append(f"    no   {what}({len(group)} clauses: {sample}{more})")
-        else:
-            if e.combine == "all":
-                lines.append("  the query needs all of its clauses:")
-            else:
-                lines.append("  the query:")
-            for clause in e.clauses:
-                lines.extend(_clause_lines(clause))
-        for veto in e.vetoed_by:
-            lines.append("  vetoed by the exclusion:")
-            lines.extend(_clause_lines(veto))
-        if e.query_matched or e.terms:
-            for h in e.highlights:
-                if h.spans:
-                    lines.append(f"  {h.field}: {highlight(h.text, h.spans, mark)}")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
