@@ -226,6 +226,41 @@ class Entries(Part):
                 return
             after_at, after_id = rows[-1]["at"], int(rows[-1]["id"])
 
+    def newest(
+        self, since: datetime | None, offset: int, count: int, *, fts: str | None = None
+    ) -> list[StoredEntry]:
+        """Entries dated at or after ``since``, newest first, a page at a time; with ``fts``
+        (an FTS5 query), only those the full-text index finds."""
+        at = "coalesce(e.published, e.first_seen)"
+        where = f"{at} >= ?"
+        params: list[Any] = [iso(since) if since else ""]
+        if fts is not None:
+            where += " AND e.id IN (SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?)"
+            params.append(fts)
+        rows = self.db.rows(
+            f"SELECT e.* FROM entries e WHERE {where} ORDER BY {at} DESC, e.id DESC "  # noqa: S608
+            "LIMIT ? OFFSET ?",
+            [*params, count, offset],
+        )
+        return [
+            StoredEntry(int(r["id"]), entry_from_row(r, r["published"]), r["story_id"])
+            for r in rows
+        ]
+
+    def matched_topics(self, entry_ids: Sequence[int]) -> dict[int, tuple[str, ...]]:
+        """The topics whose rules matched each of these entries when it arrived."""
+        found: dict[int, list[str]] = {}
+        for chunk in chunks([str(i) for i in entry_ids]):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT entry_id, topic FROM matches WHERE entry_id IN ({marks}) "  # noqa: S608
+                "ORDER BY entry_id, topic",
+                [int(i) for i in chunk],
+            )
+            for entry_id, topic in rows:
+                found.setdefault(int(entry_id), []).append(str(topic))
+        return {k: tuple(v) for k, v in found.items()}
+
     def search(self, query: str, limit: int = 20) -> list[StoredEntry]:
         """Full-text search over stored titles and summaries (FTS5 syntax), best first."""
         return [
