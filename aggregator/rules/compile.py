@@ -9,6 +9,7 @@ by giving each field its own block of positions, so phrases and NEAR never span 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aggregator.rules import syntax as rules
@@ -20,8 +21,57 @@ FIELD_NUMBER = {name: i for i, name in enumerate(rules.FIELDS)}
 SHIFT = 20  # positions are field << SHIFT | word index
 MAX_WORDS = (1 << SHIFT) - 1
 
-Index = dict[int, list[int]]
 Span = tuple[int, int]  # first and last position, inclusive
+
+
+class Index(dict[int, list[int]]):
+    """``atom -> positions`` of one document, and the word slot of each position, for NEAR.
+
+    A position is a token's index, so a phrase is still a run of consecutive tokens. NEAR counts
+    its distance in word slots instead, as a reader counts words: an ending after an apostrophe
+    ("Trump's", "don't") shares the slot of the word it ends, and the parts of a hyphenated
+    compound ("back-to-office") share one slot. Slots are worked out on first use, per field,
+    and only for a field whose text holds a ' or a -.
+    """
+
+    __slots__ = ("_slots", "_texts")
+
+    def __init__(self, texts: Sequence[str] = ()) -> None:
+        super().__init__()
+        self._texts = texts  # the cleaned text of each field, as tokenised
+        self._slots: dict[int, list[int] | None] = {}
+
+    def slot(self, position: int) -> int:
+        field, word = position >> SHIFT, position & MAX_WORDS
+        if field not in self._slots:
+            text = self._texts[field] if field < len(self._texts) else ""
+            self._slots[field] = word_slots(text)
+        table = self._slots[field]
+        return word if table is None or word >= len(table) else table[word]
+
+
+# Endings after an apostrophe that are no word of their own.
+CLITICS = frozenset({"s", "t", "re", "ve", "ll", "d", "m"})
+
+
+def word_slots(text: str) -> list[int] | None:
+    """The word slot of each token of cleaned ``text`` (see :class:`Index`); None when every
+    token is a slot of its own. "Joined" means one ' or - directly between two tokens."""
+    if "-" not in text and "'" not in text:
+        return None
+    slots: list[int] = []
+    slot = -1
+    previous_end = -1
+    for start, end in textnorm.word_spans(text):
+        joined = previous_end >= 0 and start - previous_end == 1
+        between = text[previous_end:start] if joined else ""
+        if between == "-" or (between == "'" and text[start:end].lower() in CLITICS):
+            slots.append(slot)
+        else:
+            slot += 1
+            slots.append(slot)
+        previous_end = end
+    return slots
 
 
 class Atoms:
@@ -135,7 +185,14 @@ class _Near(Node):
             for b in rights:
                 if a[0] >> SHIFT != b[0] >> SHIFT:
                     continue
-                gap = b[0] - a[1] if b[0] > a[1] else a[0] - b[1]
+                if b[0] > a[1]:
+                    gap = b[0] - a[1]
+                    if gap > self.distance:  # slots are never further apart than tokens
+                        gap = index.slot(b[0]) - index.slot(a[1])
+                else:
+                    gap = a[0] - b[1]
+                    if gap > self.distance:
+                        gap = index.slot(a[0]) - index.slot(b[1])
                 if gap <= self.distance:
                     out[a] = None
                     out[b] = None

@@ -163,8 +163,8 @@ class TopicMatcher:
             for field, text in enumerate(texts)
         ]
 
-    def _index(self, tokens: Sequence[Sequence[str]]) -> Index:
-        index: Index = {}
+    def _index(self, tokens: Sequence[Sequence[str]], texts: Sequence[str]) -> Index:
+        index = Index(texts)
         atoms_of = self._atoms_of
         for field, field_tokens in enumerate(tokens):
             base = field << SHIFT
@@ -226,7 +226,7 @@ class TopicMatcher:
         tokens = self._tokens(texts)
         if not self._may_match(tokens):
             return []
-        index = self._index(tokens)
+        index = self._index(tokens, texts)
         out: list[TopicMatch] = []
         spans_by_field: list[list[tuple[int, int]]] | None = None
         for number in self._candidates(index):
@@ -245,7 +245,7 @@ class TopicMatcher:
     def explain(self, doc: Document) -> list[TopicExplanation]:
         """For every topic: the verdict, which clauses held, the matched words, any veto."""
         texts = self._texts(doc)
-        index = self._index(self._tokens(texts))
+        index = self._index(self._tokens(texts), texts)
         spans_by_field = [textnorm.word_spans(t) for t in texts]
         out: list[TopicExplanation] = []
         for topic in self._topics:
