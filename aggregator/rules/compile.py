@@ -365,3 +365,80 @@ def compile_rule(source: str, atoms: Atoms) -> Rule:
     memo: dict[int, Node] = {}
     root = build(query.root, atoms, memo)
     return Rule(query, root, memo)
+
+
+# -- labelled clauses ------------------------------------------------------------------------------
+
+
+def clause_key(label: str) -> str:
+    """A short, stable name for a clause's ``# label``: its number ("2a") when the label starts
+    with one, else its first six words, lower-cased. Relevance models name features by it."""
+    head = label.split(".", 1)[0].strip()
+    if head and len(head) <= 3 and head[0].isdigit():
+        return head
+    return " ".join(label.split()[:6]).lower()
+
+
+@dataclass(frozen=True, slots=True)
+class ClauseTests:
+    """How to tell which labelled clauses of a query hold for a document.
+
+    A clause holds when any node of the query that carries its label is true, the root and NOT
+    nodes aside (the root is the verdict; a NOT is true when its words are absent, and its child
+    tells their presence). A true node also makes true every OR above it up to the first other
+    operator, so each test names the keys it proves; children are tested before their parents,
+    and single words are tested as one set per label.
+    """
+
+    keys: tuple[str, ...]  # every clause key of the query, sorted
+    tests: tuple[tuple[str, Node, frozenset[str]], ...]  # (key, node, keys proved when true)
+
+    def held(self, index: Index) -> tuple[str, ...]:
+        """The keys that hold, sorted."""
+        found: set[str] = set()
+        for key, node, proves in self.tests:
+            if key not in found and node.test(index):
+                found.update(proves)
+        return tuple(k for k in self.keys if k in found)
+
+
+NO_CLAUSES = ClauseTests((), ())
+
+
+def clause_tests(rule: Rule) -> ClauseTests:
+    query = rule.query
+    if not query.comments:
+        return NO_CLAUSES
+    root = query.root
+    keys: set[str] = set()
+    singles: dict[tuple[str, frozenset[int], frozenset[str]], set[int]] = {}
+    others: list[tuple[str, Node, frozenset[str]]] = []
+
+    def visit(node: rules.Node, above: frozenset[str]) -> None:
+        """``above``: the keys of the ORs that ``node`` being true makes true."""
+        key = ""
+        if node is not root and not isinstance(node, rules.Not):
+            key = clause_key(query.label_of(node)) if query.label_of(node) else ""
+        if key:
+            keys.add(key)
+        # a child of an OR proves it (and what it proves); any other operator breaks the chain
+        inner = (above | {key} if key else above) if isinstance(node, rules.Or) else frozenset()
+        if isinstance(node, rules.And | rules.Or):
+            for child in node.children:
+                visit(child, inner)
+        elif isinstance(node, rules.Not):
+            visit(node.child, inner)
+        elif isinstance(node, rules.Near):
+            visit(node.left, inner)
+            visit(node.right, inner)
+        if key and key not in above:  # else an OR above with the same key tells it
+            built = rule.nodes[id(node)]
+            proves = above | {key}
+            if isinstance(built, _Words) and built.length == 1:
+                singles.setdefault((key, built.fields, proves), set()).add(built.atoms[0])
+            else:
+                others.append((key, built, proves))
+
+    visit(root, frozenset())
+    words = [(key, _AnyWord(frozenset(a), f), proves) for (key, f, proves), a in singles.items()]
+    return ClauseTests(tuple(sorted(keys)), (*words, *others))
