@@ -85,7 +85,7 @@ def test_words_under_not_count_as_present() -> None:
     [
         ("2a. Lawmaking and executive action", "2a"),
         ("1. The instrument, by name.", "1"),
-        ('the abbreviation ("Trump\'s AI EO") in capitals', 'the abbreviation ("trump\'s ai eo") in'),
+        ('the abbreviation ("Trump\'s AI EO") in caps', 'the abbreviation ("trump\'s ai eo") in'),
         ("... or the state by name", "... or the state by name"),
     ],
 )  # fmt: skip
