@@ -23,6 +23,10 @@ LIBRARY_OWNERS = {
     "click": {"aggregator.cli.main", "aggregator.cli.feeds", "aggregator.cli.topics",
               "aggregator.cli.delivery"},
     "tomllib": {"aggregator.config.load", "aggregator.config.feeds_file"},
+    # training only: the service scores exported weights (tests/test_relevance_model.py)
+    "sklearn": {"aggregator.relevance.train"},
+    "numpy": {"aggregator.relevance.train"},
+    "scipy": {"aggregator.relevance.train"},
 }  # fmt: skip
 
 
