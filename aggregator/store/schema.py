@@ -187,6 +187,21 @@ MIGRATIONS: dict[int, str] = {
         ORDER BY a.id LIMIT 1
     );
     """,
+    5: """
+    -- What people said an entry is worth for a topic: training data for the relevance models
+    -- (`aggregator label`, Slack reactions, label files). One row per person and source; an
+    -- entry's label is their majority. Retention keeps labelled entries.
+    CREATE TABLE labels (
+        entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+        topic TEXT NOT NULL,
+        label INTEGER CHECK (label IN (0, 1)),      -- 1 relevant, 0 not, NULL unsure
+        source TEXT NOT NULL CHECK (source IN ('cli', 'slack', 'file')),
+        who TEXT NOT NULL,                          -- a Slack user id, 'cli' or a file name
+        at TEXT NOT NULL,
+        UNIQUE (entry_id, topic, source, who)
+    );
+    CREATE INDEX labels_topic ON labels(topic, entry_id);
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
