@@ -129,6 +129,7 @@ def test_retention_keeps_labelled_entries(store: Store) -> None:
     assert store.history.prune(NOW + timedelta(days=30), retention_days=7) == 2
     assert sorted(r["id"] for r in store.db.rows("SELECT id FROM entries")) == [2, 3]
     assert store.labels.count() == 2
+    assert store.labels.resolved(entry_ids=[3]) == [ResolvedLabel(3, "eo", None, 0, 0, 1)]
 
 
 def test_a_database_error_is_a_store_error(store: Store) -> None:

@@ -67,8 +67,9 @@ def resolve(
 
 
 _VOTES = (
-    "SELECT entry_id, topic, sum(label = 1) AS relevant, sum(label = 0) AS not_relevant, "
-    "sum(label IS NULL) AS unsure FROM labels"
+    "SELECT entry_id, topic, count(CASE WHEN label = 1 THEN 1 END) AS relevant, "
+    "count(CASE WHEN label = 0 THEN 1 END) AS not_relevant, "
+    "count(CASE WHEN label IS NULL THEN 1 END) AS unsure FROM labels"
 )
 
 
