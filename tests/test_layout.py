@@ -21,7 +21,7 @@ LIBRARY_OWNERS = {
     "slack_sdk": {"aggregator.notify.slack"},
     "apscheduler": {"aggregator.service.serve"},
     "click": {"aggregator.cli.main", "aggregator.cli.feeds", "aggregator.cli.topics",
-              "aggregator.cli.delivery"},
+              "aggregator.cli.delivery", "aggregator.cli.relevance"},
     "tomllib": {"aggregator.config.load", "aggregator.config.feeds_file"},
     # training only: the service scores exported weights (tests/test_relevance_model.py)
     "sklearn": {"aggregator.relevance.train"},

@@ -473,7 +473,13 @@ def train_topic(
             f"topic {topic.name!r}: {positives} relevant and {len(items) - positives} not "
             f"relevant items; training needs at least {FOLDS} of each"
         )
-    existing = None if force else current_model(out)
+    try:
+        existing = current_model(out)
+    except ModelError:
+        if not force:
+            raise
+        existing = None
+    # a retrain keeps the settings of the model it replaces, unless told otherwise
     hyper = hyper or (existing[1] if existing else Hyper())
     matcher = TopicMatcher.compile([topic])
     keys = clause_columns(matcher, topic.name)
@@ -486,8 +492,8 @@ def train_topic(
         if sum(ex.label for ex in own) >= FOLDS and sum(1 - ex.label for ex in own) >= FOLDS:
             say("cross-validation without the database's labels")
             cv_without = cross_validate(own, hyper, keys, progress)
-    verdict = "written"
-    if existing is not None:
+    verdict = "written (--force)" if force and existing else "written"
+    if existing is not None and not force:
         verdict, worse = _compare(existing, hyper, cv, items, examples, keys, say)
         if worse:
             return TrainResult(topic.name, out, False, verdict, cv, cv_without, hyper,
