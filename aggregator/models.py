@@ -189,7 +189,12 @@ class Document:
 
 @dataclass(frozen=True, slots=True)
 class TopicMatch:
-    """A topic that matched, with the terms that made it match (as they appear in the text)."""
+    """A topic that matched, with the terms that made it match (as they appear in the text).
+
+    ``clauses`` are the keys of the query's ``# labelled`` clauses that held, sorted: the clause
+    number ("2a") when its label starts with one, else its first six words, lower-cased. A
+    relevance model reads them as features. Only the matcher fills them; they are not stored.
+    """
 
     topic: str
     terms: tuple[str, ...] = ()

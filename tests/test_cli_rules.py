@@ -13,6 +13,7 @@ import pytest
 
 from aggregator.models import Entry
 from aggregator.store import Store
+from tests.configs import link_models
 from tests.storing import Item, store_items
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,7 @@ def config_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "config"
     directory.mkdir()
     shutil.copy(ROOT / "config" / "topics.toml", directory / "topics.toml")
+    link_models(directory)
     (directory / "aggregator.toml").write_text("", encoding="utf-8")
     (directory / "feeds.toml").write_text(
         f'[[feeds]]\nurl = "{WHITE_HOUSE}"\nname = "White House"\ntopics = ["executive-orders"]\n'
@@ -245,3 +247,23 @@ def test_a_huge_window_on_the_command_line_is_an_error_not_a_traceback(config_di
     evaluated = run("eval-stories", stories, "--window", "999999999999d")
     assert evaluated.returncode == 2 and "too long" in evaluated.stderr, evaluated.stderr
     assert "Traceback" not in evaluated.stderr
+
+
+def test_check_config_loads_the_models_and_names_a_missing_or_stale_one(config_dir: Path) -> None:
+    ok = run("--config", config_dir, "check-config")
+    assert ok.returncode == 0, ok.stderr
+    assert "models: ai-policy (alert 0.89" in ok.stdout
+    topics = config_dir / "topics.toml"
+    shipped = topics.read_text(encoding="utf-8")
+    topics.write_text(shipped.replace("models/ai-policy.json", "models/nope.json"), "utf-8")
+    missing = run("--config", config_dir, "check-config")
+    assert missing.returncode == 2
+    assert "topics.ai-policy.model:" in missing.stderr and "nope.json" in missing.stderr
+    assert "cannot read the model" in missing.stderr
+    edited = shipped.replace("OR LLM OR LLMs", 'OR LLM OR LLMs OR "robot lawyer*"', 1)
+    assert edited != shipped
+    topics.write_text(edited, "utf-8")
+    stale = run("--config", config_dir, "check-config")
+    assert stale.returncode == 0, stale.stderr
+    assert "topics.ai-policy: the query changed since its model was trained" in stale.stderr
+    assert "aggregator train ai-policy" in stale.stderr

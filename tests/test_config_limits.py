@@ -15,6 +15,7 @@ import pytest
 from aggregator.config.load import parse_config
 from aggregator.config.values import DURATION_RANGES
 from aggregator.errors import ConfigError
+from tests.configs import link_models
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = """\
@@ -54,6 +55,7 @@ def config_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "config"
     directory.mkdir()
     shutil.copy(ROOT / "config" / "topics.toml", directory / "topics.toml")
+    link_models(directory)
     (directory / "aggregator.toml").write_text("", encoding="utf-8")
     (directory / "feeds.toml").write_text(FEEDS, encoding="utf-8")
     return directory

@@ -19,6 +19,7 @@ from aggregator.config.model import FeedConfig
 from aggregator.cycle.plan import FeedUpdate
 from aggregator.models import FeedStatus
 from aggregator.store import MIGRATIONS, Store
+from tests.configs import link_models
 from tests.feedserver import FeedServer
 from tests.slackserver import TOKEN, SlackServer
 
@@ -39,6 +40,7 @@ def write_config(directory: Path, feed_urls: list[str], *, topics: str | None = 
     directory.mkdir(exist_ok=True)
     shipped = (REPO / "config" / "topics.toml").read_text(encoding="utf-8")
     (directory / "topics.toml").write_text(topics or shipped, encoding="utf-8")
+    link_models(directory)
     (directory / "aggregator.toml").write_text(
         '[fetch]\ntimeout = "2s"\ndeadline = "3s"\nparse_workers = 1\nallow_private = true\n',
         encoding="utf-8",

@@ -177,7 +177,7 @@ def test_eval_counts_what_alerts_in_real_time_beside_the_rule_alone_and_the_revi
         )
     ]  # fmt: skip
     topic = replace(TopicConfig("ai", "#ai", "AI"), model=Path("m.json"))
-    scoring = load_scoring([topic], lambda path: _ScoreFromTitle())
+    scoring = load_scoring([topic], lambda path, topic: _ScoreFromTitle())
     result = score(parse_labelled(lines), matcher(("ai", "AI")), scoring)["ai"]
     assert (result.alert.tp, result.alert.fp, result.alert.fn) == (1, 0, 2)
     assert (result.rules_only.tp, result.rules_only.fp, result.rules_only.fn) == (3, 2, 0)
@@ -434,7 +434,7 @@ def test_explain_shows_the_score_its_thresholds_its_tier_and_what_moved_it() -> 
 
     m = matcher(("ai", "AI"), ("eo", "order"))
     topic = replace(TopicConfig("ai", "#ai", "AI"), model=Path("m.json"))
-    scoring = load_scoring([topic], lambda path: _ScoreFromTitle())
+    scoring = load_scoring([topic], lambda path, topic: _ScoreFromTitle())
     for title, words in (("0.9 AI order", "it alerts now"),
                          ("0.6 AI order", 'review digest as "possibly relevant"'),
                          ("0.1 AI order", "it is stored, not delivered")):  # fmt: skip

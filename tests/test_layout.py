@@ -22,6 +22,10 @@ LIBRARY_OWNERS = {
     "apscheduler": {"aggregator.service.serve"},
     "click": {"aggregator.cli.*"},  # the cli package is the click layer
     "tomllib": {"aggregator.config.load", "aggregator.config.feeds_file"},
+    # training only: the service scores exported weights (tests/test_relevance_model.py)
+    "sklearn": {"aggregator.relevance.train"},
+    "numpy": {"aggregator.relevance.train"},
+    "scipy": {"aggregator.relevance.train"},
 }  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from aggregator.ingest.parse import tune_parser, tuning_off_reason
 from aggregator.ingest.workers import ParseJob, ParsePool, run_job
 from aggregator.models import ParsedFeed, ParseOutcome
 from bench.corpus import build_corpus, render
+from tests.configs import link_models
 from tests.feedparser_results import canonical, results
 from tests.feedserver import FeedServer
 
@@ -150,6 +151,7 @@ def test_another_feedparser_version_is_said_once_in_the_log_and_in_the_doctor(
     )
     topics = (ROOT / "config" / "topics.toml").read_text(encoding="utf-8")
     (config / "topics.toml").write_text(topics, encoding="utf-8")
+    link_models(config)
     db = tmp_path / "bot.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "AGGREGATOR_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(shim), str(ROOT)])

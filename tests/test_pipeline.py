@@ -28,6 +28,7 @@ from aggregator.pipeline import Deps, run_cycle
 from aggregator.rules.matcher import TopicMatcher
 from aggregator.store import Store
 from aggregator.stories.index import StoryIndex
+from tests.configs import link_models
 from tests.feedserver import FeedServer, Reply
 from tests.slackserver import TOKEN, Fault, SlackServer
 
@@ -99,6 +100,7 @@ class Rig:
         directory.mkdir(exist_ok=True)
         shipped = (REPO / "config" / "topics.toml").read_text(encoding="utf-8")
         (directory / "topics.toml").write_text(topics or shipped, encoding="utf-8")
+        link_models(directory)
         (directory / "aggregator.toml").write_text(
             f'[storage]\ndatabase = "{self.tmp / "bot.db"}"\n'
             f'[polling]\ninterval = "60s"\njitter = 0\n{polling}\n'
@@ -577,3 +579,35 @@ def test_a_cycle_that_fails_while_writing_leaves_no_phantom_story_behind(rig: Ri
         runtime.close()
     assert (report.new_entries, report.alerts) == (1, 2)
     assert stories == [{"id": 1}]
+
+
+def test_the_service_scores_what_the_rules_catch_with_the_shipped_models(rig: Rig) -> None:
+    """The real path: the Runtime loads the shipped models, the planner scores each caught item.
+    The seed story alerts in both channels; an item the executive-orders net catches but its
+    model scores low is stored with its score and not alerted."""
+    from aggregator.service.runtime import Runtime
+
+    now = datetime.now(UTC)
+    summary = (
+        "As coronavirus cases rocket upward in many parts of the state, bars across California, "
+        "many of which reopened only recently, are being forced to close again."
+    )
+    title = "It's last call - again - as many bars are forced to close amid coronavirus surge"
+    bars = ("bars-1", title, "https://news.example/bars", now - timedelta(minutes=9), summary)
+    seed = ("seed-1", SEED, "https://news.example/ai-order", now - timedelta(minutes=5), SEED_TEXT)
+    config = rig.write_config([rig.feeds.serve("/a.xml", rss(seed, bars))])
+    runtime = Runtime(config, {}, parse_workers=1)
+    try:
+        assert set(runtime.scoring.scorers) == {"ai-policy", "executive-orders"}
+        report = runtime.cycle(everything=True)
+        scores = runtime.store.db.rows(
+            "SELECT e.guid, m.topic, m.score FROM matches m JOIN entries e ON e.id = m.entry_id "
+            "ORDER BY e.guid, m.topic"
+        )
+        alerts = runtime.store.db.rows("SELECT dedupe_key FROM alerts ORDER BY id")
+    finally:
+        runtime.close()
+    assert report.alerts == 2 and len(alerts) == 2
+    by = {(r["guid"], r["topic"]): r["score"] for r in scores}
+    assert by[("seed-1", "ai-policy")] > 0.89 and by[("seed-1", "executive-orders")] > 0.34
+    assert by[("bars-1", "executive-orders")] < 0.29  # caught by the net, below review

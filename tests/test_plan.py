@@ -259,7 +259,9 @@ class ScoreByWord:
 
 
 def test_a_topic_with_a_model_alerts_reviews_or_only_stores_by_its_score() -> None:
-    scoring = load_scoring([replace(TOPICS[0], model=Path("m.json"))], lambda path: ScoreByWord())
+    scoring = load_scoring(
+        [replace(TOPICS[0], model=Path("m.json"))], lambda path, topic: ScoreByWord()
+    )
     rules = replace(policy(), scoring=scoring)
     items = parsed(
         (entry(1, "A strong AI story"), (AI, EO)),
@@ -280,7 +282,9 @@ def test_a_topic_with_a_model_alerts_reviews_or_only_stores_by_its_score() -> No
 
 def test_a_feeds_own_topics_alert_whatever_the_score() -> None:
     primary = FeedConfig(URL, "White House", topics=("ai-policy",), primary=True)
-    scoring = load_scoring([replace(TOPICS[0], model=Path("m.json"))], lambda path: ScoreByWord())
+    scoring = load_scoring(
+        [replace(TOPICS[0], model=Path("m.json"))], lambda path, topic: ScoreByWord()
+    )
     rules = replace(policy(primary), scoring=scoring)
     (step,) = only_new(plan(parsed((entry(1, "A weak item"), (AI,))), rules=rules))
     assert [(a.channel, a.review) for a in step.alerts] == [("#ai-policy", False)]
@@ -288,8 +292,8 @@ def test_a_feeds_own_topics_alert_whatever_the_score() -> None:
 
 def test_thresholds_in_topics_toml_win_over_the_models_own() -> None:
     topic = replace(TOPICS[0], model=Path("m.json"), alert_threshold=0.95, review_threshold=0.99)
-    scorer = load_scoring([topic], lambda path: ScoreByWord()).scorers["ai-policy"]
+    scorer = load_scoring([topic], lambda path, topic: ScoreByWord()).scorers["ai-policy"]
     assert (scorer.alert, scorer.review) == (0.95, 0.95)  # review is never above alert
     assert scorer.tier(0.9) == Tier.BELOW and scorer.tier(0.95) == Tier.ALERT
-    default = load_scoring([replace(TOPICS[0], model=Path("m.json"))], lambda p: ScoreByWord())
+    default = load_scoring([replace(TOPICS[0], model=Path("m.json"))], lambda p, t: ScoreByWord())
     assert default.scorers["ai-policy"].tier(0.6) == Tier.REVIEW

@@ -20,7 +20,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from aggregator.errors import ConfigError, ModelError
 from aggregator.models import Document, TopicMatch
+from aggregator.relevance.model import RelevanceModel, Vocabularies
 
 
 class Tier(StrEnum):
@@ -47,6 +49,15 @@ class Model(Protocol):
     def movers(
         self, doc: Document, clauses: Collection[str], n: int = 5
     ) -> list[tuple[str, float]]: ...
+
+
+class TopicRules(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def query(self) -> str: ...
+    @property
+    def exclude(self) -> str | None: ...
 
 
 class TopicRelevance(Protocol):
@@ -96,16 +107,54 @@ class Scoring:
 NO_SCORING = Scoring({})
 
 
-def load_scoring(topics: Sequence[TopicRelevance], load: Callable[[Path], Model]) -> Scoring:
-    """Load the model of every topic that names one. ``load`` raises on a bad file."""
+def load_scoring(topics: Sequence[TopicRelevance], load: Callable[[Path, str], Model]) -> Scoring:
+    """Load the model of every topic that names one: ``load(path, topic)``, which raises on a
+    bad file."""
     scorers: dict[str, TopicScorer] = {}
     for topic in topics:
         if topic.model is None:
             continue
-        model = load(topic.model)
+        model = load(topic.model, topic.name)
         alert = topic.alert_threshold
         review = topic.review_threshold
         alert = model.thresholds.alert if alert is None else alert
         review = model.thresholds.review if review is None else review
         scorers[topic.name] = TopicScorer(model, alert, min(review, alert))
     return Scoring(scorers)
+
+
+def load_models(topics: Sequence[TopicRelevance]) -> Scoring:
+    """The topics' model files, loaded (sharing one vocabulary). Raises
+    :class:`~aggregator.errors.ConfigError` naming each topic whose model cannot be used."""
+    vocabularies = Vocabularies()
+    problems: list[str] = []
+
+    def load(path: Path, topic: str) -> Model:
+        return RelevanceModel.load(path, topic, vocabularies=vocabularies)
+
+    for topic in topics:
+        if topic.model is not None:
+            try:
+                load(topic.model, topic.name)
+            except ModelError as e:
+                problems.append(f"topics.{topic.name}.model: {e}")
+    if problems:
+        raise ConfigError(problems)
+    return load_scoring(topics, load)
+
+
+def stale_models(topics: Sequence[TopicRules], scoring: Scoring) -> list[str]:
+    """One line per topic whose query changed since its model was trained: the clause
+    features may mean something else now, so the model should be retrained."""
+    notes: list[str] = []
+    for topic in topics:
+        scorer = scoring.scorers.get(topic.name)
+        model = scorer.model if scorer is not None else None
+        if isinstance(model, RelevanceModel) and not model.trained_on_rules(
+            topic.query, topic.exclude
+        ):
+            notes.append(
+                f"topics.{topic.name}: the query changed since its model was trained: retrain "
+                f"it with `aggregator train {topic.name}`"
+            )
+    return notes

@@ -5,6 +5,7 @@
 ``store.entries``  entries, the stories they form, their matches and full-text index
 ``store.outbox``   alert rows and channel pacing: what waits to be sent, and what was
 ``store.history``  the fetch log, each feed's activity, retention
+``store.labels``   what people said entries are worth per topic: training data (:mod:`.labels`)
 =================  =========================================================================
 
 :meth:`Store.apply` writes a cycle's :class:`~aggregator.cycle.plan.FeedPlan` in one transaction:
@@ -32,6 +33,7 @@ from aggregator.models import (
 from aggregator.store.entries import Entries
 from aggregator.store.feeds import Feeds
 from aggregator.store.history import History
+from aggregator.store.labels import Labels
 from aggregator.store.outbox import Outbox
 from aggregator.store.rows import OutboxRow
 from aggregator.store.schema import MIGRATIONS, SCHEMA_VERSION, Database, Part
@@ -56,6 +58,7 @@ class Store(Part):
         self.entries = Entries(db)
         self.outbox = Outbox(db)
         self.history = History(db)
+        self.labels = Labels(db)
 
     @classmethod
     def open(cls, path: str | Path) -> Store:

@@ -13,15 +13,27 @@ from __future__ import annotations
 import functools
 import inspect
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-import sqlite_utils
-
 from aggregator.errors import StoreError
+
+# sqlite-utils imports numpy and pandas when they are installed, for column types we never use.
+# numpy is installed for `aggregator train`, and would cost every process that opens the store
+# about 17 MB (the service must stay within 150 MB). Hidden while it imports, unless already in.
+_HIDDEN = [name for name in ("numpy", "pandas") if name not in sys.modules]
+for _name in _HIDDEN:
+    sys.modules[_name] = None  # type: ignore[assignment]  # None: "import fails"
+try:
+    import sqlite_utils
+finally:
+    for _name in _HIDDEN:
+        if _name in sys.modules and sys.modules[_name] is None:
+            del sys.modules[_name]
 
 BUSY_TIMEOUT_MS = 10_000
 P = ParamSpec("P")
@@ -178,6 +190,21 @@ MIGRATIONS: dict[int, str] = {
     5: """
     -- The learned relevance score of a match, for a topic with a model (NULL without one).
     ALTER TABLE matches ADD COLUMN score REAL;
+    """,
+    6: """
+    -- What people said an entry is worth for a topic: training data for the relevance models
+    -- (`aggregator label`, Slack reactions, label files). One row per person and source; an
+    -- entry's label is their majority. Retention keeps labelled entries.
+    CREATE TABLE labels (
+        entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+        topic TEXT NOT NULL,
+        label INTEGER CHECK (label IN (0, 1)),      -- 1 relevant, 0 not, NULL unsure
+        source TEXT NOT NULL CHECK (source IN ('cli', 'slack', 'file')),
+        who TEXT NOT NULL,                          -- a Slack user id, 'cli' or a file name
+        at TEXT NOT NULL,
+        UNIQUE (entry_id, topic, source, who)
+    );
+    CREATE INDEX labels_topic ON labels(topic, entry_id);
     """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
