@@ -30,7 +30,8 @@ FEEDBACK = FeedbackSettings()
 
 
 class FakeClock:
-    def __init__(self, start: datetime) -> None:
+    def __init__(self, start: datetime = START) -> None:
+        self.start = start
         self.now = start
         self.waits: list[float] = []
 
@@ -38,7 +39,7 @@ class FakeClock:
         return self.now
 
     def monotonic(self) -> float:
-        return (self.now - START).total_seconds()
+        return (self.now - self.start).total_seconds()
 
     def sleep(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
