@@ -7,7 +7,7 @@ BENCH_ARGS ?=
 READER_VENV  = bench/.venv-reader
 READER_STAMP = $(READER_VENV)/.installed-$(shell cat bench/requirements-reader.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run demo test lint bench clean
+.PHONY: run demo test lint bench models clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ $(READER_STAMP): bench/requirements-reader.txt
 
 bench: $(STAMP) $(READER_STAMP)
 	$(BIN)/python bench/bench_cycle.py $(BENCH_ARGS)
+
+# The shipped topics' relevance models (config/models), rebuilt from the shared labelled data with
+# the settings round 1 chose (clause features help ai-policy and hurt executive-orders). The same
+# data, rules and pinned libraries give byte-identical files; no database labels are mixed in.
+SHARED ?= ../shared
+MODEL_DATA = --curated $(SHARED)/eval/dev.jsonl --labels $(SHARED)/eval/train.jsonl --no-database --force
+models: $(STAMP)
+	$(BIN)/aggregator --config config train ai-policy $(MODEL_DATA) --clause-weight 1
+	$(BIN)/aggregator --config config train executive-orders $(MODEL_DATA) --clause-weight 0
 
 clean:
 	rm -rf $(VENV) $(READER_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -78,3 +78,17 @@ class DeliveryError(AggregatorError):
 
 class StoreError(AggregatorError):
     """The database cannot be opened, migrated or written."""
+
+
+class ModelError(AggregatorError):
+    """A relevance model file cannot be used: missing, unreadable, of another format, version
+    or topic, or malformed. The message names the file and what is wrong."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class TrainingDataError(AggregatorError):
+    """Labelled items that cannot train a model (too few, or of one class only)."""

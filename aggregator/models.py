@@ -159,8 +159,8 @@ class ParsedFeed:
     title: str
     entries: tuple[Entry, ...]
     warning: str | None = None  # a recoverable problem the parser noted
-    # Each entry's rule matches, in entry order, when the parse job carried the rules: matching
-    # then runs on the parse worker's core, not on the cycle's thread. None when it did not.
+    # Each entry's rule matches, in entry order: a parse job always matches, on the parse
+    # worker's core. None only from parse_feed() called on its own (the probe of `feeds add`).
     matches: tuple[tuple[TopicMatch, ...], ...] | None = None
 
 
@@ -189,10 +189,17 @@ class Document:
 
 @dataclass(frozen=True, slots=True)
 class TopicMatch:
-    """A topic that matched, with the terms that made it match (as they appear in the text)."""
+    """A topic that matched, with the terms that made it match (as they appear in the text).
+
+    ``clauses`` are the keys of the query's ``# labelled`` clauses that held, sorted: the clause
+    number ("2a") when its label starts with one, else its first six words, lower-cased. A
+    relevance model reads them as features. Only the matcher fills them; they are not stored.
+    """
 
     topic: str
     terms: tuple[str, ...] = ()
+    clauses: tuple[str, ...] = ()  # the labels of the query's clauses that held
+    score: float | None = None  # the topic's learned relevance score, when it has a model
 
 
 # -- deliver -------------------------------------------------------------------------------------
@@ -213,6 +220,7 @@ class AlertPayload:
     """Kind ``alert``: the story's first alert in a channel."""
 
     primary: bool = False  # the entry comes from an official source
+    review: bool = False  # "possibly relevant": it goes to the topic's review digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +296,46 @@ class DeliveryOutcome:
     state: AlertState
     reason: str = ""
     ts: str | None = None
+
+
+# -- feedback: the team's reactions on alerts ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """One emoji on a Slack message: its name as Slack reports it, and who added it. Slack may
+    list fewer ``users`` than ``count`` when very many reacted."""
+
+    name: str
+    users: tuple[str, ...]
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelMessage:
+    """A message of a channel's history, as far as reading reactions needs it."""
+
+    ts: str
+    thread_ts: str | None  # set on a thread's parent (== ts) and on a reply sent to the channel
+    reactions: tuple[Reaction, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """One ``conversations.history`` answer."""
+
+    messages: tuple[ChannelMessage, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One person's reactions on one alert as last read, and the label they count as."""
+
+    relevant: bool  # one of the "relevant" reactions is theirs
+    not_relevant: bool
+    label: int | None  # 1 relevant, 0 not, None unsure
+    at: datetime  # when this label was first seen
 
 
 # -- report --------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from aggregator.models import (
     ParsedFeed,
     ParseOutcome,
 )
+from aggregator.relevance.tiers import NO_SCORING, Scoring
 from aggregator.rules.matcher import TopicMatcher
 from aggregator.store import Store
 from aggregator.stories.index import StoryIndex, warm_index
@@ -95,13 +96,14 @@ class Deps:
     parser: Parser
     matcher: TopicMatcher
     outbox: Deliverer | None = None  # None: store alerts, send nothing (e.g. a backfill)
+    scoring: Scoring = NO_SCORING  # the topics' learned scores (none: the rules decide)
     stories: StoryIndex = field(default_factory=StoryIndex)
     rng: random.Random = field(default_factory=random.Random)
 
     @cached_property
     def policy(self) -> Policy:
         """The config as the planner reads it, built once (feeds by URL, channels by topic)."""
-        return Policy.from_config(self.config)
+        return Policy.from_config(self.config, self.scoring)
 
 
 def run_cycle(deps: Deps, now: datetime, *, deadline: float | None = None) -> CycleReport:

@@ -109,7 +109,7 @@ def measure_floor(bodies: list[bytes]) -> float:
     """Bare feedparser, default settings, one process. A stream, as bytes would be a file name."""
     import feedparser
 
-    if getattr(feedparser, "_aggregator_tuned", False):  # see aggregator/parse_tuning.py
+    if getattr(feedparser, "_aggregator_tuned", False):  # see aggregator/ingest/tuning.py
         raise RuntimeError("the floor must be bare feedparser, but this process has tuned it")
     started = time.perf_counter()
     for body in bodies:
@@ -164,6 +164,7 @@ def write_config(workdir: Path, urls: list[str]) -> Path:
     directory.mkdir(parents=True)
     shipped = (ROOT / "config" / "topics.toml").read_text(encoding="utf-8")
     (directory / "topics.toml").write_text(shipped, encoding="utf-8")
+    (directory / "models").symlink_to(ROOT / "config" / "models", target_is_directory=True)
     (directory / "aggregator.toml").write_text(
         f'[storage]\ndatabase = "{workdir / "bench.db"}"\n'
         '[polling]\ninterval = "60s"\njitter = 0\n[fetch]\nallow_private = true\n',
@@ -206,6 +207,7 @@ def child(spec_path: Path) -> int:
     from aggregator.ingest.fetch import Fetcher
     from aggregator.ingest.workers import ParsePool
     from aggregator.pipeline import Deps, run_cycle
+    from aggregator.relevance.tiers import load_models
     from aggregator.rules.matcher import TopicMatcher
     from aggregator.service.memory import limit_malloc_arenas
     from aggregator.store import Store
@@ -223,6 +225,7 @@ def child(spec_path: Path) -> int:
             fetcher=fetcher,
             parser=pool,
             matcher=TopicMatcher.compile(config.topics),
+            scoring=load_models(config.topics),  # the shipped models score what the rules catch
             outbox=None,  # enqueue alerts, send nothing
             rng=random.Random(7),
         )

@@ -1,4 +1,4 @@
-"""feedparser with and without ``aggregator/parse_tuning.py``: seconds of CPU over the same bytes.
+"""feedparser with and without ``aggregator/ingest/tuning.py``: seconds of CPU over the same bytes.
 
 Each repetition parses the bench corpus in two fresh processes, one untuned and one tuned, with
 the settings the service uses (no sanitising, no relative-URI resolution): once not told the
@@ -33,10 +33,10 @@ def parse_all(folder: Path, tuned: bool) -> dict[str, float]:
     """CPU seconds for parsing every file of ``folder``, without and with its URL (a child)."""
     import feedparser
 
-    if tuned:
-        from aggregator.ingest.tuning import tune
+    if tuned:  # as each parse worker does when it starts
+        from aggregator.ingest.parse import tune_parser
 
-        if not tune(feedparser):
+        if not tune_parser():
             raise SystemExit(f"feedparser {feedparser.__version__} is not the tuned version")
     bodies = [p.read_bytes() for p in sorted(folder.iterdir())]
     seconds = {}

@@ -110,10 +110,11 @@ uninstall() {
 }
 
 # Copy one shipped config file, keeping an operator's edits: a changed file stays as it is and
-# the shipped version lands next to it as NAME.dist for comparison.
+# the shipped version lands next to it as NAME.dist for comparison. A second argument names a
+# folder of the config directory (models: a model retrained here is kept the same way).
 install_config_file() {
     local shipped="$1" name target
-    name="$(basename "$shipped")"
+    name="${2:+$2/}$(basename "$shipped")"
     target="$root$conf_dir/$name"
     if [ ! -e "$target" ]; then
         install -m 0644 "$shipped" "$target"
@@ -160,7 +161,8 @@ install_package() {
     local parts=(pyproject.toml aggregator)
     [ -e "$source_dir/README.md" ] && parts+=(README.md)
     mkdir "$stage/src"
-    tar -C "$source_dir" --exclude=__pycache__ -cf - "${parts[@]}" | tar -C "$stage/src" -xf -
+    # -h: the embedded defaults are symlinks into config/, which the copy does not hold
+    tar -C "$source_dir" -h --exclude=__pycache__ -cf - "${parts[@]}" | tar -C "$stage/src" -xf -
     local extra=()
     if [ -n "$wheels" ]; then
         extra+=(--no-index --find-links "$wheels")
@@ -204,6 +206,14 @@ install_all() {
     for file in "${shipped[@]}"; do
         install_config_file "$file"
     done
+    # The shipped topics' relevance models, beside topics.toml as `aggregator train` writes them.
+    local models=("$(dirname "${shipped[0]}")"/models/*.json)
+    if [ -e "${models[0]}" ]; then
+        install -d -m 0755 "$root$conf_dir/models"
+        for file in "${models[@]}"; do
+            install_config_file "$file" models
+        done
+    fi
     # PID 1 reads the token as root through LoadCredential=; the service user cannot.
     install -d -m 0700 "$root$cred_dir"
     chmod 0700 "$root$cred_dir"

@@ -53,3 +53,9 @@ def alert_item(entry: Entry, topic: str, channel: str, *terms: str) -> Item:
     """An entry that matched one topic and alerts in its channel."""
     match = TopicMatch(topic, tuple(terms))
     return Item(entry, (match,), (channel,))
+
+
+def plan_of(steps: Sequence[NewEntry], feed: str = "https://feeds.example/a") -> FeedPlan:
+    """A plan of hand-made steps, as a cycle would apply it (no feed row, no fetch log)."""
+    outcome = FeedOutcome(feed, FeedResult.FETCHED, new_entries=len(steps))
+    return FeedPlan(feed, tuple(steps), False, None, None, outcome)

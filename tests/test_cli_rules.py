@@ -13,6 +13,7 @@ import pytest
 
 from aggregator.models import Entry
 from aggregator.store import Store
+from tests.configs import link_models
 from tests.storing import Item, store_items
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,7 @@ def config_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "config"
     directory.mkdir()
     shutil.copy(ROOT / "config" / "topics.toml", directory / "topics.toml")
+    link_models(directory)
     (directory / "aggregator.toml").write_text("", encoding="utf-8")
     (directory / "feeds.toml").write_text(
         f'[[feeds]]\nurl = "{WHITE_HOUSE}"\nname = "White House"\ntopics = ["executive-orders"]\n'
@@ -68,15 +70,8 @@ def test_eval_json(config_dir: Path, tmp_path: Path) -> None:
     result = run("--config", config_dir, "eval", labelled(tmp_path / "l.jsonl"), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["topics"]["ai-policy"] == {
-        "precision": 1.0,
-        "recall": 0.5,
-        "f1": 0.6667,
-        "tp": 1,
-        "fp": 0,
-        "fn": 1,
-        "tn": 2,
-    }
+    figures = {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "tp": 1, "fp": 0, "fn": 1, "tn": 2}
+    assert data["topics"]["ai-policy"] == {**figures, "rules_only": figures, "review": figures}
     assert data["topics"]["executive-orders"]["tp"] == 1
 
 
@@ -252,3 +247,23 @@ def test_a_huge_window_on_the_command_line_is_an_error_not_a_traceback(config_di
     evaluated = run("eval-stories", stories, "--window", "999999999999d")
     assert evaluated.returncode == 2 and "too long" in evaluated.stderr, evaluated.stderr
     assert "Traceback" not in evaluated.stderr
+
+
+def test_check_config_loads_the_models_and_names_a_missing_or_stale_one(config_dir: Path) -> None:
+    ok = run("--config", config_dir, "check-config")
+    assert ok.returncode == 0, ok.stderr
+    assert "models: ai-policy (alert 0.89" in ok.stdout
+    topics = config_dir / "topics.toml"
+    shipped = topics.read_text(encoding="utf-8")
+    topics.write_text(shipped.replace("models/ai-policy.json", "models/nope.json"), "utf-8")
+    missing = run("--config", config_dir, "check-config")
+    assert missing.returncode == 2
+    assert "topics.ai-policy.model:" in missing.stderr and "nope.json" in missing.stderr
+    assert "cannot read the model" in missing.stderr
+    edited = shipped.replace("OR LLM OR LLMs", 'OR LLM OR LLMs OR "robot lawyer*"', 1)
+    assert edited != shipped
+    topics.write_text(edited, "utf-8")
+    stale = run("--config", config_dir, "check-config")
+    assert stale.returncode == 0, stale.stderr
+    assert "topics.ai-policy: the query changed since its model was trained" in stale.stderr
+    assert "aggregator train ai-policy" in stale.stderr

@@ -13,8 +13,10 @@ from aggregator.config.load import (
     resolve_config_dir,
     slack_token,
 )
+from aggregator.config.model import Settings
 from aggregator.config.values import parse_duration, parse_size
 from aggregator.errors import ConfigError
+from aggregator.ingest.workers import ParsePool
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = """\
@@ -64,6 +66,16 @@ def test_settings_errors_name_file_line_and_key() -> None:
     assert any(p.startswith("aggregator.toml:7: fetch.concurrency: expected a whole number")
                for p in found)  # fmt: skip
     assert any(p.startswith("aggregator.toml:8: fetch.mystery: unknown key") for p in found)
+
+
+def test_the_parse_time_limit_is_one_key_with_the_pool_default() -> None:
+    assert Settings().parse_timeout == ParsePool().time_limit == 60.0
+    assert load_config(REPO / "config").settings.parse_timeout == 60.0  # the shipped file says so
+    files = {"feeds.toml": FEEDS, "topics.toml": TOPICS}
+    config = parse_config({**files, "aggregator.toml": '[fetch]\nparse_timeout = "90s"\n'})
+    assert config.settings.parse_timeout == 90.0
+    found = problems(aggregator="[fetch]\nparse_timeout = 0\n")
+    assert found == ['aggregator.toml:2: fetch.parse_timeout: must be at least "1s", got 0']
 
 
 def test_feed_errors_name_the_feed_and_its_line() -> None:

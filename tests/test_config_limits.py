@@ -15,6 +15,7 @@ import pytest
 from aggregator.config.load import parse_config
 from aggregator.config.values import DURATION_RANGES
 from aggregator.errors import ConfigError
+from tests.configs import link_models
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = """\
@@ -54,6 +55,7 @@ def config_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "config"
     directory.mkdir()
     shutil.copy(ROOT / "config" / "topics.toml", directory / "topics.toml")
+    link_models(directory)
     (directory / "aggregator.toml").write_text("", encoding="utf-8")
     (directory / "feeds.toml").write_text(FEEDS, encoding="utf-8")
     return directory
@@ -71,9 +73,12 @@ DURATION_KEYS = [
     ("aggregator", '[fetch]\ndeadline = "1h"', "fetch.timeout"),
     ("aggregator", "[fetch]", "fetch.deadline"),
     ("aggregator", "[fetch]", "fetch.failing_after"),
+    ("aggregator", "[fetch]", "fetch.parse_timeout"),
     ("aggregator", "[slack]", "slack.per_channel_interval"),
     ("aggregator", "[stories]", "stories.window"),
     ("aggregator", "[stories]", "stories.reply_batch"),
+    ("aggregator", "[feedback]", "feedback.window"),
+    ("aggregator", "[feedback]", "feedback.read_every"),
     ("feeds", '[[feeds]]\nurl = "https://a.example/feed"', "feeds[0].interval"),
     ("topics", TOPICS.rstrip("\n"), "topics.ai-policy.digest_every"),
 ]

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
+from aggregator.config.load import load_config
 from aggregator.config.model import Settings
 from aggregator.cycle.plan import FetchRecord
 from aggregator.ingest.fetch import Fetcher
@@ -29,11 +30,13 @@ from aggregator.models import (
     NotModified,
     ParsedFeed,
 )
+from aggregator.rules.matcher import TopicMatcher
 from aggregator.store import Store
 from tests.feedserver import FeedServer, Reply
 from tests.storing import Item, store_items
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 CORPORA = {
     "feedparser-tests": SHARED / "corpus" / "feedparser-tests",
     "real-feeds": SHARED / "corpus" / "real-feeds",
@@ -107,9 +110,10 @@ def test_every_corpus_file_is_ingested_or_recorded(tmp_path: Path) -> None:
             outcomes = fetcher.fetch_many([FetchRequest(u) for u in urls])
 
     fetched = [o for o in outcomes if isinstance(o, FetchResult)]
-    jobs = [ParseJob(o.url, o.body, content_type=o.content_type) for o in fetched]
+    rules = TopicMatcher.compile(load_config(ROOT / "config", {}).topics).rules  # shipped topics
+    jobs = ((o.url, ParseJob(o.url, o.body, "", o.content_type, rules)) for o in fetched)
     with ParsePool() as pool:  # every core, as the pipeline does
-        parsed = dict(zip([o.url for o in fetched], pool.parse_many(jobs), strict=True))
+        parsed = dict(pool.parse_stream(jobs))
 
     batch: list[Item] = []
     errors: list[str] = []
@@ -128,12 +132,15 @@ def test_every_corpus_file_is_ingested_or_recorded(tmp_path: Path) -> None:
                 store.history.log_fetch(url, NOW, FetchRecord(FeedResult.UNCHANGED, 304))
                 continue
             result = parsed[url]
+            assert result is not None
             if not isinstance(result, ParsedFeed):
                 counts[f"{corpus}: parse errors"] += 1
                 errors.append(result.reason)
                 record = FetchRecord(FeedResult.FAILED, 200, error=result.reason)
                 store.history.log_fetch(url, NOW, record)
                 continue
+            # the cycle's contract: every parsed entry comes back with its matches
+            assert result.matches is not None and len(result.matches) == len(result.entries)
             key = "feeds with entries" if result.entries else "valid feeds without entries"
             counts[f"{corpus}: {key}"] += 1
             entry_counts[corpus] += len(result.entries)

@@ -23,6 +23,7 @@ from aggregator.pipeline import Deps, run_cycle
 from aggregator.rules.matcher import TopicMatcher
 from aggregator.store import Store
 from tests import waiting
+from tests.configs import link_models
 from tests.feedserver import FeedServer, Reply
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +43,7 @@ def write_config(directory: Path, urls: list[str]) -> Path:
     (directory / "topics.toml").write_text(
         (REPO / "config" / "topics.toml").read_text(encoding="utf-8"), encoding="utf-8"
     )
+    link_models(directory)
     (directory / "aggregator.toml").write_text(
         f'[storage]\ndatabase = "{directory / "bot.db"}"\n'
         '[polling]\ninterval = "60s"\njitter = 0\n'

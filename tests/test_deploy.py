@@ -363,6 +363,29 @@ def test_an_edited_config_is_never_overwritten(tmp_path: Path, configs: list[Pat
     assert not dist.exists()
 
 
+def test_the_shipped_models_are_installed_beside_topics_toml_and_a_retrained_one_kept(
+    tmp_path: Path, configs: list[Path]
+) -> None:
+    shipped = sorted((REPO / "config" / "models").glob("*.json"))
+    if not shipped:
+        pytest.skip("the checkout ships no config/models/*.json")
+    root = tmp_path / "root"
+    first = install(root)
+    models = root / "etc/aggregator/models"
+    assert sorted(p.name for p in models.glob("*.json")) == [p.name for p in shipped]
+    for model in shipped:
+        assert (models / model.name).read_bytes() == model.read_bytes()
+        assert mode(models / model.name) == 0o644
+    assert f"installed /etc/aggregator/models/{shipped[0].name}" in first.stdout
+    retrained = models / shipped[0].name
+    retrained.write_text('{"retrained": "by the team"}')
+    result = install(root)
+    assert retrained.read_text() == '{"retrained": "by the team"}'
+    dist = retrained.with_name(retrained.name + ".dist")
+    assert dist.read_bytes() == shipped[0].read_bytes()
+    assert f"kept your edited /etc/aggregator/models/{shipped[0].name}" in result.stdout
+
+
 def test_uninstall_keeps_config_token_and_data(tmp_path: Path, configs: list[Path]) -> None:
     root = tmp_path / "root"
     install(root)

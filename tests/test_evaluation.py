@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,12 +12,12 @@ import pytest
 
 from aggregator.config.load import parse_config
 from aggregator.config.model import TopicConfig
+from aggregator.measure.explain import format_explain
 from aggregator.measure.topics import (
     Item,
     LabelledDataError,
     backtest,
     format_backtest,
-    format_explain,
     format_scores,
     parse_labelled,
     read_items_csv,
@@ -24,6 +26,7 @@ from aggregator.measure.topics import (
     scores_json,
 )
 from aggregator.models import Document
+from aggregator.relevance.tiers import load_scoring
 from aggregator.rules.matcher import TopicMatcher, check_examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,13 +126,15 @@ def test_score_counts_and_leaves_out_unsure() -> None:
     items = parse_labelled(LABELLED)
     scores = score(items, matcher(("ai", "AI"), ("eo", '"executive order"'), ("other", "x")))
     assert set(scores) == {"ai", "eo"}  # a topic nobody labelled is not scored
-    ai = scores["ai"]
+    ai = scores["ai"].alert
     assert (ai.tp, ai.fp, ai.fn, ai.tn, ai.skipped) == (1, 1, 1, 2, 1)
     assert ai.precision == 0.5 and ai.recall == 0.5 and ai.f1 == 0.5
     assert ai.false_positives == (("2", "AI model launches"),)
     assert ai.false_negatives == (("3", "Senate strikes regulation"),)
-    eo = scores["eo"]
+    eo = scores["eo"].alert
     assert (eo.tp, eo.fp, eo.fn, eo.tn) == (2, 0, 0, 4)
+    # without a model, the rule alone and alert-or-review are what alerts
+    assert scores["ai"].rules_only == scores["ai"].review == ai
     assert eo.precision == 1.0 and eo.recall == 1.0
 
 
@@ -137,21 +142,55 @@ def test_scores_json_shape() -> None:
     scores = score(parse_labelled(LABELLED), matcher(("ai", "AI"), ("eo", "order")))
     data = scores_json(scores)
     assert list(data) == ["topics"]
-    assert data["topics"]["ai"] == {
-        "precision": 0.5,
-        "recall": 0.5,
-        "f1": 0.5,
-        "tp": 1,
-        "fp": 1,
-        "fn": 1,
-        "tn": 2,
-    }
+    figures = {"precision": 0.5, "recall": 0.5, "f1": 0.5, "tp": 1, "fp": 1, "fn": 1, "tn": 2}
+    assert data["topics"]["ai"] == {**figures, "rules_only": figures, "review": figures}
     json.dumps(data)  # serialisable as is
+
+
+@dataclass(frozen=True)
+class _Cut:
+    alert: float = 0.8
+    review: float = 0.5
+
+
+@dataclass(frozen=True)
+class _ScoreFromTitle:
+    """A model whose score is its title's first word: "0.9 ...", "0.6 ..."."""
+
+    thresholds: _Cut = _Cut()
+
+    def score(self, doc: Document, clauses: Collection[str]) -> float:
+        return float(doc.title.split()[0])
+
+    def movers(
+        self, doc: Document, clauses: Collection[str], n: int = 5
+    ) -> list[tuple[str, float]]:
+        return [("title", 1.0)]
+
+
+def test_eval_counts_what_alerts_in_real_time_beside_the_rule_alone_and_the_review_tier() -> None:
+    lines = [
+        json.dumps({"id": str(n), "title": title, "labels": {"ai": label}})
+        for n, (title, label) in enumerate(
+            [("0.9 AI law", 1), ("0.6 AI rules", 1), ("0.6 AI fun", 0), ("0.1 AI toy", 0),
+             ("0.1 AI ban", 1), ("0.9 Weather", 0)]
+        )
+    ]  # fmt: skip
+    topic = replace(TopicConfig("ai", "#ai", "AI"), model=Path("m.json"))
+    scoring = load_scoring([topic], lambda path, topic: _ScoreFromTitle())
+    result = score(parse_labelled(lines), matcher(("ai", "AI")), scoring)["ai"]
+    assert (result.alert.tp, result.alert.fp, result.alert.fn) == (1, 0, 2)
+    assert (result.rules_only.tp, result.rules_only.fp, result.rules_only.fn) == (3, 2, 0)
+    assert (result.review.tp, result.review.fp, result.review.fn) == (2, 1, 1)
+    text = format_scores({"ai": result}, list_errors=False)
+    assert "ai: precision 1.000  recall 0.333" in text
+    assert "the rule alone: precision 0.600  recall 1.000" in text
 
 
 def test_score_with_no_predictions_is_zero_not_an_error() -> None:
     scores = score(parse_labelled(LABELLED), matcher(("ai", "nothingmatches")))
-    assert scores["ai"].precision == 0.0 and scores["ai"].recall == 0.0 and scores["ai"].f1 == 0.0
+    ai = scores["ai"].alert
+    assert ai.precision == 0.0 and ai.recall == 0.0 and ai.f1 == 0.0
 
 
 def test_format_scores_lists_errors() -> None:
@@ -293,8 +332,8 @@ def test_shipped_topics_channels() -> None:
 def test_shipped_rules_meet_the_targets_on_the_dev_set() -> None:
     scores = score(read_labelled(DEV), TopicMatcher.compile(shipped_topics()))
     for name in ("ai-policy", "executive-orders"):
-        assert scores[name].recall >= 0.90, format_scores({name: scores[name]})
-        assert scores[name].precision >= 0.85, format_scores({name: scores[name]})
+        assert scores[name].alert.recall >= 0.90, format_scores({name: scores[name]})
+        assert scores[name].alert.precision >= 0.85, format_scores({name: scores[name]})
 
 
 @pytest.mark.skipif(not CORPUS.exists(), reason=f"{CORPUS} not found (the shared corpus is absent)")
@@ -388,3 +427,22 @@ def test_format_backtest_adds_months_for_long_histories() -> None:
     text = format_backtest(backtest(items, matcher(("ai", "AI"))), days=14)
     assert "matches per month (latest 3 of 3 months):" in text
     assert "2025-01        28" in text and "2025-03         4" in text
+
+
+def test_explain_shows_the_score_its_thresholds_its_tier_and_what_moved_it() -> None:
+    from aggregator.measure.explain import explain_scores
+
+    m = matcher(("ai", "AI"), ("eo", "order"))
+    topic = replace(TopicConfig("ai", "#ai", "AI"), model=Path("m.json"))
+    scoring = load_scoring([topic], lambda path, topic: _ScoreFromTitle())
+    for title, words in (("0.9 AI order", "it alerts now"),
+                         ("0.6 AI order", 'review digest as "possibly relevant"'),
+                         ("0.1 AI order", "it is stored, not delivered")):  # fmt: skip
+        doc = Document(title)
+        scores = explain_scores(doc, m.match(doc), scoring)
+        assert set(scores) == {"ai"}  # eo has no model: its rule decides
+        text = format_explain(m.explain(doc), scores=scores)
+        ai, eo = text.split("\n\n", 1)
+        assert "alerts from 0.80, review digest from 0.50" in ai and words in ai
+        assert "what moved the score most: title +1.00" in ai
+        assert "score" not in eo

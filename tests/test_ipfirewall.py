@@ -26,6 +26,7 @@ from aggregator.admin.ipfirewall import (
     resolve,
     resolver_destinations,
 )
+from tests.configs import link_models
 from tests.feedserver import FeedServer
 from tests.slackserver import TOKEN, SlackServer
 
@@ -187,6 +188,7 @@ def write_config(tmp_path: Path, feed_urls: list[str], slack: SlackServer) -> Pa
     config.mkdir()
     shipped_topics = (REPO / "config" / "topics.toml").read_text(encoding="utf-8")
     (config / "topics.toml").write_text(shipped_topics, encoding="utf-8")
+    link_models(config)
     (config / "aggregator.toml").write_text(f'[slack]\napi_url = "{slack.url}"\n', encoding="utf-8")
     (config / "feeds.toml").write_text(
         "".join(f'[[feeds]]\nurl = "{u}"\n' for u in feed_urls), encoding="utf-8"

@@ -205,11 +205,12 @@ def test_near_reports_only_the_words_that_were_near() -> None:
 def test_a_near_chain_reports_each_span_once_instead_of_doubling_them_per_link() -> None:
     """Each NEAR of a chain used to list its left spans once per right span: 2**links spans, so
     a 32-link chain (the depth limit) over a title with its words exhausted memory."""
-    from aggregator.rules.compile import Atoms, compile_rule
+    from aggregator.rules.compile import Atoms, Index, compile_rule
 
     words = [f"word{i}" for i in range(17)]
     rule = compile_rule(" NEAR/3 ".join(words), Atoms())
-    index = {i: [i] for i in range(17)}  # atom i (word i) at position i of the title
+    index = Index([" ".join(words)])
+    index.update({i: [i] for i in range(17)})  # atom i (word i) at position i of the title
     spans = rule.root.spans(index)
     # (((word0 NEAR word1) NEAR word2) ...) NEAR word16: the last link keeps what is near word16.
     assert sorted(spans) == [(13, 13), (14, 14), (15, 15), (16, 16)]

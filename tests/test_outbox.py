@@ -759,3 +759,32 @@ def test_a_channel_whose_pause_ends_during_a_long_pass_is_served_in_that_pass(
     assert {o.alert_id for o in outcomes if o.state == "sent"} == set(busy + waiting)
     first = slack.posts("#executive-orders")[0]
     assert first.at - START.timestamp() == pytest.approx(3.0, abs=1.01)
+
+
+def test_a_possibly_relevant_item_waits_for_the_topics_review_time_in_a_digest(
+    store: Store, slack: SlackServer, clock: FakeClock
+) -> None:
+    """START is 10:00 UTC; the topic's review times are 09:00 and 17:00 UTC by default."""
+    from aggregator.cycle.plan import NewEntry, PlannedAlert
+    from tests.storing import plan_of
+
+    items = []
+    for n, review in ((1, True), (2, True), (3, False)):
+        link = f"https://r.example/{n}"
+        entry = Entry("https://feeds.example/a", f"r{n}", link, link, f"Maybe story {n}", "",
+                      START, f"rh{n}", "Wire")  # fmt: skip
+        match = TopicMatch("ai-policy", ("AI",), score=0.6 if review else 0.9)
+        alert = PlannedAlert("#ai-policy", (match,), review)
+        items.append(NewEntry(entry, (match,), n, True, (alert,)))
+    store.apply(plan_of(items), START)
+    keys = [r[0] for r in store.db.execute("SELECT dedupe_key FROM alerts ORDER BY id")]
+    assert keys == ["review:1:#ai-policy", "review:2:#ai-policy", "alert:3:#ai-policy"]
+    box = outbox(store, slack, clock)
+    outcomes = box.deliver_due(clock())
+    assert sorted(o.state for o in outcomes) == ["held", "held", "sent"]  # only the alert now
+    clock.advance(7 * 3600)  # 17:00
+    box.deliver_due(clock())
+    top, digest = slack.posts()
+    assert "Maybe story 3" in top.text
+    assert "possibly relevant: ai-policy: 2 stories" in digest.text
+    assert sorted(digest.alert_ids) == [1, 2]

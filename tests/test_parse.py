@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -15,8 +14,7 @@ import pytest
 from aggregator.config.load import load_config
 from aggregator.ingest.dedupe import TRACKING_PARAMS, body_hash, canonical_url, content_hash
 from aggregator.ingest.parse import declares_entities, parse_feed
-from aggregator.ingest.workers import ParseJob, ParsePool, run_job
-from aggregator.models import Document, Entry, ParsedFeed, ParseError, ParseOutcome
+from aggregator.models import Entry, ParsedFeed, ParseError
 from aggregator.rules import matcher as match_module
 from aggregator.rules.matcher import TopicMatcher, match_entries
 from aggregator.text.normalise import fold_space
@@ -321,22 +319,6 @@ def test_body_hash() -> None:
     assert len(body_hash(b"")) == 64
 
 
-def _die_on_request(job: ParseJob) -> ParseOutcome:
-    """A worker that dies on one body, as a crash in a C parser or the OOM killer would."""
-    if job.body == b"die":
-        os._exit(3)
-    return run_job(job)
-
-
-def test_parse_pool_matches_inline_parsing() -> None:
-    jobs = [ParseJob(f"{URL}/{i}", RSS if i % 3 else b"", source="S") for i in range(12)]
-    with ParsePool(workers=2) as pool:
-        pooled = pool.parse_many(jobs)
-        again = pool.parse_many(jobs[:2])  # below the threshold: parsed in-process
-    assert pooled == [run_job(j) for j in jobs]
-    assert again == pooled[:2]
-
-
 MATCHING_RSS = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>Policy</title>
 <item><guid>a</guid><title>Senate passes the AI Act after a long debate</title>
 <link>https://news.example.org/a</link>
@@ -350,24 +332,6 @@ MATCHING_RSS = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>Polic
 
 def _shipped_matcher() -> TopicMatcher:
     return TopicMatcher.compile(load_config(REPO / "config", {}).topics)
-
-
-def test_a_job_with_rules_comes_back_matched_as_the_matcher_would_match() -> None:
-    matcher = _shipped_matcher()
-    job = ParseJob(URL, MATCHING_RSS, source="S", rules=matcher.rules)
-    with ParsePool(workers=2) as pool:
-        in_worker = pool.parse_many([job] * 4)  # four: at the threshold, so on the workers
-    inline = run_job(job)
-    assert isinstance(inline, ParsedFeed) and inline.matches is not None
-    expected = tuple(
-        tuple(matcher.match(Document(e.title, e.summary, e.source, e.link))) for e in inline.entries
-    )
-    assert inline.matches == expected
-    assert [[m.topic for m in ms] for ms in expected] == [["ai-policy"], ["executive-orders"], []]
-    assert in_worker == [inline] * 4
-    unmatched = run_job(ParseJob(URL, MATCHING_RSS, source="S"))
-    assert isinstance(unmatched, ParsedFeed) and unmatched.matches is None
-    assert unmatched.entries == inline.entries
 
 
 def test_a_worker_compiles_each_rule_set_once_and_follows_a_change() -> None:
@@ -385,14 +349,3 @@ def test_a_worker_compiles_each_rule_set_once_and_follows_a_change() -> None:
         ["renamed-executive-orders"],
         [],
     ]
-
-
-def test_a_dying_worker_costs_only_its_own_feed() -> None:
-    jobs = [ParseJob(f"{URL}/{i}", b"die" if i == 5 else RSS) for i in range(10)]
-    with ParsePool(workers=2, runner=_die_on_request) as pool:
-        results = pool.parse_many(jobs)
-        after = pool.parse_many(jobs[:6:2] + jobs[7:])  # the rebuilt pool keeps working
-    assert isinstance(results[5], ParseError)
-    assert "the parser process died" in results[5].reason
-    assert all(isinstance(r, ParsedFeed) for i, r in enumerate(results) if i != 5)
-    assert all(isinstance(r, ParsedFeed) for r in after)

@@ -10,6 +10,7 @@ import logging
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,13 +21,14 @@ import pytest
 
 from aggregator.config.load import load_config
 from aggregator.ingest.fetch import Fetcher
-from aggregator.ingest.workers import ParsePool
-from aggregator.models import CycleReport
+from aggregator.ingest.workers import ParseJob, ParsePool, run_job
+from aggregator.models import CycleReport, ParseOutcome
 from aggregator.notify import Outbox, make_sink
 from aggregator.pipeline import Deps, run_cycle
 from aggregator.rules.matcher import TopicMatcher
 from aggregator.store import Store
 from aggregator.stories.index import StoryIndex
+from tests.configs import link_models
 from tests.feedserver import FeedServer, Reply
 from tests.slackserver import TOKEN, Fault, SlackServer
 
@@ -98,6 +100,7 @@ class Rig:
         directory.mkdir(exist_ok=True)
         shipped = (REPO / "config" / "topics.toml").read_text(encoding="utf-8")
         (directory / "topics.toml").write_text(topics or shipped, encoding="utf-8")
+        link_models(directory)
         (directory / "aggregator.toml").write_text(
             f'[storage]\ndatabase = "{self.tmp / "bot.db"}"\n'
             f'[polling]\ninterval = "60s"\njitter = 0\n{polling}\n'
@@ -190,8 +193,11 @@ def test_seed_story_becomes_one_message_per_topic_channel(rig: Rig) -> None:
     assert posted.metadata and posted.metadata["event_type"] == "aggregator_alert"
 
 
-def test_entries_are_matched_on_the_parse_workers(rig: Rig) -> None:
-    rig._pool = ParsePool(2)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_entries_are_matched_alike_in_this_process_or_on_the_parse_workers(
+    rig: Rig, workers: int
+) -> None:
+    rig._pool = ParsePool(workers)
     url = rig.feeds.serve("/a.xml", rss(SEED_ITEM, DULL_ITEM))
     report = rig.cycle(rig.write_config([url]))
 
@@ -201,6 +207,34 @@ def test_entries_are_matched_on_the_parse_workers(rig: Rig) -> None:
         "SELECT e.guid, m.topic FROM matches m JOIN entries e ON e.id = m.entry_id ORDER BY 2"
     ).fetchall()
     assert stored == [("seed-1", "ai-policy"), ("seed-1", "executive-orders")]
+
+
+def _hang_on_marked_body(job: ParseJob) -> ParseOutcome:
+    """A parse worker that never finishes a body holding the marker, as a stuck parse would."""
+    if b"hang-here" in job.body:
+        time.sleep(3600)
+    return run_job(job)
+
+
+def test_a_hung_parse_fails_its_feed_and_the_cycle_goes_on(rig: Rig) -> None:
+    rig._pool = ParsePool(2, time_limit=5.0, runner=_hang_on_marked_body)
+    stuck = rig.feeds.serve("/stuck.xml", rss(DULL_ITEM, title="hang-here"))
+    good = rig.feeds.serve("/a.xml", rss(SEED_ITEM))
+    config = rig.write_config([stuck, good])
+    report = rig.cycle(config)
+
+    outcomes = {f.url: f for f in report.feeds}
+    assert (outcomes[stuck].status, outcomes[stuck].reason) == (
+        "failed",
+        f"parse failed: {stuck!r}: took longer than 5 s",
+    )
+    assert (outcomes[good].status, outcomes[good].alerts) == ("fetched", 2)
+    assert channels(rig.slack) == {"#ai-policy": 1, "#executive-orders": 1}
+
+    rig.feeds.serve("/stuck.xml", rss(DULL_ITEM))  # the feed mends; the pool was never stuck
+    rig.clock.advance(120)
+    again = {f.url: f for f in rig.cycle(config).feeds}
+    assert (again[stuck].status, again[stuck].new_entries) == ("fetched", 1)
 
 
 def test_second_poll_posts_nothing(rig: Rig) -> None:
@@ -545,3 +579,35 @@ def test_a_cycle_that_fails_while_writing_leaves_no_phantom_story_behind(rig: Ri
         runtime.close()
     assert (report.new_entries, report.alerts) == (1, 2)
     assert stories == [{"id": 1}]
+
+
+def test_the_service_scores_what_the_rules_catch_with_the_shipped_models(rig: Rig) -> None:
+    """The real path: the Runtime loads the shipped models, the planner scores each caught item.
+    The seed story alerts in both channels; an item the executive-orders net catches but its
+    model scores low is stored with its score and not alerted."""
+    from aggregator.service.runtime import Runtime
+
+    now = datetime.now(UTC)
+    summary = (
+        "As coronavirus cases rocket upward in many parts of the state, bars across California, "
+        "many of which reopened only recently, are being forced to close again."
+    )
+    title = "It's last call - again - as many bars are forced to close amid coronavirus surge"
+    bars = ("bars-1", title, "https://news.example/bars", now - timedelta(minutes=9), summary)
+    seed = ("seed-1", SEED, "https://news.example/ai-order", now - timedelta(minutes=5), SEED_TEXT)
+    config = rig.write_config([rig.feeds.serve("/a.xml", rss(seed, bars))])
+    runtime = Runtime(config, {}, parse_workers=1)
+    try:
+        assert set(runtime.scoring.scorers) == {"ai-policy", "executive-orders"}
+        report = runtime.cycle(everything=True)
+        scores = runtime.store.db.rows(
+            "SELECT e.guid, m.topic, m.score FROM matches m JOIN entries e ON e.id = m.entry_id "
+            "ORDER BY e.guid, m.topic"
+        )
+        alerts = runtime.store.db.rows("SELECT dedupe_key FROM alerts ORDER BY id")
+    finally:
+        runtime.close()
+    assert report.alerts == 2 and len(alerts) == 2
+    by = {(r["guid"], r["topic"]): r["score"] for r in scores}
+    assert by[("seed-1", "ai-policy")] > 0.89 and by[("seed-1", "executive-orders")] > 0.34
+    assert by[("bars-1", "executive-orders")] < 0.29  # caught by the net, below review

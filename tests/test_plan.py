@@ -8,8 +8,10 @@ its ops notice) is checked here on plain values: a stored view, a story window, 
 from __future__ import annotations
 
 import random
-from dataclasses import replace
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,7 @@ from aggregator.cycle.plan import (
     plan_feed,
 )
 from aggregator.models import (
+    Document,
     Entry,
     FeedResult,
     FeedState,
@@ -36,6 +39,7 @@ from aggregator.models import (
     ParseError,
     TopicMatch,
 )
+from aggregator.relevance.tiers import Tier, load_scoring
 from aggregator.stories.index import StoryIndex
 
 NOW = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -228,3 +232,68 @@ def test_a_permanent_redirect_is_followed_and_said() -> None:
     p = plan(parsed(), source=Fetched(feed(), moved, "x"))
     assert p.moved_to == "https://new.example/feed"
     assert "moved permanently to https://new.example/feed" in p.outcome.reason
+
+
+# -- the learned score -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cut:
+    alert: float = 0.8
+    review: float = 0.5
+
+
+@dataclass(frozen=True)
+class ScoreByWord:
+    """A model whose score is written in the title: "strong" .9, "maybe" .6, else .1."""
+
+    thresholds: Cut = Cut()
+
+    def score(self, doc: Document, clauses: Collection[str]) -> float:
+        return 0.9 if "strong" in doc.title else 0.6 if "maybe" in doc.title else 0.1
+
+    def movers(
+        self, doc: Document, clauses: Collection[str], n: int = 5
+    ) -> list[tuple[str, float]]:
+        return []
+
+
+def test_a_topic_with_a_model_alerts_reviews_or_only_stores_by_its_score() -> None:
+    scoring = load_scoring(
+        [replace(TOPICS[0], model=Path("m.json"))], lambda path, topic: ScoreByWord()
+    )
+    rules = replace(policy(), scoring=scoring)
+    items = parsed(
+        (entry(1, "A strong AI story"), (AI, EO)),
+        (entry(2, "A maybe AI story about tariffs"), (AI, ECON)),
+        (entry(3, "A weak AI story"), (AI,)),
+    )
+    strong, maybe, weak = only_new(plan(items, rules=rules))
+    assert [(a.channel, a.review) for a in strong.alerts] == [
+        ("#ai-policy", False), ("#executive-orders", False),
+    ]  # fmt: skip
+    assert strong.matches[0].score == 0.9 and strong.matches[1].score is None  # EO has no model
+    assert [(a.channel, [t.topic for t in a.topics], a.review) for a in maybe.alerts] == [
+        ("#executive-orders", ["economy"], False), ("#ai-policy", ["ai-policy"], True),
+    ]  # fmt: skip
+    assert weak.alerts == () and weak.matches[0].score == 0.1
+    assert (weak.story_id, weak.starts_story) == (12, True)  # still a story: the rule matched
+
+
+def test_a_feeds_own_topics_alert_whatever_the_score() -> None:
+    primary = FeedConfig(URL, "White House", topics=("ai-policy",), primary=True)
+    scoring = load_scoring(
+        [replace(TOPICS[0], model=Path("m.json"))], lambda path, topic: ScoreByWord()
+    )
+    rules = replace(policy(primary), scoring=scoring)
+    (step,) = only_new(plan(parsed((entry(1, "A weak item"), (AI,))), rules=rules))
+    assert [(a.channel, a.review) for a in step.alerts] == [("#ai-policy", False)]
+
+
+def test_thresholds_in_topics_toml_win_over_the_models_own() -> None:
+    topic = replace(TOPICS[0], model=Path("m.json"), alert_threshold=0.95, review_threshold=0.99)
+    scorer = load_scoring([topic], lambda path, topic: ScoreByWord()).scorers["ai-policy"]
+    assert (scorer.alert, scorer.review) == (0.95, 0.95)  # review is never above alert
+    assert scorer.tier(0.9) == Tier.BELOW and scorer.tier(0.95) == Tier.ALERT
+    default = load_scoring([replace(TOPICS[0], model=Path("m.json"))], lambda p, t: ScoreByWord())
+    assert default.scorers["ai-policy"].tier(0.6) == Tier.REVIEW

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from aggregator.ingest.procpool import ProcessPool, WorkerDied
+from aggregator.ingest.procpool import CallTimedOut, ProcessPool, WorkerDied
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +28,32 @@ def square_or_die(n: int) -> int:
     return n * n
 
 
+def square_or_hang(n: int) -> tuple[int, int]:
+    """``(pid, n * n)``; -3 sleeps for an hour, as a parse stuck waiting would."""
+    if n == -3:
+        time.sleep(3600)
+    return os.getpid(), n * n
+
+
+def size_or_backtrack(arg: bytes) -> int:
+    """Its length; b"backtrack" never ends inside the regex engine, which holds the GIL: the
+    worker's thread that reads stdin stops too, so the requests behind it fill the pipe."""
+    if arg == b"backtrack":
+        re.fullmatch(r"(a+)+b", "a" * 64)
+    return len(arg)
+
+
+_SET_UP: list[int] = []  # each process has its own
+
+
+def note_setup() -> None:
+    _SET_UP.append(os.getpid())
+
+
+def setup_calls(_: int) -> tuple[int, list[int]]:
+    return os.getpid(), list(_SET_UP)
+
+
 def test_results_in_order_and_exceptions_travel_back() -> None:
     pool: ProcessPool[int, int] = ProcessPool(square_or_die, 2)
     try:
@@ -35,6 +64,63 @@ def test_results_in_order_and_exceptions_travel_back() -> None:
         assert pool.submit(7).result(timeout=60) == 49  # the worker survived the exception
     finally:
         pool.shutdown()
+
+
+def test_setup_runs_once_in_each_worker_before_its_calls_and_never_here() -> None:
+    pool: ProcessPool[int, tuple[int, list[int]]] = ProcessPool(setup_calls, 2, setup=note_setup)
+    try:
+        seen = [f.result(timeout=60) for f in [pool.submit(n) for n in range(20)]]
+    finally:
+        pool.shutdown()
+    assert all(calls == [pid] for pid, calls in seen)  # once, in that very worker
+    assert 1 <= len({pid for pid, _ in seen}) <= 2
+    assert _SET_UP == []
+
+
+def test_a_function_a_worker_cannot_import_is_refused_at_once() -> None:
+    def nested(n: int) -> int:
+        return n
+
+    with pytest.raises(ValueError, match="not a top-level function"):
+        ProcessPool(nested, 1)
+    with pytest.raises(ValueError, match="not a top-level function"):
+        ProcessPool(square_or_die, 1, setup=lambda: None)
+
+
+def test_a_call_past_its_time_limit_fails_and_a_new_worker_runs_the_rest() -> None:
+    pool: ProcessPool[int, tuple[int, int]] = ProcessPool(square_or_hang, 1)
+    try:
+        first = pool.submit(2).result(timeout=60)
+        hung = pool.submit(-3, time_limit=1.0)
+        behind = [pool.submit(n) for n in (4, 5)]  # queued behind the hung call
+        with pytest.raises(CallTimedOut, match=r"^took longer than 1 s$"):
+            hung.result(timeout=60)
+        after = [f.result(timeout=60) for f in behind]
+        later = pool.submit(6, time_limit=30.0).result(timeout=60)
+    finally:
+        pool.shutdown()
+    assert first[1] == 4 and [n for _, n in after] == [16, 25] and later[1] == 36
+    replacement = {pid for pid, _ in [*after, later]}
+    assert first[0] not in replacement and len(replacement) == 1  # the hung worker was replaced
+    assert first[0] not in _children(os.getpid())  # ... and is gone, not left hanging
+    assert not Path(f"/proc/{first[0]}").exists()
+
+
+def test_a_worker_hung_with_the_gil_held_cannot_block_the_requests_behind_it() -> None:
+    big = b"x" * (4 << 20)  # far more than a pipe holds
+    pool: ProcessPool[bytes, int] = ProcessPool(size_or_backtrack, 1)
+    try:
+        assert pool.submit(b"warm").result(timeout=60) == 4
+        hung = pool.submit(b"backtrack", time_limit=1.0)
+        behind = [pool.submit(big) for _ in range(3)]
+        with pytest.raises(CallTimedOut):
+            hung.result(timeout=60)
+        assert [f.result(timeout=60) for f in behind] == [len(big)] * 3
+    finally:  # bounded: a feeder stuck in a write would hang the shutdown, and the suite
+        closing = threading.Thread(target=pool.shutdown, daemon=True)
+        closing.start()
+        closing.join(60)
+    assert not closing.is_alive(), "the pool did not shut down: a write blocked for good"
 
 
 def test_a_dying_worker_fails_only_the_call_it_was_running() -> None:
@@ -109,7 +195,7 @@ def test_a_worker_that_cannot_start_fails_the_call_instead_of_hanging(
 ) -> None:
     import aggregator.ingest.procpool as procpool
 
-    def no_processes(fn: object) -> subprocess.Popen[bytes]:
+    def no_processes(names: tuple[str, str]) -> subprocess.Popen[bytes]:
         raise OSError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(procpool, "_start_worker", no_processes)

@@ -25,6 +25,7 @@ import pytest
 from aggregator.errors import DeliveryError
 from aggregator.notify.render import Message
 from aggregator.notify.slack import SlackSink
+from tests.configs import link_models
 from tests.feedserver import FeedServer
 from tests.slackserver import Fault, SlackServer
 
@@ -90,6 +91,7 @@ class Bot:
         self.token = token
         self.slack = slack
         shutil.copy(ROOT / "config" / "topics.toml", self.config / "topics.toml")
+        link_models(self.config)
         (self.config / "aggregator.toml").write_text(
             '[fetch]\nallow_private = true\nparse_workers = 1\n[slack]\nops_channel = "#ops"\n'
         )

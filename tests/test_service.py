@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests import waiting
+from tests.configs import link_models
 from tests.feedserver import FeedServer
 from tests.slackserver import TOKEN, Fault, SlackServer
 
@@ -233,6 +234,7 @@ class World:
     ) -> None:
         shipped = (REPO / "config" / "topics.toml").read_text(encoding="utf-8")
         (self.config / "topics.toml").write_text(topics or shipped, encoding="utf-8")
+        link_models(self.config)
         (self.config / "aggregator.toml").write_text(
             f'[polling]\ninterval = "10s"\njitter = 0\n{polling}\n'
             '[fetch]\ntimeout = "2s"\ndeadline = "6s"\nparse_workers = 1\nallow_private = true\n'
@@ -626,6 +628,7 @@ def test_the_reload_summary_names_what_changed(tmp_path: Path) -> None:
         directory.mkdir()
         shipped = (REPO / "config" / "topics.toml").read_text(encoding="utf-8")
         (directory / "topics.toml").write_text(shipped.replace("#ai-policy", topics))
+        link_models(directory)
         (directory / "aggregator.toml").write_text(settings)
         (directory / "feeds.toml").write_text(
             "\n".join(f'[[feeds]]\nurl = "{u}"\nname = "n"\n' for u in feeds)

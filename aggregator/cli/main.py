@@ -179,15 +179,28 @@ def poll(obj: Context, once: bool) -> None:
 @click.pass_obj
 def check_config(obj: Context) -> None:
     """Validate the config files and run every topic's examples. Exit 2 on any problem."""
+    from aggregator.relevance.tiers import load_models, stale_models
     from aggregator.rules.matcher import check_examples
 
     config = obj.load()
     problems = check_examples(config.topics)
     if problems:
         fail_config(ConfigError(problems))
+    try:
+        scoring = load_models(config.topics)
+    except ConfigError as e:
+        fail_config(e)
+        return
+    for note in stale_models(config.topics, scoring):
+        click.echo(f"note: {note}", err=True)
+    models = ", ".join(
+        f"{name} (alert {s.alert:.2f}, review {s.review:.2f})"
+        for name, s in scoring.scorers.items()
+    )
     click.echo(
         f"config OK: {obj.config_dir}: {len(config.feeds)} feeds, {len(config.topics)} topics "
         f"({', '.join(t.name for t in config.topics)}); examples pass"
+        + (f"; models: {models}" if models else "")
     )
 
 

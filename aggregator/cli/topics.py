@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the commands import what they need when they run, to start 
     from aggregator.config.model import TopicConfig
     from aggregator.measure.topics import Item
     from aggregator.models import Entry
+    from aggregator.relevance.tiers import Scoring
     from aggregator.rules.matcher import TopicMatcher
     from aggregator.store import Store
 
@@ -38,7 +39,8 @@ def _topics_from(obj: Context, topics_file: Path | None) -> tuple[Config | None,
     except (OSError, UnicodeDecodeError) as e:
         raise click.ClickException(f"cannot read {topics_file}: {e}") from e
     try:
-        topics = parse_config({"topics.toml": text}).topics
+        # a candidate's models are found beside it, as the live ones beside config/topics.toml
+        topics = parse_config({"topics.toml": text}, directory=topics_file.parent).topics
     except ConfigError as e:
         named = [p.replace("topics.toml", str(topics_file), 1) for p in e.problems]
         fail_config(ConfigError(named))
@@ -50,6 +52,17 @@ def _matcher(topics: list[TopicConfig]) -> TopicMatcher:
     from aggregator.rules.matcher import TopicMatcher
 
     return TopicMatcher.compile(topics)
+
+
+def _scoring(topics: list[TopicConfig]) -> Scoring:
+    """The topics' models, loaded (exit 2 naming the topic when one cannot be used)."""
+    from aggregator.relevance.tiers import load_models
+
+    try:
+        return load_models(topics)
+    except ConfigError as e:
+        fail_config(e)
+        raise  # unreachable: fail_config exits
 
 
 @main.command("eval")
@@ -78,7 +91,7 @@ def eval_command(obj: Context, file: Path, as_json: bool, topics_file: Path | No
     except AggregatorError as e:
         click.echo(f"eval: {e}", err=True)
         sys.exit(2)
-    scores = score(items, _matcher(topics))
+    scores = score(items, _matcher(topics), _scoring(topics))
     if as_json:
         click.echo(json.dumps(scores_json(scores), indent=2))
     else:
@@ -113,7 +126,7 @@ def explain(
     already in the database. Matched words are highlighted; each clause is shown with the query
     comment that says what it is for; an exclusion that vetoed the item is named.
     """
-    from aggregator.measure.topics import format_explain
+    from aggregator.measure.explain import explain_scores, format_explain
     from aggregator.models import Document
 
     config, topics = _topics_from(obj, topics_file)
@@ -154,7 +167,9 @@ def explain(
     def mark(word: str) -> str:
         return click.style(f"[{word}]", fg="yellow", bold=True)
 
-    click.echo(format_explain(_matcher(topics).explain(doc), mark=mark), nl=False)
+    matcher = _matcher(topics)
+    scores = explain_scores(doc, matcher.match(doc), _scoring(topics))
+    click.echo(format_explain(matcher.explain(doc), mark=mark, scores=scores), nl=False)
     for note in notes:
         click.echo(f"note: {note}")
 

@@ -11,16 +11,20 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aggregator.config.model import (
+    REVIEW_AT,
     Config,
+    FeedbackSettings,
     FeedConfig,
     Settings,
     TopicConfig,
 )
+from aggregator.config.reactions import overlap, reaction_names
 from aggregator.config.values import (
     MAX_ATTEMPTS,
     MAX_CONCURRENCY,
@@ -72,7 +76,13 @@ def load_config(directory: str | Path, environ: Mapping[str, str] | None = None)
             problems.append(f"{path}: cannot read: {e}")
     if problems:
         raise ConfigError(problems)
-    return parse_config(texts, directory=directory, environ=environ or {})
+    config = parse_config(texts, directory=directory, environ=environ or {})
+    # One path per model file, however the config directory was named (a symlink, ./config);
+    # whether the file is there and sound is for whoever loads it (check-config, run, train).
+    topics = tuple(
+        replace(t, model=t.model.resolve()) if t.model is not None else t for t in config.topics
+    )
+    return replace(config, topics=topics)
 
 
 def parse_config(
@@ -100,7 +110,7 @@ def parse_config(
         return _Reporter(label, texts.get(name, ""), problems)
 
     settings = _settings(docs["aggregator.toml"], reporter("aggregator.toml"), environ)
-    topics = _topics(docs["topics.toml"], reporter("topics.toml"))
+    topics = _topics(docs["topics.toml"], reporter("topics.toml"), directory)
     feeds = _feeds(docs["feeds.toml"], reporter("feeds.toml"), {t.name for t in topics})
     if problems:
         raise ConfigError(problems)
@@ -279,7 +289,7 @@ def _clock(value: object) -> str:
 
 def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -> Settings:
     d = Settings()
-    sections = {"storage", "polling", "fetch", "slack", "stories"}
+    sections = {"storage", "polling", "fetch", "slack", "stories", "feedback"}
     _check_keys(doc, sections, (), rep)
 
     def section(name: str, keys: set[str]) -> dict[str, Any]:
@@ -297,10 +307,11 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
     fetch = section(
         "fetch",
         {"timeout", "deadline", "max_body", "max_redirects", "concurrency", "parse_workers"}
-        | {"user_agent", "failing_after", "allow_private", "allow_networks"},
+        | {"user_agent", "failing_after", "allow_private", "allow_networks", "parse_timeout"},
     )
     slack = section("slack", {"api_url", "ops_channel", "max_attempts", "per_channel_interval"})
     stories = section("stories", {"window", "reply_batch"})
+    feedback = section("feedback", {"enabled", "window", "read_every", "relevant", "not_relevant"})
     f = ("fetch",)
     api_url = _get(slack, "api_url", _http_url, d.slack_api_url, ("slack",), rep)
     if environ.get("SLACK_API_URL"):
@@ -337,6 +348,7 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
         parse_workers=number(
             fetch, "fetch", "parse_workers", d.parse_workers, (0, MAX_PARSE_WORKERS)
         ),
+        parse_timeout=duration(fetch, "fetch", "parse_timeout", d.parse_timeout),
         failing_after=duration(fetch, "fetch", "failing_after", d.failing_after),
         user_agent=_get(fetch, "user_agent", _string, d.user_agent, f, rep),
         allow_private=_get(fetch, "allow_private", _boolean, d.allow_private, f, rep),
@@ -349,10 +361,28 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
         ),
         story_window=duration(stories, "stories", "window", d.story_window),
         reply_batch=duration(stories, "stories", "reply_batch", d.reply_batch),
+        feedback=_feedback(feedback, rep, duration),
     )
     if settings.fetch_deadline < settings.fetch_timeout:
         rep.error(("fetch", "deadline"), "must be at least fetch.timeout")
     return settings
+
+
+def _feedback(
+    table: dict[str, Any], rep: _Reporter, duration: Callable[..., float]
+) -> FeedbackSettings:
+    d, f = FeedbackSettings(), ("feedback",)
+    relevant = _get(table, "relevant", reaction_names, d.relevant, f, rep)
+    not_relevant = _get(table, "not_relevant", reaction_names, d.not_relevant, f, rep)
+    if both := overlap(relevant, not_relevant):
+        rep.error((*f, "not_relevant"), f"also in feedback.relevant: {', '.join(both)}")
+    return FeedbackSettings(
+        enabled=_get(table, "enabled", _boolean, d.enabled, f, rep),
+        window=duration(table, "feedback", "window", d.window),
+        read_every=duration(table, "feedback", "read_every", d.read_every),
+        relevant=relevant,
+        not_relevant=not_relevant,
+    )
 
 
 _TOPIC_KEYS = {
@@ -367,10 +397,16 @@ _TOPIC_KEYS = {
     "quiet_hours",
     "urgent",
     "description",
+    "model",
+    "alert_threshold",
+    "review_threshold",
+    "review_at",
 }
 
 
-def _topics(doc: dict[str, Any], rep: _Reporter) -> tuple[TopicConfig, ...]:
+def _topics(
+    doc: dict[str, Any], rep: _Reporter, directory: Path | None = None
+) -> tuple[TopicConfig, ...]:
     from aggregator.rules import syntax as rules  # the rule language validates queries
 
     _check_keys(doc, {"topics"}, (), rep)
@@ -447,9 +483,42 @@ def _topics(doc: dict[str, Any], rep: _Reporter) -> tuple[TopicConfig, ...]:
                 timezone=timezone,
                 quiet_hours=quiet,
                 urgent=_get(raw, "urgent", _boolean, False, path, rep),
+                **_relevance(raw, path, rep, directory),
             )
         )
     return tuple(topics)
+
+
+def _relevance(
+    raw: Mapping[str, Any], path: tuple[str | int, ...], rep: _Reporter, directory: Path | None
+) -> dict[str, Any]:
+    """A topic's model (a path relative to the config directory) and its thresholds."""
+    model = _get(raw, "model", _string, None, path, rep)
+    alert = _get(raw, "alert_threshold", _probability, None, path, rep)
+    review = _get(raw, "review_threshold", _probability, None, path, rep)
+    if model is None and (alert is not None or review is not None):
+        key = "alert_threshold" if alert is not None else "review_threshold"
+        rep.error((*path, key), 'a threshold needs a model: add model = "models/NAME.json"')
+    if alert is not None and review is not None and review > alert:
+        rep.error((*path, "review_threshold"), f"must be at most alert_threshold ({alert:g})")
+    review_at = _get(raw, "review_at", lambda v: tuple(_clock(x) for x in v), REVIEW_AT, path, rep)
+    resolved = None
+    if model:
+        resolved = directory / model if directory is not None else Path(model)
+    return {
+        "model": resolved,
+        "alert_threshold": alert,
+        "review_threshold": review,
+        "review_at": review_at,
+    }
+
+
+def _probability(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number from 0 to 1, got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:  # also refuses nan
+        raise ValueError(f"expected a number from 0 to 1, got {value!r}")
+    return float(value)
 
 
 def _feeds(doc: dict[str, Any], rep: _Reporter, topic_names: set[str]) -> tuple[FeedConfig, ...]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aggregator.config.reactions import DEFAULT_NOT_RELEVANT, DEFAULT_RELEVANT
+
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+REVIEW_AT = ("09:00", "17:00")
 USER_AGENT = "aggregator/0.1 (political-news alert bot; +https://github.com/aggregator)"
 
 
@@ -35,6 +38,21 @@ class TopicConfig:
     timezone: str = "UTC"
     quiet_hours: tuple[str, str] | None = None  # ("22:00", "07:00") in ``timezone``
     urgent: bool = False  # urgent topics ignore quiet hours
+    model: Path | None = None  # the learned relevance score behind the query (a JSON file)
+    alert_threshold: float | None = None  # None: the model's own
+    review_threshold: float | None = None  # None: the model's own
+    review_at: tuple[str, ...] = REVIEW_AT  # when "possibly relevant" items go out, in ``timezone``
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackSettings:
+    """``[feedback]``: reading the team's reactions on alerts as labels."""
+
+    enabled: bool = True  # the service reads reactions on its own schedule
+    window: float = 7 * 86400.0  # alerts sent this recently are read; older labels stay
+    read_every: float = 15 * 60.0
+    relevant: tuple[str, ...] = DEFAULT_RELEVANT  # emoji names, as written in the config
+    not_relevant: tuple[str, ...] = DEFAULT_NOT_RELEVANT
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +71,7 @@ class Settings:
     allow_networks: tuple[str, ...] = ()  # networks fetched even if internal, e.g. "10.1.0.0/16"
     concurrency: int = 16
     parse_workers: int = 0  # 0 means one per core
+    parse_timeout: float = 60.0  # one feed's parse and match on a worker; then it fails
     backoff_cap: float = 6 * 3600.0
     failing_after: float = 24 * 3600.0  # failing this long earns an ops notice
     user_agent: str = USER_AGENT
@@ -62,6 +81,7 @@ class Settings:
     per_channel_interval: float = 1.0
     story_window: float = 72 * 3600.0
     reply_batch: float = 300.0
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
 
 
 @dataclass(frozen=True, slots=True)

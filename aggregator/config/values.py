@@ -26,9 +26,12 @@ DURATION_RANGES: dict[str, tuple[float, float]] = {
     "fetch.timeout": (0.1, 10 * MINUTE),
     "fetch.deadline": (0.1, HOUR),
     "fetch.failing_after": (0.0, 365 * DAY),
+    "fetch.parse_timeout": (1.0, HOUR),
     "slack.per_channel_interval": (0.0, HOUR),
     "stories.window": (0.0, 365 * DAY),
     "stories.reply_batch": (0.0, DAY),
+    "feedback.window": (HOUR, 90 * DAY),
+    "feedback.read_every": (MINUTE, DAY),
     "feeds[].interval": (10.0, 30 * DAY),
     "topics.*.digest_every": (MINUTE, 30 * DAY),
 }

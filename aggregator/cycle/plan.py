@@ -6,6 +6,9 @@ those entries (:class:`StoredView`, read in one call), and of the story window. 
 - which entries are new, which changed their text and which were seen before;
 - for each new entry: its story (the story of an earlier entry with the same link, a story of
   the window it resembles, or a new one), and its alerts, one per channel;
+- for a topic with a model: the item's score and tier, so that it alerts now, goes to the
+  topic's review digest as "possibly relevant", or is only stored
+  (:mod:`aggregator.relevance.tiers`);
 - first-poll silence: on a feed's first poll, items older than ``first_poll_window`` are stored
   without alerts, so adding forty feeds does not flood Slack;
 - follow-ups: a fresh entry that joins a story already alerted becomes a reply in each alert's
@@ -27,6 +30,7 @@ from datetime import datetime, timedelta
 from aggregator.config.model import Config, FeedConfig, Settings
 from aggregator.cycle import schedule
 from aggregator.models import (
+    Document,
     Entry,
     FeedOutcome,
     FeedResult,
@@ -40,6 +44,7 @@ from aggregator.models import (
     ParseOutcome,
     TopicMatch,
 )
+from aggregator.relevance.tiers import NO_SCORING, Scoring, Tier
 from aggregator.stories.decide import decide
 from aggregator.stories.index import StoryIndex
 
@@ -66,18 +71,21 @@ class StoredView:
 
 @dataclass(frozen=True)
 class Policy:
-    """The config, as the planner reads it: settings, feeds by URL, each topic's channel."""
+    """The config, as the planner reads it: settings, feeds by URL, each topic's channel, and
+    the topics' learned scores."""
 
     settings: Settings
     feeds: Mapping[str, FeedConfig]
     channels: Mapping[str, str]
+    scoring: Scoring = NO_SCORING
 
     @classmethod
-    def from_config(cls, config: Config) -> Policy:
+    def from_config(cls, config: Config, scoring: Scoring = NO_SCORING) -> Policy:
         return cls(
             config.settings,
             {f.url: f for f in config.feeds},
             {t.name: t.channel for t in config.topics},
+            scoring,
         )
 
     def feed_config(self, feed: FeedState) -> FeedConfig | None:
@@ -101,6 +109,7 @@ class PlannedAlert:
 
     channel: str
     topics: tuple[TopicMatch, ...]
+    review: bool = False  # "possibly relevant": for the topics' review digest, not an alert now
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +284,7 @@ def _entry_steps(
         fresh = silent_before is None or (
             entry.published is not None and entry.published >= silent_before
         )
+        matches, tiers = _judged(entry, matches, every_item, policy.scoring)
         feats = stories.features(entry, now)
         if url_story is not None:  # the same link was stored before: a repeat, never news
             step = NewEntry(entry, matches, url_story)
@@ -282,7 +292,7 @@ def _entry_steps(
             decision = decide(feats, stories, now, window, explain=False)
             joined = decision.story_id
             story_id = joined if joined is not None else next_story
-            alerts = _by_channel(matches, policy.channels) if fresh else ()
+            alerts = _alerts(matches, tiers, policy.channels) if fresh else ()
             step = NewEntry(
                 entry, matches, story_id, starts_story=joined is None, alerts=alerts,
                 follow_up=joined is not None and fresh,
@@ -307,16 +317,31 @@ def _with_feed_topics(
     return tuple(found.values())
 
 
-def _by_channel(
-    matches: Sequence[TopicMatch], channels: Mapping[str, str]
+def _judged(
+    entry: Entry, matches: Sequence[TopicMatch], every_item: Sequence[str], scoring: Scoring
+) -> tuple[tuple[TopicMatch, ...], tuple[Tier, ...]]:
+    """Each match with its score and tier. A feed's own topics alert whatever the score: the
+    operator said every item of that feed belongs to them."""
+    doc = Document(entry.title, entry.summary, entry.source, entry.link)
+    judged = [(m, Tier.ALERT) if m.topic in every_item else scoring.judge(doc, m) for m in matches]
+    return tuple(m for m, _ in judged), tuple(t for _, t in judged)
+
+
+def _alerts(
+    matches: Sequence[TopicMatch], tiers: Sequence[Tier], channels: Mapping[str, str]
 ) -> tuple[PlannedAlert, ...]:
-    """One alert per channel: topics that share a channel share one message."""
-    grouped: dict[str, list[TopicMatch]] = {}
-    for m in matches:
-        channel = channels.get(m.topic)
-        if channel is not None:  # a topic that left the config since the worker matched
-            grouped.setdefault(channel, []).append(m)
-    return tuple(PlannedAlert(channel, tuple(ms)) for channel, ms in grouped.items())
+    """One alert per channel for the topics that alert (topics that share a channel share one
+    message), then one "possibly relevant" item per channel for the topics in review."""
+    planned: list[PlannedAlert] = []
+    for tier in (Tier.ALERT, Tier.REVIEW):
+        grouped: dict[str, list[TopicMatch]] = {}
+        for m, t in zip(matches, tiers, strict=True):
+            channel = channels.get(m.topic)
+            if t == tier and channel is not None:  # a topic may have left the config
+                grouped.setdefault(channel, []).append(m)
+        review = tier == Tier.REVIEW
+        planned.extend(PlannedAlert(c, tuple(ms), review) for c, ms in grouped.items())
+    return tuple(planned)
 
 
 def _finish(

@@ -16,7 +16,7 @@ from typing import Any
 
 from aggregator.errors import AggregatorError
 from aggregator.models import Document
-from aggregator.rules.explain import ClauseResult, TopicExplanation
+from aggregator.relevance.tiers import NO_SCORING, Scoring, Tier
 from aggregator.rules.matcher import TopicMatcher
 
 Progress = Callable[[int], None]  # called with the number of items just processed
@@ -174,49 +174,104 @@ class TopicScore:
         }
 
 
-def score(items: Sequence[Item], matcher: TopicMatcher) -> dict[str, TopicScore]:
+@dataclass(frozen=True, slots=True)
+class TopicEval:
+    """A topic's figures three ways: what alerts in real time (the rule, and the score at or
+    above the alert threshold when the topic has a model), the rule alone, and what alerts or
+    goes to the review digest."""
+
+    alert: TopicScore
+    rules_only: TopicScore
+    review: TopicScore
+    scored: bool  # the topic has a model
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.alert.as_dict(),
+            "rules_only": self.rules_only.as_dict(),
+            "review": self.review.as_dict(),
+        }
+
+
+def score(
+    items: Sequence[Item], matcher: TopicMatcher, scoring: Scoring = NO_SCORING
+) -> dict[str, TopicEval]:
     """Precision, recall and F1 per topic that both the matcher and the labels know.
 
     An item whose ``unsure`` lists a topic is left out of that topic's score.
     """
     names = [n for n in matcher.topic_names if any(n in item.labels for item in items)]
-    counts = {n: {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "skipped": 0} for n in names}
-    wrong: dict[str, dict[str, list[tuple[str, str]]]] = {n: {"fp": [], "fn": []} for n in names}
+    systems = ("alert", "rules_only", "review")
+    tally = {(n, s): _Tally() for n in names for s in systems}
     for item in items:
-        found = {m.topic for m in matcher.match(item.document())}
+        doc = item.document()
+        tiers: dict[str, Tier] = {}
+        for m in matcher.match(doc):
+            tiers[m.topic] = scoring.judge(doc, m)[1]
         for name in names:
             if name not in item.labels:
                 continue
-            if name in item.unsure:
-                counts[name]["skipped"] += 1
-                continue
-            truth, guess = item.labels[name] == 1, name in found
-            outcome = ("tp" if guess else "fn") if truth else ("fp" if guess else "tn")
-            counts[name][outcome] += 1
-            if outcome in ("fp", "fn"):
-                wrong[name][outcome].append((item.id, item.title))
+            truth = item.labels[name] == 1
+            tier = tiers.get(name)
+            guesses = {
+                "alert": tier == Tier.ALERT,
+                "rules_only": tier is not None,
+                "review": tier in (Tier.ALERT, Tier.REVIEW),
+            }
+            for system, guess in guesses.items():
+                tally[name, system].add(item, truth, guess, unsure=name in item.unsure)
     return {
-        name: TopicScore(
-            name,
-            **counts[name],
-            false_positives=tuple(wrong[name]["fp"]),
-            false_negatives=tuple(wrong[name]["fn"]),
+        name: TopicEval(
+            alert=tally[name, "alert"].result(name),
+            rules_only=tally[name, "rules_only"].result(name),
+            review=tally[name, "review"].result(name),
+            scored=name in scoring.scorers,
         )
         for name in names
     }
 
 
-def scores_json(scores: dict[str, TopicScore]) -> dict[str, Any]:
+class _Tally:
+    def __init__(self) -> None:
+        self.counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "skipped": 0}
+        self.wrong: dict[str, list[tuple[str, str]]] = {"fp": [], "fn": []}
+
+    def add(self, item: Item, truth: bool, guess: bool, *, unsure: bool) -> None:
+        if unsure:
+            self.counts["skipped"] += 1
+            return
+        outcome = ("tp" if guess else "fn") if truth else ("fp" if guess else "tn")
+        self.counts[outcome] += 1
+        if outcome in ("fp", "fn"):
+            self.wrong[outcome].append((item.id, item.title))
+
+    def result(self, name: str) -> TopicScore:
+        return TopicScore(
+            name,
+            **self.counts,
+            false_positives=tuple(self.wrong["fp"]),
+            false_negatives=tuple(self.wrong["fn"]),
+        )
+
+
+def scores_json(scores: dict[str, TopicEval]) -> dict[str, Any]:
     return {"topics": {name: s.as_dict() for name, s in scores.items()}}
 
 
-def format_scores(scores: dict[str, TopicScore], *, list_errors: bool = True) -> str:
+def format_scores(scores: dict[str, TopicEval], *, list_errors: bool = True) -> str:
     lines: list[str] = []
-    for name, s in scores.items():
+    for name, e in scores.items():
+        s = e.alert
         lines.append(
             f"{name}: precision {s.precision:.3f}  recall {s.recall:.3f}  f1 {s.f1:.3f}  "
             f"(tp {s.tp}, fp {s.fp}, fn {s.fn}, tn {s.tn}; {s.skipped} unsure left out)"
         )
+        if e.scored:
+            for label, other in (("the rule alone", e.rules_only), ("alert or review", e.review)):
+                lines.append(
+                    f"  {label}: precision {other.precision:.3f}  recall {other.recall:.3f}  "
+                    f"f1 {other.f1:.3f}  (tp {other.tp}, fp {other.fp}, fn {other.fn})"
+                )
         if list_errors:
             for label, pairs in (
                 ("false positives", s.false_positives),
@@ -342,96 +397,3 @@ def format_backtest(result: BacktestResult, *, days: int = 14) -> str:
 def _item_line(item: Item) -> str:
     day = item.published.date().isoformat() if item.published else "undated"
     return f"{day}  {item.title}" + (f"  [{item.source}]" if item.source else "")
-
-
-# -- explain -------------------------------------------------------------------------------------
-
-
-def _bracket(text: str) -> str:
-    return f"[{text}]"
-
-
-def highlight(text: str, spans: Sequence[tuple[int, int]], mark: Callable[[str], str]) -> str:
-    out, last = [], 0
-    for start, end in spans:
-        out.append(text[last:start])
-        out.append(mark(text[start:end]))
-        last = end
-    out.append(text[last:])
-    return "".join(out)
-
-
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
-
-
-def _clause_line(clause: ClauseResult, indent: str) -> str:
-    tick = "yes" if clause.matched else "no "
-    text = _short(clause.text, 50 if clause.label else 90)
-    what = f"{_short(clause.label, 60)}: {text}" if clause.label else text
-    found = f"   <- {', '.join(clause.terms)}" if clause.terms else ""
-    return f"{indent}{tick}  {what}{found}"
-
-
-def _clause_lines(clause: ClauseResult, indent: str = "    ") -> list[str]:
-    lines = [_clause_line(clause, indent)]
-    for part in clause.parts:
-        lines.extend(_clause_lines(part, indent + "     "))
-    return lines
-
-
-def format_explain(
-    explanations: Sequence[TopicExplanation],
-    *,
-    mark: Callable[[str], str] = _bracket,
-) -> str:
-    """A readable account of each topic's verdict; ``mark`` decorates matched words.
-
-    Each clause is shown with the query comment that introduces it, so the reader sees what the
-    clause is for; only the clauses that held are expanded.
-    """
-    lines: list[str] = []
-    for e in explanations:
-        if e.matched:
-            verdict = "MATCH"
-        elif e.query_matched:
-            verdict = "no match (vetoed by an exclusion)"
-        else:
-            verdict = "no match"
-        lines.append(f"{e.topic}: {verdict}")
-        if e.terms:
-            found = "matched words" if e.query_matched else "words found (not enough to match)"
-            lines.append(f"  {found}: {', '.join(e.terms)}")
-        held = [c for c in e.clauses if c.matched]
-        missed = [c for c in e.clauses if not c.matched]
-        if e.combine == "any":
-            lines.append("  the query needs any one of its clauses:")
-            for clause in held:
-                lines.extend(_clause_lines(clause))
-            by_label: dict[str, list[ClauseResult]] = {}
-            for clause in missed:
-                by_label.setdefault(clause.label, []).append(clause)
-            for label, group in by_label.items():
-                if len(group) == 1:
-                    lines.append(_clause_line(group[0], "    "))
-                else:
-                    sample = ", ".join(_short(c.text, 30) for c in group[:3])
-                    more = ", \u2026" if len(group) > 3 else ""
-                    what = f"{_short(label, 60)} " if label else ""
-                    lines.append(f"    no   {what}({len(group)} clauses: {sample}{more})")
-        else:
-            if e.combine == "all":
-                lines.append("  the query needs all of its clauses:")
-            else:
-                lines.append("  the query:")
-            for clause in e.clauses:
-                lines.extend(_clause_lines(clause))
-        for veto in e.vetoed_by:
-            lines.append("  vetoed by the exclusion:")
-            lines.extend(_clause_lines(veto))
-        if e.query_matched or e.terms:
-            for h in e.highlights:
-                if h.spans:
-                    lines.append(f"  {h.field}: {highlight(h.text, h.spans, mark)}")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"

@@ -25,11 +25,11 @@ from datetime import UTC, datetime, timedelta
 
 from aggregator.config.model import Settings, TopicConfig
 from aggregator.errors import DeliveryError
-from aggregator.models import AlertKind, AlertState, DeliveryOutcome, HoldMode
+from aggregator.models import AlertKind, AlertPayload, AlertState, DeliveryOutcome, HoldMode
 from aggregator.notify.render import Message, render, render_digest, render_replies
 from aggregator.notify.senders import another_live_process, this_process
 from aggregator.notify.sink import Posted, Sink, UncertainDelivery
-from aggregator.notify.windows import hold_for
+from aggregator.notify.windows import Hold, hold_for, review_hold
 from aggregator.redact import Redactor
 from aggregator.store import Store
 from aggregator.store.rows import OutboxRow
@@ -162,7 +162,7 @@ class Outbox:
                 and kind == AlertKind.ALERT
                 and row.marks.hold is None
             ):
-                hold = hold_for(row.alert.topics, self.topics, now)
+                hold = _hold(row, self.topics, now)
                 if hold is not None:
                     digest = hold.label if hold.mode == HoldMode.DIGEST else None
                     self.store.outbox.hold(
@@ -520,3 +520,12 @@ class Outbox:
     @staticmethod
     def _outcome(row: OutboxRow, state: AlertState, reason: str) -> DeliveryOutcome:
         return DeliveryOutcome(row.alert.id, row.alert.channel, state, reason)
+
+
+def _hold(row: OutboxRow, topics: Sequence[TopicConfig], now: datetime) -> Hold | None:
+    """Whether a fresh alert waits: a "possibly relevant" item always waits for its topics'
+    review time; an alert waits for a digest topic's digest or the end of quiet hours."""
+    payload = row.alert.payload
+    if isinstance(payload, AlertPayload) and payload.review:
+        return review_hold(row.alert.topics, topics, now)
+    return hold_for(row.alert.topics, topics, now)

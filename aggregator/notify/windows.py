@@ -1,4 +1,4 @@
-"""Digest times and quiet hours per topic. Pure: ``now`` is passed in."""
+"""Digest times, review times and quiet hours per topic. Pure: ``now`` is passed in."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from aggregator.config.model import TopicConfig
+from aggregator.config.model import REVIEW_AT, TopicConfig
 from aggregator.models import HoldMode, TopicMatch
 
 
@@ -26,20 +26,26 @@ def _clock(text: str) -> time:
     return time(int(hours), int(minutes))
 
 
+def next_at(times: Sequence[str], timezone: str, now: datetime) -> datetime | None:
+    """The first of these times of day (in ``timezone``) strictly after ``now`` (UTC)."""
+    zone = ZoneInfo(timezone)
+    local = now.astimezone(zone)
+    candidates = []
+    for day in range(3):
+        date = (local + timedelta(days=day)).date()
+        for text in times:
+            moment = datetime.combine(date, _clock(text), tzinfo=zone).astimezone(UTC)
+            if moment > now:
+                candidates.append(moment)
+    return min(candidates) if candidates else None
+
+
 def next_digest(topic: TopicConfig, now: datetime) -> datetime:
     """The first digest time of ``topic`` strictly after ``now`` (UTC)."""
     if topic.digest_at:
-        zone = ZoneInfo(topic.timezone)
-        local = now.astimezone(zone)
-        candidates = []
-        for day in range(3):
-            date = (local + timedelta(days=day)).date()
-            for text in topic.digest_at:
-                moment = datetime.combine(date, _clock(text), tzinfo=zone).astimezone(UTC)
-                if moment > now:
-                    candidates.append(moment)
-        if candidates:
-            return min(candidates)
+        found = next_at(topic.digest_at, topic.timezone, now)
+        if found is not None:
+            return found
     every = topic.digest_every or 3600.0
     stamp = now.timestamp()
     return datetime.fromtimestamp((math.floor(stamp / every) + 1) * every, UTC)
@@ -87,3 +93,22 @@ def hold_for(
     if all(e is not None for e in ends):
         return Hold(min(e for e in ends if e is not None), HoldMode.QUIET)
     return None
+
+
+def review_hold(
+    matches: Sequence[TopicMatch], topics: Sequence[TopicConfig], now: datetime
+) -> Hold:
+    """Until when a "possibly relevant" item waits: the next review time of its topics (the
+    topic's own digest, for a digest topic)."""
+    by_name = {t.name: t for t in topics}
+    times: list[datetime] = []
+    for m in matches:
+        topic = by_name.get(m.topic)
+        if topic is None:  # a topic no longer configured: the default review times, in UTC
+            times.append(next_at(REVIEW_AT, "UTC", now) or now)
+        elif topic.delivery == "digest":
+            times.append(next_digest(topic, now))
+        else:
+            times.append(next_at(topic.review_at, topic.timezone, now) or now)
+    names = ", ".join(sorted({m.topic for m in matches}))
+    return Hold(min(times, default=now), HoldMode.DIGEST, f"possibly relevant: {names}")

@@ -9,6 +9,7 @@ by giving each field its own block of positions, so phrases and NEAR never span 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aggregator.rules import syntax as rules
@@ -20,8 +21,57 @@ FIELD_NUMBER = {name: i for i, name in enumerate(rules.FIELDS)}
 SHIFT = 20  # positions are field << SHIFT | word index
 MAX_WORDS = (1 << SHIFT) - 1
 
-Index = dict[int, list[int]]
 Span = tuple[int, int]  # first and last position, inclusive
+
+
+class Index(dict[int, list[int]]):
+    """``atom -> positions`` of one document, and the word slot of each position, for NEAR.
+
+    A position is a token's index, so a phrase is still a run of consecutive tokens. NEAR counts
+    its distance in word slots instead, as a reader counts words: an ending after an apostrophe
+    ("Trump's", "don't") shares the slot of the word it ends, and the parts of a hyphenated
+    compound ("back-to-office") share one slot. Slots are worked out on first use, per field,
+    and only for a field whose text holds a ' or a -.
+    """
+
+    __slots__ = ("_slots", "_texts")
+
+    def __init__(self, texts: Sequence[str] = ()) -> None:
+        super().__init__()
+        self._texts = texts  # the cleaned text of each field, as tokenised
+        self._slots: dict[int, list[int] | None] = {}
+
+    def slot(self, position: int) -> int:
+        field, word = position >> SHIFT, position & MAX_WORDS
+        if field not in self._slots:
+            text = self._texts[field] if field < len(self._texts) else ""
+            self._slots[field] = word_slots(text)
+        table = self._slots[field]
+        return word if table is None or word >= len(table) else table[word]
+
+
+# Endings after an apostrophe that are no word of their own.
+CLITICS = frozenset({"s", "t", "re", "ve", "ll", "d", "m"})
+
+
+def word_slots(text: str) -> list[int] | None:
+    """The word slot of each token of cleaned ``text`` (see :class:`Index`); None when every
+    token is a slot of its own. "Joined" means one ' or - directly between two tokens."""
+    if "-" not in text and "'" not in text:
+        return None
+    slots: list[int] = []
+    slot = -1
+    previous_end = -1
+    for start, end in textnorm.word_spans(text):
+        joined = previous_end >= 0 and start - previous_end == 1
+        between = text[previous_end:start] if joined else ""
+        if between == "-" or (between == "'" and text[start:end].lower() in CLITICS):
+            slots.append(slot)
+        else:
+            slot += 1
+            slots.append(slot)
+        previous_end = end
+    return slots
 
 
 class Atoms:
@@ -135,7 +185,14 @@ class _Near(Node):
             for b in rights:
                 if a[0] >> SHIFT != b[0] >> SHIFT:
                     continue
-                gap = b[0] - a[1] if b[0] > a[1] else a[0] - b[1]
+                if b[0] > a[1]:
+                    gap = b[0] - a[1]
+                    if gap > self.distance:  # slots are never further apart than tokens
+                        gap = index.slot(b[0]) - index.slot(a[1])
+                else:
+                    gap = a[0] - b[1]
+                    if gap > self.distance:
+                        gap = index.slot(a[0]) - index.slot(b[1])
                 if gap <= self.distance:
                     out[a] = None
                     out[b] = None
@@ -308,3 +365,80 @@ def compile_rule(source: str, atoms: Atoms) -> Rule:
     memo: dict[int, Node] = {}
     root = build(query.root, atoms, memo)
     return Rule(query, root, memo)
+
+
+# -- labelled clauses ------------------------------------------------------------------------------
+
+
+def clause_key(label: str) -> str:
+    """A short, stable name for a clause's ``# label``: its number ("2a") when the label starts
+    with one, else its first six words, lower-cased. Relevance models name features by it."""
+    head = label.split(".", 1)[0].strip()
+    if head and len(head) <= 3 and head[0].isdigit():
+        return head
+    return " ".join(label.split()[:6]).lower()
+
+
+@dataclass(frozen=True, slots=True)
+class ClauseTests:
+    """How to tell which labelled clauses of a query hold for a document.
+
+    A clause holds when any node of the query that carries its label is true, the root and NOT
+    nodes aside (the root is the verdict; a NOT is true when its words are absent, and its child
+    tells their presence). A true node also makes true every OR above it up to the first other
+    operator, so each test names the keys it proves; children are tested before their parents,
+    and single words are tested as one set per label.
+    """
+
+    keys: tuple[str, ...]  # every clause key of the query, sorted
+    tests: tuple[tuple[str, Node, frozenset[str]], ...]  # (key, node, keys proved when true)
+
+    def held(self, index: Index) -> tuple[str, ...]:
+        """The keys that hold, sorted."""
+        found: set[str] = set()
+        for key, node, proves in self.tests:
+            if key not in found and node.test(index):
+                found.update(proves)
+        return tuple(k for k in self.keys if k in found)
+
+
+NO_CLAUSES = ClauseTests((), ())
+
+
+def clause_tests(rule: Rule) -> ClauseTests:
+    query = rule.query
+    if not query.comments:
+        return NO_CLAUSES
+    root = query.root
+    keys: set[str] = set()
+    singles: dict[tuple[str, frozenset[int], frozenset[str]], set[int]] = {}
+    others: list[tuple[str, Node, frozenset[str]]] = []
+
+    def visit(node: rules.Node, above: frozenset[str]) -> None:
+        """``above``: the keys of the ORs that ``node`` being true makes true."""
+        key = ""
+        if node is not root and not isinstance(node, rules.Not):
+            key = clause_key(query.label_of(node)) if query.label_of(node) else ""
+        if key:
+            keys.add(key)
+        # a child of an OR proves it (and what it proves); any other operator breaks the chain
+        inner = (above | {key} if key else above) if isinstance(node, rules.Or) else frozenset()
+        if isinstance(node, rules.And | rules.Or):
+            for child in node.children:
+                visit(child, inner)
+        elif isinstance(node, rules.Not):
+            visit(node.child, inner)
+        elif isinstance(node, rules.Near):
+            visit(node.left, inner)
+            visit(node.right, inner)
+        if key and key not in above:  # else an OR above with the same key tells it
+            built = rule.nodes[id(node)]
+            proves = above | {key}
+            if isinstance(built, _Words) and built.length == 1:
+                singles.setdefault((key, built.fields, proves), set()).add(built.atoms[0])
+            else:
+                others.append((key, built, proves))
+
+    visit(root, frozenset())
+    words = [(key, _AnyWord(frozenset(a), f), proves) for (key, f, proves), a in singles.items()]
+    return ClauseTests(tuple(sorted(keys)), (*words, *others))

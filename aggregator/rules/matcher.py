@@ -19,12 +19,15 @@ from aggregator.rules import syntax as rules
 from aggregator.rules.compile import (
     FIELD_NUMBER,
     MAX_WORDS,
+    NO_CLAUSES,
     SHIFT,
     Atoms,
+    ClauseTests,
     Index,
     Need,
     Rule,
     Span,
+    clause_tests,
     collect,
     compile_rule,
     need_key,
@@ -83,6 +86,7 @@ class _Topic:
     name: str
     query: Rule
     exclude: Rule | None
+    clauses: ClauseTests = NO_CLAUSES  # the query's labelled clauses
 
 
 # -- the matcher ---------------------------------------------------------------------------------
@@ -127,7 +131,7 @@ class TopicMatcher:
                     for node in rules.walk(rule.query.root):
                         if isinstance(node, rules.Words):
                             fields.update(FIELD_NUMBER[f] for f in node.fields)
-            compiled.append(_Topic(topic.name, query, exclude))
+            compiled.append(_Topic(topic.name, query, exclude, clause_tests(query)))
             required = required_needs(query.root, atoms.share)
             if required is None:
                 always.append(number)  # e.g. a query that is only NOT ...: no word needed
@@ -163,8 +167,8 @@ class TopicMatcher:
             for field, text in enumerate(texts)
         ]
 
-    def _index(self, tokens: Sequence[Sequence[str]]) -> Index:
-        index: Index = {}
+    def _index(self, tokens: Sequence[Sequence[str]], texts: Sequence[str]) -> Index:
+        index = Index(texts)
         atoms_of = self._atoms_of
         for field, field_tokens in enumerate(tokens):
             base = field << SHIFT
@@ -226,7 +230,7 @@ class TopicMatcher:
         tokens = self._tokens(texts)
         if not self._may_match(tokens):
             return []
-        index = self._index(tokens)
+        index = self._index(tokens, texts)
         out: list[TopicMatch] = []
         spans_by_field: list[list[tuple[int, int]]] | None = None
         for number in self._candidates(index):
@@ -239,13 +243,32 @@ class TopicMatcher:
                 spans_by_field = [textnorm.word_spans(t) for t in texts]
             spans: list[Span] = []
             collect(topic.query.root, index, spans)
-            out.append(TopicMatch(topic.name, matched_terms(spans, texts, spans_by_field)))
+            terms = matched_terms(spans, texts, spans_by_field)
+            # the index is at hand: telling the labelled clauses costs no second pass
+            out.append(TopicMatch(topic.name, terms, topic.clauses.held(index)))
         return out
+
+    def clause_keys(self, topic: str) -> tuple[str, ...]:
+        """Every labelled clause key of a topic's query, sorted (see :class:`TopicMatch`)."""
+        for t in self._topics:
+            if t.name == topic:
+                return t.clauses.keys
+        raise KeyError(topic)
+
+    def clause_hits(self, doc: Document) -> dict[str, tuple[str, ...]]:
+        """For every topic, matched or not, the labelled clauses of its query that hold.
+
+        What training reads for every labelled item; the service reads :attr:`TopicMatch.clauses`
+        of the topics that matched instead.
+        """
+        texts = self._texts(doc)
+        index = self._index(self._tokens(texts), texts)
+        return {t.name: t.clauses.held(index) for t in self._topics}
 
     def explain(self, doc: Document) -> list[TopicExplanation]:
         """For every topic: the verdict, which clauses held, the matched words, any veto."""
         texts = self._texts(doc)
-        index = self._index(self._tokens(texts))
+        index = self._index(self._tokens(texts), texts)
         spans_by_field = [textnorm.word_spans(t) for t in texts]
         out: list[TopicExplanation] = []
         for topic in self._topics:

@@ -20,10 +20,12 @@ from aggregator.config.load import config_files, load_config, slack_token
 from aggregator.config.model import Config
 from aggregator.errors import ConfigError
 from aggregator.ingest.fetch import Fetcher
+from aggregator.ingest.parse import tuning_off_reason
 from aggregator.ingest.workers import ParsePool
 from aggregator.models import CycleReport
 from aggregator.notify import Outbox, make_sink
 from aggregator.pipeline import Deps, run_cycle
+from aggregator.relevance.tiers import Scoring, load_models, stale_models
 from aggregator.rules.matcher import TopicMatcher, check_examples
 from aggregator.service.memory import limit_malloc_arenas
 from aggregator.store import Store
@@ -42,13 +44,27 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def load_checked_config(directory: Path, environ: Mapping[str, str]) -> tuple[Config, TopicMatcher]:
-    """Load, validate and run the topics' examples; raises :class:`ConfigError` on any problem."""
+@dataclass(frozen=True)
+class Loaded:
+    """A config that passed every check, with what it compiles to: the topics' matcher and
+    their models."""
+
+    config: Config
+    matcher: TopicMatcher
+    scoring: Scoring
+
+
+def load_checked_config(directory: Path, environ: Mapping[str, str]) -> Loaded:
+    """Load, validate, run the topics' examples and load their models; raises
+    :class:`ConfigError` on any problem. A model trained on other rules is said in the log."""
     config = load_config(directory, environ)
     problems = check_examples(config.topics)
     if problems:
         raise ConfigError(problems)
-    return config, TopicMatcher.compile(config.topics)
+    scoring = load_models(config.topics)
+    for note in stale_models(config.topics, scoring):
+        log.warning("%s", note)
+    return Loaded(config, TopicMatcher.compile(config.topics), scoring)
 
 
 def log_config_problems(headline: str, error: ConfigError) -> None:
@@ -118,14 +134,17 @@ class Runtime:
         self.db_override = db_path
         self.stopping = stopping or threading.Event()
         self._mtimes = self._config_mtimes()
-        self.config, self.matcher = load_checked_config(config_dir, self.environ)
+        loaded = load_checked_config(config_dir, self.environ)
+        self.config, self.matcher, self.scoring = loaded.config, loaded.matcher, loaded.scoring
         self.token = slack_token(self.environ)
         self.store = Store.open(self.db_path)
         self.store.feeds.sync(self.config.feeds, utcnow())
         self.sink = make_sink(self.config.settings, self.token)
         workers = self.config.settings.parse_workers if parse_workers is None else parse_workers
-        self.parser = ParsePool(workers)
+        self.parser = ParsePool(workers, time_limit=self.config.settings.parse_timeout)
         self.parser.start()  # the first cycle should not wait for workers to import feedparser
+        if (untuned := tuning_off_reason()) is not None:
+            log.warning("%s", untuned)  # once here, where every worker would find the same
         self.fetcher = Fetcher(self.config.settings)
         self.stories = self._warm_stories(utcnow())
         self.outbox = self._outbox()
@@ -142,6 +161,7 @@ class Runtime:
             fetcher=self.fetcher,
             parser=self.parser,
             matcher=self.matcher,
+            scoring=self.scoring,
             outbox=self.outbox,
             stories=self.stories,
         )
@@ -178,15 +198,17 @@ class Runtime:
         # Stamp before reading: a save that lands during the load is seen at the next check.
         self._mtimes = self._config_mtimes()
         try:
-            config, matcher = load_checked_config(self.config_dir, self.environ)
+            loaded = load_checked_config(self.config_dir, self.environ)
         except ConfigError as e:
             log_config_problems("config reload refused, the previous config stays live", e)
             return False
+        config = loaded.config
         summary = describe_reload(self.config, config)
         if config.settings.database != self.config.settings.database and not self.db_override:
             log.warning("storage.database changed: it takes effect at the next restart")
         rebuild = config.settings != self.config.settings
-        self.config, self.matcher = config, matcher
+        self.config, self.matcher, self.scoring = loaded.config, loaded.matcher, loaded.scoring
+        self.parser.time_limit = config.settings.parse_timeout
         self.store.feeds.sync(config.feeds, utcnow())
         if rebuild:
             self.fetcher.close()

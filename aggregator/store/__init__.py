@@ -1,11 +1,13 @@
 """The database edge: one :class:`Store` per thread, with one part per kind of stored thing.
 
-=================  =========================================================================
-``store.feeds``    the feeds polled: validators, schedule, status (:mod:`.feeds`)
-``store.entries``  entries, the stories they form, their matches and full-text index
-``store.outbox``   alert rows and channel pacing: what waits to be sent, and what was
-``store.history``  the fetch log, each feed's activity, retention
-=================  =========================================================================
+===================  =======================================================================
+``store.feeds``      the feeds polled: validators, schedule, status (:mod:`.feeds`)
+``store.entries``    entries, the stories they form, their matches and full-text index
+``store.outbox``     alert rows and channel pacing: what waits to be sent, and what was
+``store.history``    the fetch log, each feed's activity, retention
+``store.labels``     what people said entries are worth per topic: training data (:mod:`.labels`)
+``store.reactions``  the team's reactions on sent alerts, read from Slack as labels
+===================  =======================================================================
 
 :meth:`Store.apply` writes a cycle's :class:`~aggregator.cycle.plan.FeedPlan` in one transaction:
 the decisions were made before, by the pure planner; applying them only writes. Every method
@@ -32,7 +34,9 @@ from aggregator.models import (
 from aggregator.store.entries import Entries
 from aggregator.store.feeds import Feeds
 from aggregator.store.history import History
+from aggregator.store.labels import Labels
 from aggregator.store.outbox import Outbox
+from aggregator.store.reactions import Reactions
 from aggregator.store.rows import OutboxRow
 from aggregator.store.schema import MIGRATIONS, SCHEMA_VERSION, Database, Part
 
@@ -56,6 +60,8 @@ class Store(Part):
         self.entries = Entries(db)
         self.outbox = Outbox(db)
         self.history = History(db)
+        self.labels = Labels(db)
+        self.reactions = Reactions(db)
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -112,11 +118,13 @@ class Store(Part):
     def _alert(self, step: NewEntry, entry_id: int, primary: bool, now: datetime) -> int:
         if step.story_id is None:
             return 0
-        payload = AlertPayload(primary=primary)
         return sum(
-            self.outbox.queue_alert(step.story_id, entry_id, a.channel, a.topics, payload, now)
+            self.outbox.queue_alert(
+                step.story_id, entry_id, a.channel, a.topics,
+                AlertPayload(primary=primary, review=a.review), now,
+            )
             for a in step.alerts
-        )
+        )  # fmt: skip
 
     def _follow_up(self, step: NewEntry, entry_id: int, primary: bool, now: datetime) -> None:
         """A further outlet of an alerted story: a reply in each earlier alert's thread (the

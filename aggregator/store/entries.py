@@ -24,7 +24,7 @@ _INSERT_ENTRY = (
 )
 _JOIN_STORY = "UPDATE stories SET last_seen = ?, entry_count = entry_count + 1 WHERE id = ?"
 _OFFICIAL = "UPDATE stories SET official_link = ? WHERE id = ? AND official_link IS NULL"
-_INSERT_MATCH = "INSERT OR IGNORE INTO matches (entry_id, topic, terms) VALUES (?, ?, ?)"
+_INSERT_MATCH = "INSERT OR IGNORE INTO matches (entry_id, topic, terms, score) VALUES (?, ?, ?, ?)"
 # entries_fts is external-content (content=entries): it keeps only the index, so an insert
 # there must carry the same rowid, title and summary as the entry's row.
 _INDEX_ENTRY = "INSERT INTO entries_fts (rowid, title, summary) VALUES (?, ?, ?)"
@@ -82,7 +82,7 @@ class Entries(Part):
         joined: list[tuple[str | None, int]] = []
         officials: list[tuple[str, int]] = []
         entry_rows: list[tuple[Any, ...]] = []
-        match_rows: list[tuple[int, str, str]] = []
+        match_rows: list[tuple[int, str, str, float | None]] = []
         index_rows: list[tuple[int, str, str]] = []
         for entry_id, item in zip(ids, new, strict=True):
             e = item.entry
@@ -99,7 +99,9 @@ class Entries(Part):
                 (entry_id, e.feed_url, e.guid, e.link, e.canonical_url, e.title, e.summary,
                  e.source, published, stamp, e.content_hash, _links_json(e.links), item.story_id)
             )  # fmt: skip
-            match_rows.extend((entry_id, m.topic, json.dumps(list(m.terms))) for m in item.matches)
+            match_rows.extend(
+                (entry_id, m.topic, json.dumps(list(m.terms)), m.score) for m in item.matches
+            )
             index_rows.append((entry_id, e.title, e.summary))
         db = self.db
         db.executemany(_INSERT_STORY, stories)
@@ -237,6 +239,41 @@ class Entries(Part):
             if len(rows) < page:
                 return
             after_at, after_id = rows[-1]["at"], int(rows[-1]["id"])
+
+    def newest(
+        self, since: datetime | None, offset: int, count: int, *, fts: str | None = None
+    ) -> list[StoredEntry]:
+        """Entries dated at or after ``since``, newest first, a page at a time; with ``fts``
+        (an FTS5 query), only those the full-text index finds."""
+        at = "coalesce(e.published, e.first_seen)"
+        where = f"{at} >= ?"
+        params: list[Any] = [iso(since) if since else ""]
+        if fts is not None:
+            where += " AND e.id IN (SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?)"
+            params.append(fts)
+        rows = self.db.rows(
+            f"SELECT e.* FROM entries e WHERE {where} ORDER BY {at} DESC, e.id DESC "  # noqa: S608
+            "LIMIT ? OFFSET ?",
+            [*params, count, offset],
+        )
+        return [
+            StoredEntry(int(r["id"]), entry_from_row(r, r["published"]), r["story_id"])
+            for r in rows
+        ]
+
+    def matched_topics(self, entry_ids: Sequence[int]) -> dict[int, tuple[str, ...]]:
+        """The topics whose rules matched each of these entries when it arrived."""
+        found: dict[int, list[str]] = {}
+        for chunk in chunks([str(i) for i in entry_ids]):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT entry_id, topic FROM matches WHERE entry_id IN ({marks}) "  # noqa: S608
+                "ORDER BY entry_id, topic",
+                [int(i) for i in chunk],
+            )
+            for entry_id, topic in rows:
+                found.setdefault(int(entry_id), []).append(str(topic))
+        return {k: tuple(v) for k, v in found.items()}
 
     def search(self, query: str, limit: int = 20) -> list[StoredEntry]:
         """Full-text search over stored titles and summaries (FTS5 syntax), best first."""

@@ -56,13 +56,15 @@ class History(Part):
         ]
 
     def prune(self, now: datetime, retention_days: int) -> int:
-        """Delete entries older than the retention period whose alerts are settled."""
+        """Delete entries older than the retention period whose alerts are settled. Labelled
+        entries stay, whatever their age: they are the relevance models' training data."""
         cutoff = iso(now - timedelta(days=retention_days))
         with self.db.transaction():
             cursor = self.db.execute(
                 "DELETE FROM entries WHERE first_seen < ? AND id NOT IN "
                 "(SELECT entry_id FROM alerts WHERE entry_id IS NOT NULL "
-                "AND state NOT IN ('sent', 'dead'))",
+                "AND state NOT IN ('sent', 'dead')) "
+                "AND id NOT IN (SELECT entry_id FROM labels)",
                 [cutoff],
             )
             self.db.execute(

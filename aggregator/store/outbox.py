@@ -20,6 +20,7 @@ from typing import Any
 from aggregator.models import (
     Alert,
     AlertKind,
+    AlertPayload,
     AlertState,
     DeliveryMarks,
     EditPayload,
@@ -137,6 +138,25 @@ class Outbox(Part):
         )
         return [_outbox_row(r) for r in rows]
 
+    def story_topics(self, story_ids: Sequence[int]) -> dict[int, tuple[str, ...]]:
+        """The topics each story alerted in (its top-level alerts, sent or on their way; a
+        "possibly relevant" digest item counts too)."""
+        found: dict[int, set[str]] = {}
+        ids = sorted(set(story_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT story_id, topics FROM alerts WHERE story_id IN ({marks}) "  # noqa: S608
+                "AND kind = 'alert' AND state != 'dead'",
+                chunk,
+            )
+            for story_id, topics in rows:
+                found.setdefault(int(story_id), set()).update(
+                    t.topic for t in topics_from_json(topics)
+                )
+        return {k: tuple(sorted(v)) for k, v in found.items()}
+
     def entry_alerts(self, entry_id: int) -> list[OutboxRow]:
         """The top-level alerts an entry caused."""
         rows = self.db.rows(_SELECT + "WHERE a.entry_id = ? AND a.kind = 'alert' ORDER BY a.id",
@@ -156,10 +176,11 @@ class Outbox(Part):
 
     def queue_alert(
         self, story_id: int, entry_id: int, channel: str, topics: tuple[TopicMatch, ...],
-        payload: Payload, now: datetime,
+        payload: AlertPayload, now: datetime,
     ) -> bool:  # fmt: skip
-        """The alert of a story in a channel; False when the story already has one there."""
-        key = f"alert:{story_id}:{channel}"
+        """The alert of a story in a channel (or its "possibly relevant" item, which has a key of
+        its own); False when the story already has one there."""
+        key = f"{'review' if payload.review else 'alert'}:{story_id}:{channel}"
         stamp = iso(now)
         cursor = self.db.execute(
             _INSERT,

@@ -114,6 +114,8 @@ def encode_payload(payload: Payload, marks: DeliveryMarks = NO_MARKS) -> str:
     data: dict[str, Any]
     if isinstance(payload, AlertPayload):
         data = {"primary": payload.primary}
+        if payload.review:
+            data["review"] = True
     elif isinstance(payload, ReplyPayload):
         data = {
             "parent_alert_id": payload.parent_alert_id,
@@ -177,7 +179,7 @@ def decode_payload(kind: AlertKind, text: str | None) -> tuple[Payload, Delivery
     elif kind in (AlertKind.OPS, AlertKind.TEST):
         payload = NoticePayload(str(data.get("text") or ""))
     else:
-        payload = AlertPayload(primary=bool(data.get("primary")))
+        payload = AlertPayload(primary=bool(data.get("primary")), review=bool(data.get("review")))
     hold = data.get(_HOLD)
     digest = data.get(_DIGEST)
     sender = data.get(_SENDER)

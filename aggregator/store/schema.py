@@ -13,15 +13,27 @@ from __future__ import annotations
 import functools
 import inspect
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-import sqlite_utils
-
 from aggregator.errors import StoreError
+
+# sqlite-utils imports numpy and pandas when they are installed, for column types we never use.
+# numpy is installed for `aggregator train`, and would cost every process that opens the store
+# about 17 MB (the service must stay within 150 MB). Hidden while it imports, unless already in.
+_HIDDEN = [name for name in ("numpy", "pandas") if name not in sys.modules]
+for _name in _HIDDEN:
+    sys.modules[_name] = None  # type: ignore[assignment]  # None: "import fails"
+try:
+    import sqlite_utils
+finally:
+    for _name in _HIDDEN:
+        if _name in sys.modules and sys.modules[_name] is None:
+            del sys.modules[_name]
 
 BUSY_TIMEOUT_MS = 10_000
 P = ParamSpec("P")
@@ -174,6 +186,42 @@ MIGRATIONS: dict[int, str] = {
         AND json_extract(a.payload, '$.primary') AND e.link != ''
         ORDER BY a.id LIMIT 1
     );
+    """,
+    5: """
+    -- The learned relevance score of a match, for a topic with a model (NULL without one).
+    ALTER TABLE matches ADD COLUMN score REAL;
+    """,
+    6: """
+    -- What people said an entry is worth for a topic: training data for the relevance models
+    -- (`aggregator label`, Slack reactions, label files). One row per person and source; an
+    -- entry's label is their majority. Retention keeps labelled entries.
+    CREATE TABLE labels (
+        entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+        topic TEXT NOT NULL,
+        label INTEGER CHECK (label IN (0, 1)),      -- 1 relevant, 0 not, NULL unsure
+        source TEXT NOT NULL CHECK (source IN ('cli', 'slack', 'file')),
+        who TEXT NOT NULL,                          -- a Slack user id, 'cli' or a file name
+        at TEXT NOT NULL,
+        UNIQUE (entry_id, topic, source, who)
+    );
+    CREATE INDEX labels_topic ON labels(topic, entry_id);
+    """,
+    7: """
+    -- Each person's reactions on an alert as last read from Slack (issue 14). Slack says who
+    -- reacted but not when, so which of two reactions is the latest is learnt across reads; the
+    -- label it counts as is in `labels` (source 'slack'). Only the user id and a time are kept.
+    CREATE TABLE reactions (
+        alert_id INTEGER NOT NULL REFERENCES alerts(id) ON DELETE CASCADE,
+        who TEXT NOT NULL,                          -- a Slack user id
+        relevant INTEGER NOT NULL,                  -- 1: one of their reactions means relevant
+        not_relevant INTEGER NOT NULL,
+        label INTEGER CHECK (label IN (0, 1)),      -- what they count as; NULL unsure
+        at TEXT NOT NULL,                           -- when that label was first seen
+        PRIMARY KEY (alert_id, who)
+    );
+    -- The alerts whose reactions are read: sent recently, one message each.
+    CREATE INDEX alerts_sent ON alerts(sent_at) WHERE kind = 'alert';
+    CREATE INDEX alerts_slack_ts ON alerts(slack_ts) WHERE slack_ts IS NOT NULL;
     """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -98,6 +98,9 @@ def run_demo(
         work = Path(tmp)
         topics = (config_dir / "topics.toml").read_text(encoding="utf-8")
         (work / "topics.toml").write_text(topics, encoding="utf-8")
+        models = config_dir / "models"
+        if models.is_dir():  # the topics name their models relative to their directory
+            (work / "models").symlink_to(models.resolve(), target_is_directory=True)
         # Snapshots are months old: the demo treats every item as fresh news.
         (work / "aggregator.toml").write_text(
             '[polling]\nfirst_poll_window = "36500d"\n'

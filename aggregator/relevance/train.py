@@ -1,0 +1,557 @@
+"""Training a topic's relevance model: TF-IDF + logistic regression, cross-validated, exported.
+
+The only module that imports numpy, scipy and scikit-learn, and only ``aggregator train`` imports
+it: the service scores exported weights in pure Python (:mod:`aggregator.relevance.model`).
+
+Features are the item's words (:func:`~aggregator.relevance.features.model_terms`), TF-IDF
+weighted and L2-normalised, plus one binary feature per labelled clause of the topic's query that
+held and one for the rule's verdict (unless ``clause_weight`` is 0). The model learns from every
+labelled item, caught by the rule or not; the service scores only what the rule caught.
+
+Deterministic: the same items, rules and settings give a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+
+from aggregator.errors import ModelError
+from aggregator.models import Document
+from aggregator.relevance.features import CLAUSE_PREFIX, MATCHED, clause_features, model_terms
+from aggregator.relevance.model import FORMAT, FORMAT_VERSION, RelevanceModel, rules_sha256
+from aggregator.rules.matcher import TopicMatcher, TopicRules
+
+SEED = 17
+FOLDS = 5
+# Where an item comes from. Thresholds are chosen on items sampled as the feeds bring them (and
+# the team's own labels), not on hand-picked ones, which are denser in clear cases.
+SAMPLED, CURATED, TEAM = "train", "dev", "team"
+MIN_SAMPLED_POSITIVES = 20  # fewer sampled positives than this: thresholds from every item
+MIN_UNSEEN = 30  # items the current model never saw, to compare it with a candidate on them
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Hyper:
+    """The learner's settings, recorded in the model file. The defaults are round 1's choice
+    (issue 17): C=10 with balanced class weights; clause features on for ai-policy, off for
+    executive-orders (they hurt its ranking in cross-validation)."""
+
+    C: float = 10.0
+    class_weight: str | None = "balanced"
+    sublinear_tf: bool = True
+    min_df: int = 2
+    clause_weight: float = 1.0  # the value of a clause feature (0: no clause features)
+    train_on: str = "all"  # "net": only items the query catches; "all": every item
+    unsure: str = "keep"  # "keep": train on unsure items with their label; "drop"
+    dev_weight: float = 1.0  # sample weight of curated items
+    bigrams: bool = True
+    title_terms: bool = True  # title words counted again under "t:"
+    clauses_as_terms: bool = False  # clause hits as TF-IDF terms instead of a separate block
+    outside_weight: float = 1.0  # sample weight of items the query does not catch
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledItem:
+    """One labelled item for one topic."""
+
+    id: str
+    document: Document
+    label: int  # 1 relevant, 0 not
+    unsure: bool = False  # trained on with its label, left out of every score
+    origin: str = SAMPLED  # SAMPLED, CURATED or TEAM
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    id: str
+    origin: str
+    terms: tuple[str, ...]
+    clauses: frozenset[str]  # clause features: "rule:2a", ..., "rule:matched"
+    net: bool  # the topic's query matched and its exclude did not veto
+    label: int
+    unsure: bool
+
+
+def examples_for(items: Sequence[LabelledItem], topic: str, matcher: TopicMatcher,
+                 progress: Progress | None = None) -> list[Example]:  # fmt: skip
+    out = []
+    for n, item in enumerate(items, start=1):
+        doc = item.document
+        matched = any(m.topic == topic for m in matcher.match(doc))
+        held = matcher.clause_hits(doc)[topic]
+        out.append(
+            Example(
+                id=item.id,
+                origin=item.origin,
+                terms=tuple(model_terms(doc.title, doc.summary)),
+                clauses=frozenset(clause_features(held, matched)),
+                net=matched,
+                label=item.label,
+                unsure=item.unsure,
+            )
+        )
+        if progress and n % 1000 == 0:
+            progress(f"features: {n}/{len(items)} items")
+    return out
+
+
+def clause_columns(matcher: TopicMatcher, topic: str) -> tuple[str, ...]:
+    return tuple(sorted({CLAUSE_PREFIX + k for k in matcher.clause_keys(topic)} | {MATCHED}))
+
+
+# -- fitting -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    hyper: Hyper
+    vectorizer: TfidfVectorizer
+    clause_keys: tuple[str, ...]
+    model: LogisticRegression
+
+
+def _identity(terms: tuple[str, ...]) -> tuple[str, ...]:
+    return terms
+
+
+def _terms(ex: Example, hyper: Hyper) -> tuple[str, ...]:
+    terms = ex.terms
+    if not hyper.bigrams:
+        terms = tuple(t for t in terms if " " not in t)
+    if not hyper.title_terms:
+        terms = tuple(t for t in terms if not t.startswith("t:"))
+    if hyper.clauses_as_terms:
+        terms = (*terms, *sorted(ex.clauses))
+    return terms
+
+
+def _trainable(ex: Example, hyper: Hyper) -> bool:
+    if hyper.unsure == "drop" and ex.unsure:
+        return False
+    return hyper.train_on == "all" or ex.net
+
+
+def _matrix(vectorizer: TfidfVectorizer, keys: Sequence[str], examples: Sequence[Example],
+            weight: float) -> Any:  # fmt: skip
+    text = vectorizer.transform([(*ex.terms, *sorted(ex.clauses)) for ex in examples])
+    if not keys or weight == 0:
+        return text.tocsr()
+    column = {k: j for j, k in enumerate(keys)}
+    rows, cols = [], []
+    for i, ex in enumerate(examples):
+        for key in ex.clauses:
+            if key in column:
+                rows.append(i)
+                cols.append(column[key])
+    hits = sparse.csr_matrix(
+        (np.full(len(rows), weight), (rows, cols)), shape=(len(examples), len(keys))
+    )
+    return sparse.hstack([text, hits], format="csr")
+
+
+def fit(examples: Sequence[Example], hyper: Hyper, clause_keys: Sequence[str]) -> Fitted:
+    train = [ex for ex in examples if _trainable(ex, hyper)]
+    vectorizer = TfidfVectorizer(
+        analyzer=_identity, sublinear_tf=hyper.sublinear_tf, min_df=hyper.min_df, norm="l2",
+        smooth_idf=True, dtype=np.float64,
+    )  # fmt: skip
+    vectorizer.fit([_terms(ex, hyper) for ex in train])
+    keys = tuple(clause_keys) if hyper.clause_weight else ()
+    x = _matrix(vectorizer, keys, train, hyper.clause_weight)
+    y = np.array([ex.label for ex in train])
+    model = LogisticRegression(
+        C=hyper.C, class_weight=hyper.class_weight, solver="liblinear", random_state=SEED,
+        max_iter=1000,
+    )  # fmt: skip
+    weights = np.array([(hyper.dev_weight if ex.origin == CURATED else 1.0)
+                        * (1.0 if ex.net else hyper.outside_weight) for ex in train])  # fmt: skip
+    model.fit(x, y, sample_weight=weights)
+    return Fitted(hyper, vectorizer, keys, model)
+
+
+def predict(fitted: Fitted, examples: Sequence[Example]) -> Any:
+    if not examples:
+        return np.zeros(0)
+    x = _matrix(fitted.vectorizer, fitted.clause_keys, examples, fitted.hyper.clause_weight)
+    return fitted.model.predict_proba(x)[:, 1]
+
+
+def folds(examples: Sequence[Example], k: int = FOLDS) -> list[Any]:
+    """Test indices of k folds, stratified by origin and label (by label alone for an origin
+    with fewer than k items of a label)."""
+    strata = [f"{ex.origin}{ex.label}" for ex in examples]
+    sizes = Counter(strata)
+    strata = [s if sizes[s] >= k else str(ex.label) for s, ex in zip(strata, examples, strict=True)]
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=SEED)
+    return [test for _, test in splitter.split(np.zeros(len(strata)), strata)]
+
+
+def out_of_fold(examples: Sequence[Example], hyper: Hyper, clause_keys: Sequence[str],
+                progress: Progress | None = None) -> Any:  # fmt: skip
+    """Each item's score from the model trained on the other folds."""
+    scores = np.zeros(len(examples))
+    for n, test in enumerate(folds(examples), start=1):
+        held = set(test.tolist())
+        fitted = fit([ex for i, ex in enumerate(examples) if i not in held], hyper, clause_keys)
+        scores[test] = predict(fitted, [examples[i] for i in test])
+        if progress:
+            progress(f"cross-validation: fold {n}/{FOLDS}")
+    return scores
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    tp: int
+    fp: int
+    fn: int
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    def line(self) -> str:
+        return (f"P {self.precision:.3f} R {self.recall:.3f} F1 {self.f1:.3f} "
+                f"(tp {self.tp} fp {self.fp} fn {self.fn})")  # fmt: skip
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"precision": round(self.precision, 4), "recall": round(self.recall, 4),
+                "f1": round(self.f1, 4), "tp": self.tp, "fp": self.fp, "fn": self.fn}  # fmt: skip
+
+
+def counts(examples: Sequence[Example], alerted: Sequence[bool],
+           origins: frozenset[str] | None = None) -> Counts:  # fmt: skip
+    """Scored as ``aggregator eval`` scores: items unsure for the topic are left out."""
+    tp = fp = fn = 0
+    for ex, a in zip(examples, alerted, strict=True):
+        if ex.unsure or (origins is not None and ex.origin not in origins):
+            continue
+        tp += bool(a and ex.label)
+        fp += bool(a and not ex.label)
+        fn += bool(ex.label and not a)
+    return Counts(tp, fp, fn)
+
+
+def combined(examples: Sequence[Example], scores: Any, threshold: float) -> list[bool]:
+    """What alerts: the rule caught the item and its score reaches the threshold."""
+    return [ex.net and s >= threshold for ex, s in zip(examples, scores, strict=True)]
+
+
+def threshold_pool(examples: Sequence[Example]) -> frozenset[str] | None:
+    """The origins thresholds are chosen on: sampled and team items when they hold enough
+    positives, else every item (None)."""
+    pool = frozenset({SAMPLED, TEAM})
+    positives = sum(1 for ex in examples if ex.origin in pool and ex.label and not ex.unsure)
+    return pool if positives >= MIN_SAMPLED_POSITIVES else None
+
+
+MIN_ALERT_PRECISION = 0.75
+
+
+def choose_thresholds(examples: Sequence[Example], scores: Any) -> tuple[float, float]:
+    """(alert, review) from out-of-fold scores of the combined system (rule AND score >= t),
+    measured on :func:`threshold_pool`.
+
+    Alert: the best F1 among the thresholds whose precision is at least
+    :data:`MIN_ALERT_PRECISION`; when none reaches it, the best F1. Review: the lowest threshold
+    below it such that the band [review, alert) is relevant at least one time in three (the
+    alert threshold itself when none is). One function, so that the rule is easy to replace.
+    """
+    pool = threshold_pool(examples)
+    grid = [round(float(t), 2) for t in np.arange(0.05, 0.951, 0.01)]
+    rows = [(t, counts(examples, combined(examples, scores, t), pool)) for t in grid]
+    precise = [(c.f1, t) for t, c in rows if c.precision >= MIN_ALERT_PRECISION and c.tp > 0]
+    alert = max(precise)[1] if precise else max((c.f1, t) for t, c in rows)[1]
+    at_alert = dict(rows)[alert]
+    review = alert
+    for t, c in rows:
+        if t >= alert:
+            break
+        band_tp, band_fp = c.tp - at_alert.tp, c.fp - at_alert.fp
+        if band_tp + band_fp and band_tp / (band_tp + band_fp) >= 1 / 3:
+            review = t
+            break
+    return alert, review
+
+
+@dataclass(frozen=True, slots=True)
+class CrossValidation:
+    """5-fold figures of the combined system at the thresholds chosen from them."""
+
+    examples: tuple[Example, ...]
+    scores: Any
+    alert: float
+    review: float
+
+    def at(self, threshold: float, origins: frozenset[str] | None = None) -> Counts:
+        return counts(self.examples, combined(self.examples, self.scores, threshold), origins)
+
+    def rules_alone(self, origins: frozenset[str] | None = None) -> Counts:
+        return counts(self.examples, [ex.net for ex in self.examples], origins)
+
+    def as_dict(self, origins: frozenset[str] | None = None) -> dict[str, Any]:
+        sure = [
+            ex
+            for ex in self.examples
+            if not ex.unsure and (origins is None or ex.origin in origins)
+        ]
+        return {
+            "folds": FOLDS, "seed": SEED, "items": len(sure),
+            "positives": sum(ex.label for ex in sure),
+            "thresholds": {"alert": self.alert, "review": self.review},
+            "alert": self.at(self.alert, origins).as_dict(),
+            "alert_realistic_pool": self.at(self.alert, _sampled(origins)).as_dict(),
+            "alert_or_review": self.at(self.review, origins).as_dict(),
+            "rules_alone": self.rules_alone(origins).as_dict(),
+        }  # fmt: skip
+
+
+def _sampled(origins: frozenset[str] | None) -> frozenset[str]:
+    pool = frozenset({SAMPLED, TEAM})
+    return pool if origins is None else pool & origins
+
+
+def cross_validate(examples: Sequence[Example], hyper: Hyper, clause_keys: Sequence[str],
+                   progress: Progress | None = None) -> CrossValidation:  # fmt: skip
+    scores = out_of_fold(examples, hyper, clause_keys, progress)
+    alert, review = choose_thresholds(examples, scores)
+    return CrossValidation(tuple(examples), scores, alert, review)
+
+
+# -- export --------------------------------------------------------------------------------------
+
+
+def hashed_id(item_id: str) -> str:
+    """A short, fixed-size name for a training item, kept in the model file so that a later
+    retrain can tell which items the model never saw."""
+    return hashlib.sha256(item_id.encode()).hexdigest()[:16]
+
+
+def data_digest(items: Sequence[LabelledItem]) -> str:
+    """sha256 over what training reads of each item, in a stable order."""
+    h = hashlib.sha256()
+    for item in sorted(items, key=lambda i: i.id):
+        doc = item.document
+        record = [item.id, doc.title, doc.summary, item.label, item.unsure]
+        h.update(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
+
+
+def export(fitted: Fitted, topic: TopicRules, examples: Sequence[Example],
+           items: Sequence[LabelledItem], cv: CrossValidation) -> dict[str, Any]:  # fmt: skip
+    """The model as plain values: per term its idf and its weight folded with the idf."""
+    coef = fitted.model.coef_[0]
+    idf = fitted.vectorizer.idf_
+    terms = {t: [float(idf[j]), float(coef[j] * idf[j])]
+             for t, j in sorted(fitted.vectorizer.vocabulary_.items())}  # fmt: skip
+    n_text = len(terms)
+    clauses = {key: float(coef[n_text + k] * fitted.hyper.clause_weight)
+               for k, key in enumerate(fitted.clause_keys)}  # fmt: skip
+    origins = {o: sum(1 for ex in examples if ex.origin == o) for o in (SAMPLED, CURATED, TEAM)}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "topic": topic.name,
+        "query_sha256": rules_sha256(topic.query, topic.exclude),
+        "training_data": {
+            "sha256": data_digest(items),
+            "items": len(examples),
+            "positives": sum(ex.label for ex in examples),
+            "origins": {o: n for o, n in origins.items() if n},
+            "ids": sorted({hashed_id(ex.id) for ex in examples}),
+        },
+        "hyperparameters": asdict(fitted.hyper),
+        "features": {
+            "terms": "aggregator.relevance.features.model_terms: word unigrams + bigrams per "
+            "field, title words again prefixed 't:'",
+            "tf": "1 + ln(count)" if fitted.hyper.sublinear_tf else "count",
+            "norm": "l2 over the terms in the vocabulary",
+        },
+        "intercept": float(fitted.model.intercept_[0]),
+        "thresholds": {"alert": cv.alert, "review": cv.review},
+        "cv": cv.as_dict(),
+        "clauses": clauses,
+        "terms": terms,
+    }
+
+
+def write_atomically(path: Path, doc: dict[str, Any]) -> int:
+    """Write the model beside its final name, then rename: a reader sees the old file or the new
+    one, never half of one. Returns its size in bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(data)
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    topic: str
+    path: Path
+    written: bool
+    verdict: str  # why the model was written or refused, in one sentence
+    cv: CrossValidation
+    cv_without_team: CrossValidation | None = None  # the same, without the database's labels
+    hyper: Hyper = field(default_factory=Hyper)
+    terms: int = 0
+    size: int = 0
+    seconds: float = 0.0
+
+
+def current_model(path: Path) -> tuple[dict[str, Any], Hyper] | None:
+    """The model file already at ``path`` and its settings; None when there is none. Raises
+    ModelError when it cannot be read: replacing it then takes --force."""
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_bytes())
+        RelevanceModel.from_dict(doc, str(path))
+        return doc, Hyper(**doc["hyperparameters"])
+    except ModelError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ModelError(str(path), f"cannot read the current model: {e}") from e
+
+
+def train_topic(
+    topic: TopicRules,
+    items: Sequence[LabelledItem],
+    out: Path,
+    *,
+    hyper: Hyper | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Cross-validate, choose thresholds, compare with the model at ``out`` and write unless it
+    scores better on held-out items. Raises TrainingDataError, ModelError (the current model
+    cannot be read: pass ``force``)."""
+    from aggregator.errors import TrainingDataError
+
+    started = time.perf_counter()
+    say = progress or (lambda _: None)
+    positives = sum(1 for i in items if i.label)
+    if positives < FOLDS or len(items) - positives < FOLDS:
+        raise TrainingDataError(
+            f"topic {topic.name!r}: {positives} relevant and {len(items) - positives} not "
+            f"relevant items; training needs at least {FOLDS} of each"
+        )
+    try:
+        existing = current_model(out)
+    except ModelError:
+        if not force:
+            raise
+        existing = None
+    # a retrain keeps the settings of the model it replaces, unless told otherwise
+    hyper = hyper or (existing[1] if existing else Hyper())
+    matcher = TopicMatcher.compile([topic])
+    keys = clause_columns(matcher, topic.name)
+    say(f"features of {len(items)} items")
+    examples = examples_for(items, topic.name, matcher, progress)
+    cv = cross_validate(examples, hyper, keys, progress)
+    cv_without = None
+    if any(ex.origin == TEAM for ex in examples):
+        own = [ex for ex in examples if ex.origin != TEAM]
+        if sum(ex.label for ex in own) >= FOLDS and sum(1 - ex.label for ex in own) >= FOLDS:
+            say("cross-validation without the database's labels")
+            cv_without = cross_validate(own, hyper, keys, progress)
+    verdict = "written (--force)" if force and existing else "written"
+    if existing is not None and not force:
+        verdict, worse = _compare(existing, hyper, cv, items, examples, keys, say)
+        if worse:
+            return TrainResult(topic.name, out, False, verdict, cv, cv_without, hyper,
+                               seconds=time.perf_counter() - started)  # fmt: skip
+    say("fitting on every item")
+    fitted = fit(examples, hyper, keys)
+    doc = export(fitted, topic, examples, items, cv)
+    size = write_atomically(out, doc)
+    return TrainResult(topic.name, out, True, verdict, cv, cv_without, hyper, len(doc["terms"]),
+                       size, time.perf_counter() - started)  # fmt: skip
+
+
+def _compare(
+    existing: tuple[dict[str, Any], Hyper],
+    hyper: Hyper,
+    cv: CrossValidation,
+    items: Sequence[LabelledItem],
+    examples: Sequence[Example],
+    keys: Sequence[str],
+    say: Progress,
+) -> tuple[str, bool]:
+    """Whether the candidate scores worse than the current model on held-out items, and why.
+
+    On the labelled items the current model never saw (when there are enough), its own scores
+    against the candidate's out-of-fold scores. Otherwise, when the settings differ, the current
+    settings cross-validated on the same folds of the same labels. F1 of what would alert.
+    """
+    doc, old_hyper = existing
+    ids = doc["training_data"].get("ids")
+    seen = frozenset(ids) if isinstance(ids, list) else None
+    unseen = [i for i, ex in enumerate(examples)
+              if seen is not None and not ex.unsure and hashed_id(ex.id) not in seen]  # fmt: skip
+    labels = {examples[i].label for i in unseen}
+    if len(unseen) >= MIN_UNSEEN and labels == {0, 1}:
+        old = RelevanceModel.from_dict(doc, "current model")
+        part = [examples[i] for i in unseen]
+        old_alerts = [
+            ex.net
+            and old.score(items[i].document, _keys_of(ex), matched=True) >= old.thresholds.alert
+            for i, ex in zip(unseen, part, strict=True)
+        ]
+        new_alerts = [
+            ex.net and cv.scores[i] >= cv.alert for i, ex in zip(unseen, part, strict=True)
+        ]
+        before, after = counts(part, old_alerts), counts(part, new_alerts)
+        where = f"on the {len(unseen)} labelled items the current model never saw"
+    elif old_hyper != hyper:
+        say("cross-validation of the current model's settings on the same folds")
+        old_cv = cross_validate(examples, old_hyper, keys)
+        before, after = old_cv.at(old_cv.alert), cv.at(cv.alert)
+        where = "with the current model's settings on the same folds"
+    else:
+        return "written (same settings, and no labelled item the current model never saw)", False
+    if after.f1 < before.f1 - 1e-9:
+        return (f"refused: the current model scores better {where} (F1 {before.f1:.3f} against "
+                f"{after.f1:.3f}); use --force to replace it"), True  # fmt: skip
+    return f"written: F1 {after.f1:.3f} against the current model's {before.f1:.3f} {where}", False
+
+
+def _keys_of(ex: Example) -> list[str]:
+    return [c.removeprefix(CLAUSE_PREFIX) for c in ex.clauses if c != MATCHED]

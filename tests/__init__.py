@@ -1,0 +1,1 @@
+"""The test suite, a package: its helpers are imported as ``tests.feedserver`` and so on."""

@@ -1,0 +1,238 @@
+"""The exported relevance model: scored in pure Python exactly as scikit-learn scores it, loaded
+strictly, small in memory, and never pulling scikit-learn, numpy or scipy into the service."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator.config.model import TopicConfig
+from aggregator.errors import ModelError
+from aggregator.models import Document
+from aggregator.relevance.model import (
+    RelevanceModel,
+    Thresholds,
+    Vocabularies,
+    default_model_path,
+    rules_sha256,
+)
+from aggregator.relevance.train import (
+    CURATED,
+    SAMPLED,
+    Hyper,
+    LabelledItem,
+    clause_columns,
+    examples_for,
+    export,
+    fit,
+    predict,
+)
+from aggregator.rules.matcher import TopicMatcher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+QUERY = """
+(  # 1. An order
+  order OR orders OR decree
+)
+AND
+(  # 2. By a governor or president
+  governor OR president OR Trump
+)
+OR "executive order"  # 3. the instrument by name
+"""
+TOPIC = TopicConfig("eo", "#eo", QUERY, "court NEAR/2 order")
+
+TEXTS = [
+    ("Governor signs executive order on masks", "The order takes effect Monday.", 1),
+    ("Trump signs order on tariffs", "The president imposed duties by proclamation.", 1),
+    ("Biden's order on voting", "An executive order expands access.", 1),
+    ("Newsom's stay-at-home order extended", "The governor's order stays.", 1),
+    ("President issues decree on wages", "The decree raises pay.", 1),
+    ("Governor orders schools closed", "The governor's orders apply statewide.", 1),
+    ("Stocks fall on tariff fears", "Markets slid as investors worried.", 0),
+    ("Judge orders release of files", "A court order was issued.", 0),
+    ("Company opens new store", "Shoppers lined up early; orders were taken.", 0),
+    ("Restaurant menu adds burger", "Diners can order online.", 0),
+    ("Trump orders a cheeseburger", "The president ate lunch.", 0),
+    ("Court order blocks governor", "The judge's order stands.", 0),
+]
+PLACES = ["Ohio", "Texas", "Maine", "Utah"]
+
+
+def items() -> list[LabelledItem]:
+    """The texts four times over, each time in another state, half curated, half sampled."""
+    out = []
+    for round_, place in enumerate(PLACES):
+        for i, (title, summary, label) in enumerate(TEXTS):
+            origin = SAMPLED if (i + round_) % 2 else CURATED
+            doc = Document(f"{title} in {place}", summary)
+            out.append(LabelledItem(f"{place}-{i}", doc, label, origin=origin))
+    return out
+
+
+def trained(hyper: Hyper) -> tuple[Any, list[Any], TopicMatcher]:
+    matcher = TopicMatcher.compile([TOPIC])
+    examples = examples_for(items(), "eo", matcher)
+    fitted = fit(examples, hyper, clause_columns(matcher, "eo"))
+    return fitted, examples, matcher
+
+
+def exported(tmp_path: Path, hyper: Hyper | None = None, **changes: Any) -> Path:
+    hyper = hyper or Hyper(min_df=1)
+    fitted, examples, _ = trained(hyper)
+    from aggregator.relevance.train import cross_validate
+
+    cv = cross_validate(examples, hyper, clause_columns(TopicMatcher.compile([TOPIC]), "eo"))
+    doc = export(fitted, TOPIC, examples, items(), cv)
+    doc.update(changes)
+    path = tmp_path / "eo.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("clause_weight", [1.0, 0.0])
+def test_scores_equal_scikit_learn(tmp_path: Path, clause_weight: float) -> None:
+    hyper = Hyper(min_df=1, clause_weight=clause_weight)
+    fitted, examples, matcher = trained(hyper)
+    expected = predict(fitted, examples)
+    model = RelevanceModel.load(exported(tmp_path, hyper), "eo")
+    assert model.topic == "eo" and model.terms > 20
+    for item, ex, want in zip(items(), examples, expected, strict=True):
+        doc = item.document
+        matched = [m for m in matcher.match(doc) if m.topic == "eo"]
+        clauses = matched[0].clauses if matched else matcher.clause_hits(doc)["eo"]
+        assert ex.net == bool(matched)
+        assert abs(model.score(doc, clauses, matched=bool(matched)) - want) < 1e-9
+
+
+def test_clauses_and_the_verdict_move_the_score(tmp_path: Path) -> None:
+    model = RelevanceModel.load(exported(tmp_path))
+    doc = Document("Governor signs order", "")
+    base = model.score(doc, (), matched=False)
+    assert model.score(doc, ("1", "2"), matched=False) != base
+    assert model.score(doc, ("1", "2"), matched=True) != model.score(doc, ("1", "2"), matched=False)
+    assert model.score(doc, ("no such clause",), matched=False) == base
+
+
+def test_movers_explain_the_log_odds(tmp_path: Path) -> None:
+    model = RelevanceModel.load(exported(tmp_path))
+    doc = Document("Governor signs executive order", "The order takes effect.")
+    movers = model.movers(doc, ("1", "2", "3"), n=50)
+    names = [name for name, _ in movers]
+    assert "order" in names and "title:governor" in names and "rule matched" in names
+    assert any(name.startswith("clause ") for name in names)
+    sizes = [abs(w) for _, w in movers]
+    assert sizes == sorted(sizes, reverse=True)
+    # every contribution of the item is listed, so they add up to its log-odds
+    import math
+
+    score = model.score(doc, ("1", "2", "3"))
+    assert math.isclose(model.intercept + sum(w for _, w in movers), math.log(score / (1 - score)))
+    assert len(model.movers(doc, ("1",), n=3)) == 3
+
+
+def test_thresholds_and_tiers(tmp_path: Path) -> None:
+    path = exported(tmp_path, thresholds={"alert": 0.6, "review": 0.3})
+    model = RelevanceModel.load(path)
+    assert model.thresholds == Thresholds(0.6, 0.3)
+    assert [model.thresholds.tier(s) for s in (0.6, 0.59, 0.3, 0.29)] == [
+        "alert", "review", "review", "none",
+    ]  # fmt: skip
+
+
+def test_the_rules_the_model_was_trained_with(tmp_path: Path) -> None:
+    model = RelevanceModel.load(exported(tmp_path))
+    assert model.query_sha256 == rules_sha256(QUERY, "court NEAR/2 order")
+    assert model.trained_on_rules(QUERY, "court NEAR/2 order")
+    assert not model.trained_on_rules(QUERY.replace("2. By", "2. Of"), "court NEAR/2 order")
+    assert not model.trained_on_rules(QUERY, None)
+
+
+def test_default_path_is_beside_topics_toml() -> None:
+    assert default_model_path(Path("/etc/aggregator"), "eo") == Path(
+        "/etc/aggregator/models/eo.json"
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format_version": 99}, "format_version 99 is not supported"),
+        ({"format": "other"}, "not a relevance model"),
+        ({"thresholds": {"alert": 0.2, "review": 0.5}}, "review <= alert"),
+        ({"thresholds": {"alert": 1.5, "review": 0.5}}, "review <= alert"),
+        ({"terms": {"a": [1.0]}}, "malformed model"),
+        ({"terms": {"a": [1.0, "x"]}}, "malformed model"),
+        ({"terms": {"a": [1.0, float("nan")]}}, "not a finite number"),
+        ({"intercept": None}, "malformed model"),
+        ({"hyperparameters": {}}, "malformed model"),
+    ],
+)
+def test_bad_files_are_refused_by_name(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    path = exported(tmp_path, **changes)
+    with pytest.raises(ModelError, match=message) as caught:
+        RelevanceModel.load(path)
+    assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_unreadable_files_and_another_topic_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="cannot read the model"):
+        RelevanceModel.load(tmp_path / "missing.json")
+    garbage = tmp_path / "garbage.json"
+    garbage.write_bytes(b"\xff{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        RelevanceModel.load(garbage)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(ModelError, match="not a relevance model"):
+        RelevanceModel.load(listed)
+    with pytest.raises(ModelError, match="a model of topic 'eo', not of 'ai-policy'"):
+        RelevanceModel.load(exported(tmp_path), "ai-policy")
+
+
+def test_models_with_one_vocabulary_share_it(tmp_path: Path) -> None:
+    path = exported(tmp_path)
+    other = tmp_path / "other.json"
+    doc = json.loads(path.read_text())
+    doc["terms"] = {t: [idf, -w] for t, (idf, w) in doc["terms"].items()}
+    other.write_text(json.dumps(doc))
+    vocabularies = Vocabularies()
+    a = RelevanceModel.load(path, vocabularies=vocabularies)
+    b = RelevanceModel.load(other, vocabularies=vocabularies)
+    assert a._vocabulary is b._vocabulary and a._weights != b._weights
+    assert RelevanceModel.load(path)._vocabulary is not a._vocabulary  # no sharing unasked
+
+
+def test_the_service_never_imports_scikit_learn_numpy_or_scipy() -> None:
+    """Importing them costs tens of MB in every process: every module but the trainer is
+    imported in a fresh interpreter, models are loaded and scored, and none of them came in."""
+    code = """
+import pkgutil, importlib, sys, json
+from pathlib import Path
+import aggregator
+for info in pkgutil.walk_packages(aggregator.__path__, "aggregator."):
+    if info.name != "aggregator.relevance.train":
+        importlib.import_module(info.name)
+from aggregator.models import Document
+from aggregator.relevance.model import RelevanceModel, Vocabularies
+vocabularies = Vocabularies()
+for path in sorted(Path(sys.argv[1]).glob("*.json")):
+    model = RelevanceModel.load(path, vocabularies=vocabularies)
+    model.score(Document("Trump signs an executive order on AI"), ("1",))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"sklearn", "numpy", "scipy"})
+print(json.dumps(heavy))
+"""
+    models = ROOT / "config" / "models"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(models)], capture_output=True, text=True, check=True
+    )
+    assert json.loads(result.stdout) == []
+    assert "aggregator.relevance.train" not in result.stdout
