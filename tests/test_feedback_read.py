@@ -14,7 +14,7 @@ import pytest
 from aggregator.config.model import FeedbackSettings
 from aggregator.feedback.read import READ_PACE, ReadReport, read_reactions
 from aggregator.feedback.votes import decide
-from aggregator.models import AlertState, Seen
+from aggregator.models import AlertState, EditPayload, Seen
 from aggregator.notify.render import Message, metadata_for
 from aggregator.store import Store
 from aggregator.store.labels import LabelSource
@@ -198,6 +198,20 @@ def test_digest_messages_and_thread_replies_are_not_labels(world: World) -> None
     assert (report.alerts, report.found, report.changed) == (1, 1, 0)
     assert world.store.labels.count() == 0
     assert [x for e in (first, second) for x in world.store.labels.of_entry(e)] == []
+
+
+def test_an_edited_alert_is_still_read(world: World) -> None:
+    """chat.update answers with the edited message's own ts, so a sent edit row shares its
+    alert's ts: that is the same message, not a digest, and its reactions are still labels."""
+    sent = world.alert("AI bill passes the Senate")
+    [row] = world.store.outbox.entry_alerts(sent.entry_id)
+    world.store.outbox.queue_edit(row, EditPayload(sent.alert_id, outlets=2), world.clock.now)
+    world.outbox().deliver_due(world.clock.now)
+    assert world.slack.updates() and world.store.outbox.counts() == {AlertState.SENT: 2}
+    world.react(sent, "+1", "U1")
+    report = read(world)
+    assert (report.alerts, report.found, report.changed) == (1, 1, 1)
+    assert world.labels(sent) == {"U1": 1}
 
 
 def test_a_read_pages_200_at_a_time_paced_and_stops_when_all_are_found(world: World) -> None:

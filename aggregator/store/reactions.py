@@ -22,11 +22,13 @@ from aggregator.store.schema import Part, from_iso, iso
 
 # A top-level alert that reached Slack as a message of its own: a digest's message carries
 # several alerts (they share its ts), and a reaction on it says nothing about any one of them.
+# An edit's row shares its alert's ts too (chat.update answers with it), but edits the same
+# message: only other top-level alerts on that ts make it a digest.
 _SENT_ALONE = (
     "a.kind = 'alert' AND a.state = 'sent' AND a.slack_ts IS NOT NULL "
     "AND a.slack_channel IS NOT NULL AND a.slack_channel != 'console' "
     "AND NOT EXISTS (SELECT 1 FROM alerts b WHERE b.slack_ts = a.slack_ts "
-    "AND b.slack_channel = a.slack_channel AND b.id != a.id)"
+    "AND b.slack_channel = a.slack_channel AND b.id != a.id AND b.kind = 'alert')"
 )
 
 
