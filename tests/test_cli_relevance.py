@@ -244,12 +244,14 @@ def test_a_changed_setting_is_compared_on_the_same_folds(
     out = tmp_path / "eo.json"
     args = ("--config", config_dir, "--db", tmp_path / "none.db", "train", "eo",
             "--labels", labels_file, "--out", out)  # fmt: skip
-    assert run(*args, "--clause-weight", "1").returncode == 0
+    assert run(*args, "--clause-weight", "1", "--title-chars").returncode == 0
+    assert json.loads(out.read_text())["hyperparameters"]["title_chars"] is True
     other = run(*args, "--clause-weight", "0")
     assert "the current model's settings on the same folds" in other.stdout
     assert other.returncode in (0, 1)
-    written = json.loads(out.read_text())["hyperparameters"]["clause_weight"]
-    assert written == (0.0 if other.returncode == 0 else 1.0)
+    written = json.loads(out.read_text())["hyperparameters"]
+    assert written["clause_weight"] == (0.0 if other.returncode == 0 else 1.0)
+    assert written["title_chars"] is True  # a setting not given is the current model's
 
 
 def test_the_databases_labels_reach_training_and_are_reported(

@@ -14,6 +14,7 @@ import pytest
 from aggregator.config.model import TopicConfig
 from aggregator.errors import ModelError
 from aggregator.models import Document
+from aggregator.relevance.features import model_terms
 from aggregator.relevance.model import (
     RelevanceModel,
     Thresholds,
@@ -96,9 +97,16 @@ def exported(tmp_path: Path, hyper: Hyper | None = None, **changes: Any) -> Path
     return path
 
 
-@pytest.mark.parametrize("clause_weight", [1.0, 0.0])
-def test_scores_equal_scikit_learn(tmp_path: Path, clause_weight: float) -> None:
-    hyper = Hyper(min_df=1, clause_weight=clause_weight)
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        Hyper(min_df=1, clause_weight=1.0),  # words and clauses
+        Hyper(min_df=1, clause_weight=0.0),  # words alone
+        Hyper(min_df=1, clause_weight=1.0, title_chars=True),  # and the title's letters
+    ],
+    ids=["clauses", "words", "title-chars"],
+)
+def test_scores_equal_scikit_learn(tmp_path: Path, hyper: Hyper) -> None:
     fitted, examples, matcher = trained(hyper)
     expected = predict(fitted, examples)
     model = RelevanceModel.load(exported(tmp_path, hyper), "eo")
@@ -109,6 +117,45 @@ def test_scores_equal_scikit_learn(tmp_path: Path, clause_weight: float) -> None
         clauses = matched[0].clauses if matched else matcher.clause_hits(doc)["eo"]
         assert ex.net == bool(matched)
         assert abs(model.score(doc, clauses, matched=bool(matched)) - want) < 1e-9
+
+
+def test_terms_are_words_pairs_title_words_and_the_title_words_letters() -> None:
+    terms = model_terms("Trump's AI bans", "Exports halted")
+    assert terms == [
+        "trump", "ai", "bans", "trump ai", "ai bans",  # the title: "'s" is no word
+        "exports", "halted", "exports halted",  # the summary: no pair across the fields
+        "t:trump", "t:ai", "t:bans",
+        "c:<tru", "c:trum", "c:rump", "c:ump>", "c:<ai>", "c:<ban", "c:bans", "c:ans>",
+    ]  # fmt: skip
+    # the forms of a word share most of their letters: the point of the grams
+    export, exporting = (
+        {t for t in model_terms(title, "") if t.startswith("c:")}
+        for title in ("export", "exporting")
+    )
+    assert export & exporting == {"c:<exp", "c:expo", "c:xpor", "c:port"}
+
+
+def test_a_model_trained_without_the_title_chars_ignores_them(tmp_path: Path) -> None:
+    model = RelevanceModel.load(exported(tmp_path))
+    assert not any(t.startswith("c:") for t in model._vocabulary.rows)
+    with_chars = RelevanceModel.load(exported(tmp_path, Hyper(min_df=1, title_chars=True)))
+    assert any(t.startswith("c:") for t in with_chars._vocabulary.rows)
+    doc = Document("Governor signs executive order", "The order takes effect.")
+    assert any(name.startswith("letters:") for name, _ in with_chars.movers(doc, (), n=100))
+    assert not any(name.startswith("letters:") for name, _ in model.movers(doc, (), n=100))
+
+
+def test_a_version_1_file_still_scores_exactly(tmp_path: Path) -> None:
+    """Round 1's files (words only, no recipe) are read, and score as their trainer did: the
+    title's letters, computed since, are outside their vocabulary."""
+    hyper = Hyper(min_df=1)
+    fitted, examples, _ = trained(hyper)
+    expected = predict(fitted, examples)
+    path = exported(tmp_path, hyper, format_version=1, features={"terms": "words (round 1)"})
+    model = RelevanceModel.load(path, "eo")
+    for item, ex, want in zip(items(), examples, expected, strict=True):
+        clauses = [c.removeprefix("rule:") for c in ex.clauses if c != "rule:matched"]
+        assert abs(model.score(item.document, clauses, matched=ex.net) - want) < 1e-9
 
 
 def test_clauses_and_the_verdict_move_the_score(tmp_path: Path) -> None:
@@ -164,6 +211,8 @@ def test_default_path_is_beside_topics_toml() -> None:
     ("changes", "message"),
     [
         ({"format_version": 99}, "format_version 99 is not supported"),
+        ({"features": {"terms": "words (round 1)"}}, "trained on the terms 'words"),
+        ({"features": None}, "trained on the terms None"),
         ({"format": "other"}, "not a relevance model"),
         ({"thresholds": {"alert": 0.2, "review": 0.5}}, "review <= alert"),
         ({"thresholds": {"alert": 1.5, "review": 0.5}}, "review <= alert"),

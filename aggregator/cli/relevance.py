@@ -110,6 +110,12 @@ def label(obj: Context, entry: str, topic: str, label: str) -> None:
     type=click.FloatRange(min=0.0),
     help="Advanced: the value of a clause feature (0: none). Default: the current model's, else 1.",
 )
+@click.option(
+    "--title-chars/--no-title-chars",
+    default=None,
+    help="Advanced: also learn from the character 4-grams of the title's words, so that word "
+    "forms share evidence. Default: the current model's, else off.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.pass_obj
 def train(
@@ -121,6 +127,7 @@ def train(
     force: bool,
     no_database: bool,
     clause_weight: float | None,
+    title_chars: bool | None,
     as_json: bool,
 ) -> None:
     """Train TOPIC's relevance model from labelled files and the database's labels.
@@ -148,12 +155,13 @@ def train(
     if not items:
         _bad_input(f"no labelled items for {topic!r}: give --labels FILE, or label entries")
 
-    from aggregator.relevance.train import Hyper, train_topic
+    from aggregator.relevance.train import train_topic
 
-    hyper = Hyper(clause_weight=clause_weight) if clause_weight is not None else None
+    given = {"clause_weight": clause_weight, "title_chars": title_chars}
     try:
         result = train_topic(
-            rules, items, out, hyper=hyper, force=force,
+            rules, items, out, settings={k: v for k, v in given.items() if v is not None},
+            force=force,
             progress=lambda line: click.echo(f"  {line}", err=True),
         )  # fmt: skip
     except (TrainingDataError, ModelError) as e:

@@ -29,11 +29,21 @@ from typing import Any, Literal
 
 from aggregator.errors import ModelError
 from aggregator.models import Document
-from aggregator.relevance.features import CLAUSE_PREFIX, MATCHED, TITLE_PREFIX, item_terms
+from aggregator.relevance.features import (
+    CHAR_PREFIX,
+    CLAUSE_PREFIX,
+    MATCHED,
+    TERMS_RECIPE,
+    TITLE_PREFIX,
+    item_terms,
+)
 
 FORMAT = "aggregator-relevance-model"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# 2: the terms recipe (features.TERMS_RECIPE) is recorded, and must be the one computed here.
+# 1: words only, as round 1 of issue 17 trained them; still scored exactly, since the terms added
+# since (the title's character grams) are outside its vocabulary and so ignored.
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MODELS_DIR = "models"  # beside topics.toml
 
 Tier = Literal["alert", "review", "none"]
@@ -166,6 +176,14 @@ class RelevanceModel:
                 f"format_version {version!r} is not supported (this aggregator reads "
                 f"{supported}): retrain it with `aggregator train`",
             )
+        features = doc.get("features")
+        recipe = features.get("terms") if isinstance(features, dict) else None
+        if version >= 2 and recipe != TERMS_RECIPE:
+            raise ModelError(
+                where,
+                f"trained on the terms {recipe!r}, but this aggregator computes {TERMS_RECIPE!r}: "
+                "retrain it with `aggregator train`",
+            )
         if topic is not None and doc.get("topic") != topic:
             raise ModelError(where, f"a model of topic {doc.get('topic')!r}, not of {topic!r}")
         try:
@@ -241,8 +259,9 @@ class RelevanceModel:
     ) -> list[tuple[str, float]]:
         """The ``n`` features that moved the score most, with their signed contribution to the
         log-odds, largest first: words and word pairs as written lower-case ("executive
-        order"), title words as ``title:word``, clauses as ``clause 2a``, the verdict as
-        ``rule matched``."""
+        order"), title words as ``title:word``, four letters of a title word as ``letters:<ban``
+        (``<`` marks the start of the word, ``>`` its end), clauses as ``clause 2a``, the verdict
+        as ``rule matched``."""
         rows, idf = self._vocabulary.rows, self._vocabulary.idf
         known: list[tuple[str, float, int]] = []
         for term, count in item_terms(doc).items():
@@ -262,4 +281,8 @@ class RelevanceModel:
 
 
 def _shown(term: str) -> str:
-    return "title:" + term.removeprefix(TITLE_PREFIX) if term.startswith(TITLE_PREFIX) else term
+    if term.startswith(TITLE_PREFIX):
+        return "title:" + term.removeprefix(TITLE_PREFIX)
+    if term.startswith(CHAR_PREFIX):
+        return "letters:" + term.removeprefix(CHAR_PREFIX)
+    return term

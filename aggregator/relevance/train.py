@@ -3,9 +3,10 @@
 The only module that imports numpy, scipy and scikit-learn, and only ``aggregator train`` imports
 it: the service scores exported weights in pure Python (:mod:`aggregator.relevance.model`).
 
-Features are the item's words (:func:`~aggregator.relevance.features.model_terms`), TF-IDF
-weighted and L2-normalised, plus one binary feature per labelled clause of the topic's query that
-held and one for the rule's verdict (unless ``clause_weight`` is 0). The model learns from every
+Features are the item's words and, per topic, the character 4-grams of its title's words
+(:func:`~aggregator.relevance.features.model_terms`), TF-IDF weighted and L2-normalised, plus one
+binary feature per labelled clause of the topic's query that held and one for the rule's verdict
+(unless ``clause_weight`` is 0). The model learns from every
 labelled item, caught by the rule or not; the service scores only what the rule caught.
 
 Deterministic: the same items, rules and settings give a byte-identical file.
@@ -18,8 +19,8 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,14 @@ from sklearn.model_selection import StratifiedKFold
 
 from aggregator.errors import ModelError
 from aggregator.models import Document
-from aggregator.relevance.features import CLAUSE_PREFIX, MATCHED, clause_features, model_terms
+from aggregator.relevance.features import (
+    CHAR_PREFIX,
+    CLAUSE_PREFIX,
+    MATCHED,
+    TERMS_RECIPE,
+    clause_features,
+    model_terms,
+)
 from aggregator.relevance.model import FORMAT, FORMAT_VERSION, RelevanceModel, rules_sha256
 from aggregator.rules.matcher import TopicMatcher, TopicRules
 
@@ -64,6 +72,7 @@ class Hyper:
     title_terms: bool = True  # title words counted again under "t:"
     clauses_as_terms: bool = False  # clause hits as TF-IDF terms instead of a separate block
     outside_weight: float = 1.0  # sample weight of items the query does not catch
+    title_chars: bool = False  # the character 4-grams of the title's words (terms "c:...")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +141,8 @@ def _identity(terms: tuple[str, ...]) -> tuple[str, ...]:
 
 def _terms(ex: Example, hyper: Hyper) -> tuple[str, ...]:
     terms = ex.terms
+    if not hyper.title_chars:
+        terms = tuple(t for t in terms if not t.startswith(CHAR_PREFIX))
     if not hyper.bigrams:
         terms = tuple(t for t in terms if " " not in t)
     if not hyper.title_terms:
@@ -389,8 +400,9 @@ def export(fitted: Fitted, topic: TopicRules, examples: Sequence[Example],
         },
         "hyperparameters": asdict(fitted.hyper),
         "features": {
-            "terms": "aggregator.relevance.features.model_terms: word unigrams + bigrams per "
-            "field, title words again prefixed 't:'",
+            "terms": TERMS_RECIPE,
+            "terms_used": "words and title words"
+            + (" and the title words' character 4-grams" if fitted.hyper.title_chars else ""),
             "tf": "1 + ln(count)" if fitted.hyper.sublinear_tf else "count",
             "norm": "l2 over the terms in the vocabulary",
         },
@@ -456,13 +468,14 @@ def train_topic(
     items: Sequence[LabelledItem],
     out: Path,
     *,
-    hyper: Hyper | None = None,
+    settings: Mapping[str, Any] | None = None,
     force: bool = False,
     progress: Progress | None = None,
 ) -> TrainResult:
     """Cross-validate, choose thresholds, compare with the model at ``out`` and write unless it
-    scores better on held-out items. Raises TrainingDataError, ModelError (the current model
-    cannot be read: pass ``force``)."""
+    scores better on held-out items. ``settings``: :class:`Hyper` fields to change from the
+    current model's settings (from the defaults when there is none). Raises TrainingDataError,
+    ModelError (the current model cannot be read: pass ``force``)."""
     from aggregator.errors import TrainingDataError
 
     started = time.perf_counter()
@@ -479,8 +492,8 @@ def train_topic(
         if not force:
             raise
         existing = None
-    # a retrain keeps the settings of the model it replaces, unless told otherwise
-    hyper = hyper or (existing[1] if existing else Hyper())
+    # a retrain keeps the settings of the model it replaces, but those it is told to change
+    hyper = replace(existing[1] if existing else Hyper(), **(settings or {}))
     matcher = TopicMatcher.compile([topic])
     keys = clause_columns(matcher, topic.name)
     say(f"features of {len(items)} items")
