@@ -4,6 +4,7 @@ strictly, small in memory, and never pulling scikit-learn, numpy or scipy into t
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from aggregator.relevance.train import (
     Hyper,
     LabelledItem,
     clause_columns,
+    design_matrix,
     examples_for,
     export,
     fit,
@@ -103,8 +105,9 @@ def exported(tmp_path: Path, hyper: Hyper | None = None, **changes: Any) -> Path
         Hyper(min_df=1, clause_weight=1.0),  # words and clauses
         Hyper(min_df=1, clause_weight=0.0),  # words alone
         Hyper(min_df=1, clause_weight=1.0, title_chars=True),  # and the title's letters
+        Hyper(min_df=1, title_chars=True, ensemble_words=True),  # two models averaged
     ],
-    ids=["clauses", "words", "title-chars"],
+    ids=["clauses", "words", "title-chars", "ensemble"],
 )
 def test_scores_equal_scikit_learn(tmp_path: Path, hyper: Hyper) -> None:
     fitted, examples, matcher = trained(hyper)
@@ -158,6 +161,34 @@ def test_a_version_1_file_still_scores_exactly(tmp_path: Path) -> None:
         assert abs(model.score(item.document, clauses, matched=ex.net) - want) < 1e-9
 
 
+def test_one_model_predicts_as_scikit_learn_does() -> None:
+    fitted, examples, _ = trained(Hyper(min_df=1, title_chars=True))
+    [member] = fitted.members
+    want = member.predict_proba(design_matrix(fitted, examples))[:, 1]
+    assert max(abs(predict(fitted, examples) - want)) < 1e-12
+
+
+def test_the_ensemble_is_the_mean_of_its_members_log_odds() -> None:
+    """Two models, one with the clause features and one on words alone, exported as one weight
+    vector: the log-odds it gives are the mean of the two members' log-odds."""
+    fitted, examples, _ = trained(Hyper(min_df=1, title_chars=True, ensemble_words=True))
+    with_clauses, words_alone = fitted.members
+    x = design_matrix(fitted, examples)
+    n_text = len(fitted.vectorizer.vocabulary_)
+    assert x.shape[1] > n_text  # the clause columns, which the words member never sees
+    first = with_clauses.predict_proba(x)[:, 1]
+    second = words_alone.predict_proba(x[:, :n_text])[:, 1]
+    assert max(abs(first - second)) > 0.01  # two different models
+
+    def logit(p: float) -> float:
+        return math.log(p / (1 - p))
+
+    for got, a, b in zip(predict(fitted, examples), first, second, strict=True):
+        assert abs(logit(got) - (logit(a) + logit(b)) / 2) < 1e-9
+    # without clause features there is nothing to average: one model
+    assert len(trained(Hyper(min_df=1, clause_weight=0.0, ensemble_words=True))[0].members) == 1
+
+
 def test_clauses_and_the_verdict_move_the_score(tmp_path: Path) -> None:
     model = RelevanceModel.load(exported(tmp_path))
     doc = Document("Governor signs order", "")
@@ -177,8 +208,6 @@ def test_movers_explain_the_log_odds(tmp_path: Path) -> None:
     sizes = [abs(w) for _, w in movers]
     assert sizes == sorted(sizes, reverse=True)
     # every contribution of the item is listed, so they add up to its log-odds
-    import math
-
     score = model.score(doc, ("1", "2", "3"))
     assert math.isclose(model.intercept + sum(w for _, w in movers), math.log(score / (1 - score)))
     assert len(model.movers(doc, ("1",), n=3)) == 3

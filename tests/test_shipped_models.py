@@ -3,6 +3,7 @@ story alerting in both channels, small in memory, and rebuilt byte for byte by `
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import tracemalloc
@@ -11,8 +12,20 @@ from pathlib import Path
 import pytest
 
 from aggregator.config.load import DEFAULTS_DIR, load_config
+from aggregator.measure.topics import read_labelled
 from aggregator.models import Document
+from aggregator.relevance.features import CLAUSE_PREFIX, MATCHED
 from aggregator.relevance.model import RelevanceModel, Vocabularies, default_model_path
+from aggregator.relevance.train import (
+    CURATED,
+    SAMPLED,
+    Hyper,
+    LabelledItem,
+    clause_columns,
+    design_matrix,
+    examples_for,
+    fit,
+)
 from aggregator.rules.matcher import TopicMatcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,3 +114,43 @@ def test_make_models_rebuilds_the_shipped_files_byte_for_byte(tmp_path: Path) ->
         assert result.returncode == 0, result.stderr
         built = config / "models" / f"{topic}.json"
         assert built.read_bytes() == (CONFIG / "models" / f"{topic}.json").read_bytes(), topic
+
+
+def shared_items(topic: str) -> list[LabelledItem]:
+    """dev.jsonl (curated) then train.jsonl (sampled), in the order `make models` reads them."""
+    out = []
+    for name, origin in (("dev.jsonl", CURATED), ("train.jsonl", SAMPLED)):
+        for item in read_labelled(SHARED / name):
+            if topic in item.labels:
+                out.append(LabelledItem(item.id, item.document(), item.labels[topic],
+                                        topic in item.unsure, origin))  # fmt: skip
+    return out
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/eval (the labelled data)")
+@pytest.mark.parametrize("name", ["ai-policy", "executive-orders"])
+def test_the_shipped_model_scores_every_labelled_item_as_scikit_learn_does(name: str) -> None:
+    """On all of dev + train: the pure-Python score of the shipped file against scikit-learn's
+    predict_proba of the models it was made of, refitted with its settings (for an ensemble,
+    the mean of the members' log-odds)."""
+    [topic] = [t for t in load_config(CONFIG, {}).topics if t.name == name]
+    model = shipped()[name]
+    items = shared_items(name)
+    matcher = TopicMatcher.compile([topic])
+    examples = examples_for(items, name, matcher)
+    fitted = fit(examples, Hyper(**model.hyperparameters), clause_columns(matcher, name))
+    x = design_matrix(fitted, examples)
+    n_text = len(fitted.vectorizer.vocabulary_)
+    probabilities = [  # the second member, when there is one, sees the words alone
+        member.predict_proba(x if k == 0 else x[:, :n_text])[:, 1]
+        for k, member in enumerate(fitted.members)
+    ]
+    want = [
+        1 / (1 + math.exp(-sum(math.log(p / (1 - p)) for p in ps) / len(ps)))
+        for ps in zip(*probabilities, strict=True)
+    ]
+    worst = 0.0
+    for item, ex, expected in zip(items, examples, want, strict=True):
+        clauses = [c.removeprefix(CLAUSE_PREFIX) for c in ex.clauses if c != MATCHED]
+        worst = max(worst, abs(model.score(item.document, clauses, matched=ex.net) - expected))
+    assert len(items) > 3000 and worst < 1e-9, worst

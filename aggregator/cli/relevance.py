@@ -116,6 +116,12 @@ def label(obj: Context, entry: str, topic: str, label: str) -> None:
     help="Advanced: also learn from the character 4-grams of the title's words, so that word "
     "forms share evidence. Default: the current model's, else off.",
 )
+@click.option(
+    "--ensemble/--no-ensemble",
+    default=None,
+    help="Advanced: average the model (words and clause features) with a second one on words "
+    "alone. Default: the current model's, else off.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.pass_obj
 def train(
@@ -128,6 +134,7 @@ def train(
     no_database: bool,
     clause_weight: float | None,
     title_chars: bool | None,
+    ensemble: bool | None,
     as_json: bool,
 ) -> None:
     """Train TOPIC's relevance model from labelled files and the database's labels.
@@ -157,7 +164,7 @@ def train(
 
     from aggregator.relevance.train import train_topic
 
-    given = {"clause_weight": clause_weight, "title_chars": title_chars}
+    given = {"clause_weight": clause_weight, "title_chars": title_chars, "ensemble_words": ensemble}
     try:
         result = train_topic(
             rules, items, out, settings={k: v for k, v in given.items() if v is not None},

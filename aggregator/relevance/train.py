@@ -9,6 +9,10 @@ binary feature per labelled clause of the topic's query that held and one for th
 (unless ``clause_weight`` is 0). The model learns from every
 labelled item, caught by the rule or not; the service scores only what the rule caught.
 
+A topic may average two logistic regressions over the same TF-IDF columns, one with the clause
+features and one on words alone (``ensemble_words``). The mean of their log-odds is the log-odds of
+their mean weights, so the export is still one weight vector and the scorer one dot product.
+
 Deterministic: the same items, rules and settings give a byte-identical file.
 """
 
@@ -26,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from scipy import sparse
+from scipy.special import expit
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
@@ -73,6 +78,7 @@ class Hyper:
     clauses_as_terms: bool = False  # clause hits as TF-IDF terms instead of a separate block
     outside_weight: float = 1.0  # sample weight of items the query does not catch
     title_chars: bool = False  # the character 4-grams of the title's words (terms "c:...")
+    ensemble_words: bool = False  # average with a second model on words alone (no clauses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +135,16 @@ def clause_columns(matcher: TopicMatcher, topic: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Fitted:
+    """One weight vector over [TF-IDF terms, clause features] and an intercept: what is
+    exported. ``members``: the fitted scikit-learn models it was made of (the second one, when
+    there is one, sees the TF-IDF columns alone)."""
+
     hyper: Hyper
     vectorizer: TfidfVectorizer
     clause_keys: tuple[str, ...]
-    model: LogisticRegression
+    coef: Any  # numpy array: len(vocabulary) + len(clause_keys) weights
+    intercept: float
+    members: tuple[LogisticRegression, ...]
 
 
 def _identity(terms: tuple[str, ...]) -> tuple[str, ...]:
@@ -186,21 +198,42 @@ def fit(examples: Sequence[Example], hyper: Hyper, clause_keys: Sequence[str]) -
     keys = tuple(clause_keys) if hyper.clause_weight else ()
     x = _matrix(vectorizer, keys, train, hyper.clause_weight)
     y = np.array([ex.label for ex in train])
-    model = LogisticRegression(
-        C=hyper.C, class_weight=hyper.class_weight, solver="liblinear", random_state=SEED,
-        max_iter=1000,
-    )  # fmt: skip
     weights = np.array([(hyper.dev_weight if ex.origin == CURATED else 1.0)
                         * (1.0 if ex.net else hyper.outside_weight) for ex in train])  # fmt: skip
-    model.fit(x, y, sample_weight=weights)
-    return Fitted(hyper, vectorizer, keys, model)
+
+    def logistic() -> LogisticRegression:
+        return LogisticRegression(
+            C=hyper.C, class_weight=hyper.class_weight, solver="liblinear", random_state=SEED,
+            max_iter=1000,
+        )  # fmt: skip
+
+    model = logistic().fit(x, y, sample_weight=weights)
+    coef = model.coef_[0].copy()
+    intercept = float(model.intercept_[0])
+    if not (hyper.ensemble_words and keys):
+        return Fitted(hyper, vectorizer, keys, coef, intercept, (model,))
+    # The clause model ranks the top of the net well; the words model orders its middle better
+    # (round 2 of issue 17). Averaged: the words' weights, half of each clause's, the intercepts.
+    n_text = len(vectorizer.vocabulary_)
+    words = logistic().fit(x[:, :n_text], y, sample_weight=weights)
+    coef[:n_text] = (coef[:n_text] + words.coef_[0]) / 2
+    coef[n_text:] /= 2
+    intercept = (intercept + float(words.intercept_[0])) / 2
+    return Fitted(hyper, vectorizer, keys, coef, intercept, (model, words))
+
+
+def design_matrix(fitted: Fitted, examples: Sequence[Example]) -> Any:
+    """The examples as the first member sees them: TF-IDF columns, then clause features."""
+    return _matrix(fitted.vectorizer, fitted.clause_keys, examples, fitted.hyper.clause_weight)
 
 
 def predict(fitted: Fitted, examples: Sequence[Example]) -> Any:
+    """The probability of each example, from the one exported weight vector."""
     if not examples:
         return np.zeros(0)
-    x = _matrix(fitted.vectorizer, fitted.clause_keys, examples, fitted.hyper.clause_weight)
-    return fitted.model.predict_proba(x)[:, 1]
+    return expit(
+        np.asarray(design_matrix(fitted, examples) @ fitted.coef).ravel() + fitted.intercept
+    )
 
 
 def folds(examples: Sequence[Example], k: int = FOLDS) -> list[Any]:
@@ -378,7 +411,7 @@ def data_digest(items: Sequence[LabelledItem]) -> str:
 def export(fitted: Fitted, topic: TopicRules, examples: Sequence[Example],
            items: Sequence[LabelledItem], cv: CrossValidation) -> dict[str, Any]:  # fmt: skip
     """The model as plain values: per term its idf and its weight folded with the idf."""
-    coef = fitted.model.coef_[0]
+    coef = fitted.coef
     idf = fitted.vectorizer.idf_
     terms = {t: [float(idf[j]), float(coef[j] * idf[j])]
              for t, j in sorted(fitted.vectorizer.vocabulary_.items())}  # fmt: skip
@@ -406,7 +439,7 @@ def export(fitted: Fitted, topic: TopicRules, examples: Sequence[Example],
             "tf": "1 + ln(count)" if fitted.hyper.sublinear_tf else "count",
             "norm": "l2 over the terms in the vocabulary",
         },
-        "intercept": float(fitted.model.intercept_[0]),
+        "intercept": fitted.intercept,
         "thresholds": {"alert": cv.alert, "review": cv.review},
         "cv": cv.as_dict(),
         "clauses": clauses,
