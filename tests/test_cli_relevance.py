@@ -244,14 +244,23 @@ def test_a_changed_setting_is_compared_on_the_same_folds(
     out = tmp_path / "eo.json"
     args = ("--config", config_dir, "--db", tmp_path / "none.db", "train", "eo",
             "--labels", labels_file, "--out", out)  # fmt: skip
-    assert run(*args, "--clause-weight", "1", "--title-chars").returncode == 0
-    assert json.loads(out.read_text())["hyperparameters"]["title_chars"] is True
+    first = run(
+        *args, "--clause-weight", "1", "--title-chars", "--ensemble", "--sampled-weight", "3"
+    )
+    assert first.returncode == 0, first.stderr
+    settings = json.loads(out.read_text())["hyperparameters"]
+    assert (settings["title_chars"], settings["ensemble_words"], settings["sampled_weight"]) == (
+        True, True, 3.0,
+    )  # fmt: skip
     other = run(*args, "--clause-weight", "0")
     assert "the current model's settings on the same folds" in other.stdout
     assert other.returncode in (0, 1)
     written = json.loads(out.read_text())["hyperparameters"]
     assert written["clause_weight"] == (0.0 if other.returncode == 0 else 1.0)
-    assert written["title_chars"] is True  # a setting not given is the current model's
+    # the settings not given are the current model's
+    assert (written["title_chars"], written["ensemble_words"], written["sampled_weight"]) == (
+        True, True, 3.0,
+    )  # fmt: skip
 
 
 def test_the_databases_labels_reach_training_and_are_reported(

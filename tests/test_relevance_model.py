@@ -189,6 +189,28 @@ def test_the_ensemble_is_the_mean_of_its_members_log_odds() -> None:
     assert len(trained(Hyper(min_df=1, clause_weight=0.0, ensemble_words=True))[0].members) == 1
 
 
+def test_sampled_items_weigh_more_than_curated_ones_when_asked() -> None:
+    """Where curated and sampled labels disagree on the same words, the sampled ones win when
+    they weigh more: the service scores what the feeds bring."""
+    disputed = [
+        LabelledItem(f"{origin}-{place}", Document(f"Tariff letter sent in {place}"), label,
+                     origin=origin)
+        for place in PLACES
+        for origin, label in ((CURATED, 0), (SAMPLED, 1))
+    ]  # fmt: skip
+    matcher = TopicMatcher.compile([TOPIC])
+    keys = clause_columns(matcher, "eo")
+    examples = examples_for([*items(), *disputed], "eo", matcher)
+    probe = examples_for([LabelledItem("p", Document("Tariff letter sent"), 1)], "eo", matcher)
+    scores = [predict(fit(examples, Hyper(min_df=1, sampled_weight=w), keys), probe)[0]
+              for w in (1.0, 3.0)]  # fmt: skip
+    assert scores[1] > scores[0] + 0.05, scores
+    # with no curated item, sampled items weigh as before (no mere change of C)
+    alone = [ex for ex in examples if ex.origin == SAMPLED]
+    same = [fit(alone, Hyper(min_df=1, sampled_weight=w), keys).coef for w in (1.0, 3.0)]
+    assert (same[0] == same[1]).all()
+
+
 def test_clauses_and_the_verdict_move_the_score(tmp_path: Path) -> None:
     model = RelevanceModel.load(exported(tmp_path))
     doc = Document("Governor signs order", "")

@@ -122,6 +122,12 @@ def label(obj: Context, entry: str, topic: str, label: str) -> None:
     help="Advanced: average the model (words and clause features) with a second one on words "
     "alone. Default: the current model's, else off.",
 )
+@click.option(
+    "--sampled-weight",
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Advanced: how much more a sampled item (--labels, the database's) weighs in training "
+    "than a curated one (--curated). Default: the current model's, else 1.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.pass_obj
 def train(
@@ -135,6 +141,7 @@ def train(
     clause_weight: float | None,
     title_chars: bool | None,
     ensemble: bool | None,
+    sampled_weight: float | None,
     as_json: bool,
 ) -> None:
     """Train TOPIC's relevance model from labelled files and the database's labels.
@@ -164,7 +171,12 @@ def train(
 
     from aggregator.relevance.train import train_topic
 
-    given = {"clause_weight": clause_weight, "title_chars": title_chars, "ensemble_words": ensemble}
+    given = {
+        "clause_weight": clause_weight,
+        "title_chars": title_chars,
+        "ensemble_words": ensemble,
+        "sampled_weight": sampled_weight,
+    }
     try:
         result = train_topic(
             rules, items, out, settings={k: v for k, v in given.items() if v is not None},

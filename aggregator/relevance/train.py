@@ -79,6 +79,9 @@ class Hyper:
     outside_weight: float = 1.0  # sample weight of items the query does not catch
     title_chars: bool = False  # the character 4-grams of the title's words (terms "c:...")
     ensemble_words: bool = False  # average with a second model on words alone (no clauses)
+    # the sample weight of sampled and team items relative to curated ones: the service scores
+    # what the feeds bring, not hand-picked clear cases (no effect without curated items)
+    sampled_weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +201,8 @@ def fit(examples: Sequence[Example], hyper: Hyper, clause_keys: Sequence[str]) -
     keys = tuple(clause_keys) if hyper.clause_weight else ()
     x = _matrix(vectorizer, keys, train, hyper.clause_weight)
     y = np.array([ex.label for ex in train])
-    weights = np.array([(hyper.dev_weight if ex.origin == CURATED else 1.0)
+    sampled = hyper.sampled_weight if any(ex.origin == CURATED for ex in train) else 1.0
+    weights = np.array([(hyper.dev_weight if ex.origin == CURATED else sampled)
                         * (1.0 if ex.net else hyper.outside_weight) for ex in train])  # fmt: skip
 
     def logistic() -> LogisticRegression:
