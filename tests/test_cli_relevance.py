@@ -231,6 +231,7 @@ def test_train_refuses_to_replace_a_model_that_does_better_on_items_it_never_saw
     report = json.loads(refused.stdout)
     assert report["written"] is False
     assert "refused: the current model scores better on the 96 labelled items" in report["verdict"]
+    assert "(average precision 1.000 against 0." in report["verdict"]  # in-sample: perfect
     assert "use --force" in report["verdict"]
     assert out.read_bytes() == current
     forced = run(*args, "--force")

@@ -26,8 +26,10 @@ from aggregator.relevance.model import (
 from aggregator.relevance.train import (
     CURATED,
     SAMPLED,
+    Example,
     Hyper,
     LabelledItem,
+    average_precision,
     clause_columns,
     design_matrix,
     examples_for,
@@ -209,6 +211,27 @@ def test_sampled_items_weigh_more_than_curated_ones_when_asked() -> None:
     alone = [ex for ex in examples if ex.origin == SAMPLED]
     same = [fit(alone, Hyper(min_df=1, sampled_weight=w), keys).coef for w in (1.0, 3.0)]
     assert (same[0] == same[1]).all()
+
+
+def test_average_precision_ranks_what_the_rule_missed_last_and_leaves_unsure_out() -> None:
+    def example(score: float, label: int, net: bool = True, unsure: bool = False,
+                origin: str = SAMPLED) -> tuple[Example, float]:  # fmt: skip
+        return Example(f"{score}", origin, (), frozenset(), net, label, unsure), score
+
+    pairs = [
+        example(0.9, 1), example(0.8, 0), example(0.7, 1),
+        example(0.99, 1, net=False),  # the rule missed it: ranked with the lowest
+        example(0.5, 0, net=False),
+        example(0.95, 0, unsure=True),  # left out, as eval leaves it out
+        example(0.1, 1, origin=CURATED),
+    ]  # fmt: skip
+    examples, scores = [e for e, _ in pairs], [s for _, s in pairs]
+    # ranked: + - + then (+ -) tied at 0: precision 1, 2/3, 3/5 at recall 1/3, 2/3, 1
+    want = (1 + 2 / 3 + 3 / 5) / 3
+    assert math.isclose(average_precision(examples, scores, frozenset({SAMPLED})), want)
+    # every origin: the curated positive ranks fourth, above the two tied at 0
+    assert math.isclose(average_precision(examples, scores), (1 + 2 / 3 + 3 / 4 + 4 / 6) / 4)
+    assert average_precision(examples, scores, frozenset({"team"})) == 0.0  # nothing to rank
 
 
 def test_clauses_and_the_verdict_move_the_score(tmp_path: Path) -> None:

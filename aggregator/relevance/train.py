@@ -33,6 +33,7 @@ from scipy import sparse
 from scipy.special import expit
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
 from sklearn.model_selection import StratifiedKFold
 
 from aggregator.errors import ModelError
@@ -307,6 +308,19 @@ def counts(examples: Sequence[Example], alerted: Sequence[bool],
     return Counts(tp, fp, fn)
 
 
+def average_precision(examples: Sequence[Example], scores: Sequence[float] | Any,
+                      origins: frozenset[str] | None = None) -> float:  # fmt: skip
+    """Average precision of what the rule caught, ranked by score (items outside the net rank
+    last), over the sure items of ``origins`` (None: every origin). Threshold-free."""
+    keep = [i for i, ex in enumerate(examples)
+            if not ex.unsure and (origins is None or ex.origin in origins)]  # fmt: skip
+    labels = [examples[i].label for i in keep]
+    if not any(labels):
+        return 0.0
+    ranked = [float(scores[i]) if examples[i].net else 0.0 for i in keep]
+    return float(average_precision_score(labels, ranked))
+
+
 def combined(examples: Sequence[Example], scores: Any, threshold: float) -> list[bool]:
     """What alerts: the rule caught the item and its score reaches the threshold."""
     return [ex.net and s >= threshold for ex, s in zip(examples, scores, strict=True)]
@@ -565,11 +579,14 @@ def _compare(
     keys: Sequence[str],
     say: Progress,
 ) -> tuple[str, bool]:
-    """Whether the candidate scores worse than the current model on held-out items, and why.
+    """Whether the candidate ranks worse than the current model on held-out items, and why.
 
     On the labelled items the current model never saw (when there are enough), its own scores
     against the candidate's out-of-fold scores. Otherwise, when the settings differ, the current
-    settings cross-validated on the same folds of the same labels. F1 of what would alert.
+    settings cross-validated on the same folds of the same labels, on the items thresholds are
+    chosen on (:func:`threshold_pool`). Judged by :func:`average_precision`: it needs no
+    threshold, so neither side is favoured by a threshold chosen on the very scores it is judged
+    on (an F1 check refused an identical model for that reason in round 2 of issue 17).
     """
     doc, old_hyper = existing
     ids = doc["training_data"].get("ids")
@@ -580,27 +597,24 @@ def _compare(
     if len(unseen) >= MIN_UNSEEN and labels == {0, 1}:
         old = RelevanceModel.from_dict(doc, "current model")
         part = [examples[i] for i in unseen]
-        old_alerts = [
-            ex.net
-            and old.score(items[i].document, _keys_of(ex), matched=True) >= old.thresholds.alert
-            for i, ex in zip(unseen, part, strict=True)
-        ]
-        new_alerts = [
-            ex.net and cv.scores[i] >= cv.alert for i, ex in zip(unseen, part, strict=True)
-        ]
-        before, after = counts(part, old_alerts), counts(part, new_alerts)
+        old_scores = [old.score(items[i].document, _keys_of(ex), matched=True)
+                      for i, ex in zip(unseen, part, strict=True)]  # fmt: skip
+        before = average_precision(part, old_scores)
+        after = average_precision(part, [cv.scores[i] for i in unseen])
         where = f"on the {len(unseen)} labelled items the current model never saw"
     elif old_hyper != hyper:
         say("cross-validation of the current model's settings on the same folds")
-        old_cv = cross_validate(examples, old_hyper, keys)
-        before, after = old_cv.at(old_cv.alert), cv.at(cv.alert)
+        pool = threshold_pool(examples)
+        before = average_precision(examples, out_of_fold(examples, old_hyper, keys), pool)
+        after = average_precision(examples, cv.scores, pool)
         where = "with the current model's settings on the same folds"
     else:
         return "written (same settings, and no labelled item the current model never saw)", False
-    if after.f1 < before.f1 - 1e-9:
-        return (f"refused: the current model scores better {where} (F1 {before.f1:.3f} against "
-                f"{after.f1:.3f}); use --force to replace it"), True  # fmt: skip
-    return f"written: F1 {after.f1:.3f} against the current model's {before.f1:.3f} {where}", False
+    if after < before - 1e-9:
+        return (f"refused: the current model scores better {where} (average precision "
+                f"{before:.3f} against {after:.3f}); use --force to replace it"), True  # fmt: skip
+    return (f"written: average precision {after:.3f} against the current model's {before:.3f} "
+            f"{where}"), False  # fmt: skip
 
 
 def _keys_of(ex: Example) -> list[str]:
