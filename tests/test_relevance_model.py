@@ -142,9 +142,9 @@ def test_terms_are_words_pairs_title_words_and_the_title_words_letters() -> None
 
 def test_a_model_trained_without_the_title_chars_ignores_them(tmp_path: Path) -> None:
     model = RelevanceModel.load(exported(tmp_path))
-    assert not any(t.startswith("c:") for t in model._vocabulary.rows)
+    assert not any(t.startswith("c:") for t in model._rows)
     with_chars = RelevanceModel.load(exported(tmp_path, Hyper(min_df=1, title_chars=True)))
-    assert any(t.startswith("c:") for t in with_chars._vocabulary.rows)
+    assert any(t.startswith("c:") for t in with_chars._rows)
     doc = Document("Governor signs executive order", "The order takes effect.")
     assert any(name.startswith("letters:") for name, _ in with_chars.movers(doc, (), n=100))
     assert not any(name.startswith("letters:") for name, _ in model.movers(doc, (), n=100))
@@ -321,17 +321,33 @@ def test_unreadable_files_and_another_topic_are_refused(tmp_path: Path) -> None:
         RelevanceModel.load(exported(tmp_path), "ai-policy")
 
 
-def test_models_with_one_vocabulary_share_it(tmp_path: Path) -> None:
-    path = exported(tmp_path)
+def test_models_loaded_together_share_one_term_index_and_score_as_alone(tmp_path: Path) -> None:
+    """Words only, words and the title's letters (a superset), and a third whose terms and idf
+    differ: one index holds the union, and each model scores exactly as when loaded alone,
+    whatever the order of loading."""
+    (tmp_path / "words").mkdir()
+    (tmp_path / "chars").mkdir()
+    words = exported(tmp_path / "words")
+    chars = exported(tmp_path / "chars", Hyper(min_df=1, title_chars=True))
     other = tmp_path / "other.json"
-    doc = json.loads(path.read_text())
-    doc["terms"] = {t: [idf, -w] for t, (idf, w) in doc["terms"].items()}
+    doc = json.loads(words.read_text())
+    doc["terms"] = {t: [idf * 1.5, -w] for n, (t, (idf, w)) in enumerate(doc["terms"].items())
+                    if n % 2}  # fmt: skip
     other.write_text(json.dumps(doc))
-    vocabularies = Vocabularies()
-    a = RelevanceModel.load(path, vocabularies=vocabularies)
-    b = RelevanceModel.load(other, vocabularies=vocabularies)
-    assert a._vocabulary is b._vocabulary and a._weights != b._weights
-    assert RelevanceModel.load(path)._vocabulary is not a._vocabulary  # no sharing unasked
+    paths = [words, chars, other]
+    docs = [item.document for item in items()]
+    docs.append(Document("Governor decree in Vermont", "An order nobody trained on"))
+    alone = [[RelevanceModel.load(p).score(d, ("1",)) for d in docs] for p in paths]
+    union = {t for p in paths for t in json.loads(p.read_text())["terms"]}
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
+        vocabularies = Vocabularies()
+        models = {k: RelevanceModel.load(paths[k], vocabularies=vocabularies) for k in order}
+        assert set(vocabularies.rows) == union
+        assert all(m._rows is vocabularies.rows for m in models.values())
+        for k, model in models.items():
+            assert model.terms == len(json.loads(paths[k].read_text())["terms"])
+            assert [model.score(d, ("1",)) for d in docs] == alone[k], (order, k)
+    assert RelevanceModel.load(words)._rows is not RelevanceModel.load(words)._rows  # unasked
 
 
 def test_the_service_never_imports_scikit_learn_numpy_or_scipy() -> None:

@@ -9,9 +9,10 @@ intercept and the thresholds. The score equals scikit-learn's ``predict_proba`` 
     z     = intercept + sum_t tf_t * folded_t / ||x|| + sum of the weights of the clauses held
     score = 1 / (1 + exp(-z))
 
-Memory: the vocabulary (term -> row, idf) is one dict and one ``array('d')``, shared by every
-model loaded with the same :class:`Vocabularies` whose vocabulary is the same (the shipped
-topics' are); each model adds one ``array('d')`` of weights.
+Memory: the term -> row index is one dict shared by every model loaded with the same
+:class:`Vocabularies`, over the union of their vocabularies (the shipped topics' overlap: one adds
+the title's character grams to the other's words); each model adds two ``array('d')`` of its own
+(idf and weight per row), holding 0 where a term is not in its vocabulary.
 """
 
 from __future__ import annotations
@@ -75,24 +76,19 @@ class Thresholds:
         return "review" if score >= self.review else "none"
 
 
-@dataclass(frozen=True, slots=True)
-class Vocabulary:
-    rows: dict[str, int]  # term -> its row in idf and in each model's weights
-    idf: array[float]
-
-
 class Vocabularies:
-    """Shares one vocabulary between the models that have the same (same terms, same idf)."""
+    """One term -> row index for the models of one config: a term is stored once, whichever
+    models know it. A model's arrays are as long as the index was when it was loaded, with idf
+    and weight 0 for a term it does not know: such a term adds nothing to the norm or to the dot
+    product, exactly as a term outside its vocabulary. The index only grows, while loading."""
 
     def __init__(self) -> None:
-        self._known: dict[str, Vocabulary] = {}
+        self.rows: dict[str, int] = {}
 
-    def get(self, terms: list[str], idf: array[float]) -> Vocabulary:
-        digest = hashlib.sha256("\n".join(terms).encode() + idf.tobytes()).hexdigest()
-        found = self._known.get(digest)
+    def row(self, term: str) -> int:
+        found = self.rows.get(term)
         if found is None:
-            rows = {sys.intern(t): i for i, t in enumerate(terms)}
-            found = self._known[digest] = Vocabulary(rows, idf)
+            found = self.rows[sys.intern(term)] = len(self.rows)
         return found
 
 
@@ -101,9 +97,11 @@ class RelevanceModel:
 
     __slots__ = (
         "_clauses",
+        "_idf",
         "_matched_weight",
+        "_rows",
+        "_size",
         "_sublinear",
-        "_vocabulary",
         "_weights",
         "cv",
         "hyperparameters",
@@ -115,13 +113,17 @@ class RelevanceModel:
     )
 
     def __init__(self, doc: Mapping[str, Any], where: str, vocabularies: Vocabularies) -> None:
-        terms: list[str] = []
-        idf = array("d")
-        weights = array("d")
-        for term, (term_idf, folded) in doc["terms"].items():
-            terms.append(str(term))
-            idf.append(float(term_idf))
-            weights.append(float(folded))
+        known = [(vocabularies.row(str(term)), float(idf), float(folded))
+                 for term, (idf, folded) in doc["terms"].items()]  # fmt: skip
+        self._rows = vocabularies.rows
+        self._idf = array("d", bytes(8 * len(self._rows)))
+        self._weights = array("d", bytes(8 * len(self._rows)))
+        for row, term_idf, folded in known:
+            if not term_idf > 0.0:  # 0 means "not in the vocabulary"; a real idf is >= 1
+                raise ValueError(f"the idf of a term must be positive, not {term_idf}")
+            self._idf[row] = term_idf
+            self._weights[row] = folded
+        self._size = len(known)
         clauses = {str(k): float(v) for k, v in doc["clauses"].items()}
         self._matched_weight = clauses.pop(MATCHED, 0.0)
         self._clauses = {
@@ -129,8 +131,6 @@ class RelevanceModel:
             for k, v in clauses.items()
             if k.startswith(CLAUSE_PREFIX)
         }
-        self._vocabulary = vocabularies.get(terms, idf)
-        self._weights = weights
         self._sublinear = doc["hyperparameters"]["sublinear_tf"] is True
         self.topic = str(doc["topic"])
         self.query_sha256 = str(doc["query_sha256"])
@@ -210,7 +210,8 @@ class RelevanceModel:
 
     @property
     def terms(self) -> int:
-        return len(self._weights)
+        """How many terms its vocabulary holds."""
+        return self._size
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -234,12 +235,13 @@ class RelevanceModel:
     def _decision(self, counts: Counter[str], clauses: Collection[str], matched: bool) -> float:
         squares = 0.0
         dot = 0.0
-        get = self._vocabulary.rows.get
-        idf, weights = self._vocabulary.idf, self._weights
+        get = self._rows.get
+        idf, weights = self._idf, self._weights
+        size = len(idf)  # rows added by models loaded after this one are not its terms
         sublinear = self._sublinear
         for term, count in counts.items():
-            row = get(term)
-            if row is None:
+            row = get(term, size)
+            if row >= size:
                 continue
             if count == 1:  # most terms: tf is 1 either way
                 squares += idf[row] * idf[row]
@@ -262,11 +264,11 @@ class RelevanceModel:
         order"), title words as ``title:word``, four letters of a title word as ``letters:<ban``
         (``<`` marks the start of the word, ``>`` its end), clauses as ``clause 2a``, the verdict
         as ``rule matched``."""
-        rows, idf = self._vocabulary.rows, self._vocabulary.idf
+        idf, size = self._idf, len(self._idf)
         known: list[tuple[str, float, int]] = []
         for term, count in item_terms(doc).items():
-            row = rows.get(term)
-            if row is not None:
+            row = self._rows.get(term, size)
+            if row < size and idf[row] > 0.0:
                 tf = 1.0 + math.log(count) if self._sublinear else float(count)
                 known.append((term, tf, row))
         norm = math.sqrt(sum((tf * idf[row]) ** 2 for _, tf, row in known)) or 1.0
