@@ -192,7 +192,7 @@ def test_train_writes_the_model_beside_topics_toml_and_reports_cv(
     assert "alerts (rule and score >=" in result.stdout and "rule alone:" in result.stdout
     assert f"wrote {model}" in result.stdout
     # progress and notes on stderr
-    assert "cross-validation: fold 5/5" in result.stderr
+    assert "cross-validation 5/5: fold 5/5" in result.stderr
     assert f"{labels_file}: 72 items labelled for eo" in result.stderr
     assert "no database at" in result.stderr
     assert not (tmp_path / "none.db").exists()

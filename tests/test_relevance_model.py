@@ -23,9 +23,8 @@ from aggregator.relevance.model import (
     default_model_path,
     rules_sha256,
 )
+from aggregator.relevance.thresholds import CURATED, SAMPLED
 from aggregator.relevance.train import (
-    CURATED,
-    SAMPLED,
     Example,
     Hyper,
     LabelledItem,

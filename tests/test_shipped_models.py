@@ -16,9 +16,8 @@ from aggregator.measure.topics import read_labelled
 from aggregator.models import Document
 from aggregator.relevance.features import CLAUSE_PREFIX, MATCHED
 from aggregator.relevance.model import RelevanceModel, Vocabularies, default_model_path
+from aggregator.relevance.thresholds import CURATED, SAMPLED
 from aggregator.relevance.train import (
-    CURATED,
-    SAMPLED,
     Hyper,
     LabelledItem,
     clause_columns,

@@ -147,8 +147,9 @@ def train(
     """Train TOPIC's relevance model from labelled files and the database's labels.
 
     Reports 5-fold cross-validated precision, recall and F1 of what would alert (the rule AND
-    the score), with and without the database's labels; chooses the alert and review thresholds
-    from them; and writes the model unless the current one does better on held-out items.
+    the score), with and without the database's labels, over 5 partitions of the items pooled;
+    chooses the alert and review thresholds from them; and writes the model unless the current
+    one does better on held-out items.
     Progress goes to stderr. Exit 0: written; 1: refused as worse; 2: bad input.
     """
     from aggregator.config.load import DEFAULTS_DIR
@@ -199,7 +200,8 @@ def _file_items(
     topic: str, label_files: tuple[Path, ...], curated_files: tuple[Path, ...]
 ) -> tuple[list[LabelledItem], list[str]]:
     from aggregator.measure.topics import read_labelled
-    from aggregator.relevance.train import CURATED, SAMPLED, LabelledItem
+    from aggregator.relevance.thresholds import CURATED, SAMPLED
+    from aggregator.relevance.train import LabelledItem
 
     items: list[LabelledItem] = []
     notes: list[str] = []
@@ -228,7 +230,8 @@ def _database_items(
     obj: Context, config: Config, topic: str, notes: list[str]
 ) -> list[LabelledItem]:
     from aggregator.models import Document
-    from aggregator.relevance.train import TEAM, LabelledItem
+    from aggregator.relevance.thresholds import TEAM
+    from aggregator.relevance.train import LabelledItem
     from aggregator.store import Store
 
     db_path = obj.db_path(config)
@@ -264,7 +267,7 @@ def _cv_json(cv: CrossValidation | None, origins: frozenset[str] | None = None) 
 
 
 def _result_json(result: TrainResult) -> dict[str, Any]:
-    from aggregator.relevance.train import CURATED, SAMPLED
+    from aggregator.relevance.thresholds import CURATED, SAMPLED
 
     files = frozenset({SAMPLED, CURATED})
     return {
@@ -283,12 +286,13 @@ def _result_json(result: TrainResult) -> dict[str, Any]:
 
 
 def _result_text(result: TrainResult) -> str:
-    from aggregator.relevance.train import CURATED, SAMPLED, TEAM
+    from aggregator.relevance.thresholds import CURATED, SAMPLED, TEAM
 
     cv = result.cv
     lines = [
-        f"{result.topic}: 5-fold cross-validation over {len(cv.examples)} items; alert "
-        f"threshold {cv.alert:.2f}, review threshold {cv.review:.2f}",
+        f"{result.topic}: 5-fold cross-validation over {len(cv.examples)} items, "
+        f"{len(cv.runs)} partitions pooled (counts summed over them); alert threshold "
+        f"{cv.alert:.2f}, review threshold {cv.review:.2f}",
         f"  alerts (rule and score >= {cv.alert:.2f}):  {cv.at(cv.alert).line()}",
         f"  alerts or review (>= {cv.review:.2f}):      {cv.at(cv.review).line()}",
         f"  rule alone:                       {cv.rules_alone().line()}",
@@ -296,6 +300,9 @@ def _result_text(result: TrainResult) -> str:
     sampled = frozenset({SAMPLED, TEAM})
     if any(ex.origin in sampled for ex in cv.examples):
         lines.append(f"  alerts, sampled items only:       {cv.at(cv.alert, sampled).line()}")
+    curated = frozenset({CURATED})
+    if any(ex.origin == CURATED for ex in cv.examples):
+        lines.append(f"  alerts, curated items only:       {cv.at(cv.alert, curated).line()}")
     if result.cv_without_team is not None:
         without = result.cv_without_team
         files = frozenset({SAMPLED, CURATED})

@@ -47,14 +47,22 @@ from aggregator.relevance.features import (
     model_terms,
 )
 from aggregator.relevance.model import FORMAT, FORMAT_VERSION, RelevanceModel, rules_sha256
+from aggregator.relevance.thresholds import (
+    CURATED,
+    SAMPLED,
+    SAMPLED_POOL,
+    TEAM,
+    Counts,
+    choose_thresholds,
+    counts,
+    curve,
+    threshold_pool,
+)
 from aggregator.rules.matcher import TopicMatcher, TopicRules
 
 SEED = 17
 FOLDS = 5
-# Where an item comes from. Thresholds are chosen on items sampled as the feeds bring them (and
-# the team's own labels), not on hand-picked ones, which are denser in clear cases.
-SAMPLED, CURATED, TEAM = "train", "dev", "team"
-MIN_SAMPLED_POSITIVES = 20  # fewer sampled positives than this: thresholds from every item
+PARTITIONS = (SEED, SEED + 1, SEED + 2, SEED + 3, SEED + 4)  # CV partitions, pooled
 MIN_UNSEEN = 30  # items the current model never saw, to compare it with a candidate on them
 
 Progress = Callable[[str], None]
@@ -241,71 +249,30 @@ def predict(fitted: Fitted, examples: Sequence[Example]) -> Any:
     )
 
 
-def folds(examples: Sequence[Example], k: int = FOLDS) -> list[Any]:
+def folds(examples: Sequence[Example], k: int = FOLDS, seed: int = SEED) -> list[Any]:
     """Test indices of k folds, stratified by origin and label (by label alone for an origin
     with fewer than k items of a label)."""
     strata = [f"{ex.origin}{ex.label}" for ex in examples]
     sizes = Counter(strata)
     strata = [s if sizes[s] >= k else str(ex.label) for s, ex in zip(strata, examples, strict=True)]
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=SEED)
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [test for _, test in splitter.split(np.zeros(len(strata)), strata)]
 
 
 def out_of_fold(examples: Sequence[Example], hyper: Hyper, clause_keys: Sequence[str],
-                progress: Progress | None = None) -> Any:  # fmt: skip
-    """Each item's score from the model trained on the other folds."""
+                progress: Progress | None = None, *, seed: int = SEED) -> Any:  # fmt: skip
+    """Each item's score from the model trained on the other folds of one partition."""
     scores = np.zeros(len(examples))
-    for n, test in enumerate(folds(examples), start=1):
+    for n, test in enumerate(folds(examples, seed=seed), start=1):
         held = set(test.tolist())
         fitted = fit([ex for i, ex in enumerate(examples) if i not in held], hyper, clause_keys)
         scores[test] = predict(fitted, [examples[i] for i in test])
         if progress:
-            progress(f"cross-validation: fold {n}/{FOLDS}")
+            progress(f"fold {n}/{FOLDS}")
     return scores
 
 
 # -- measuring -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    tp: int
-    fp: int
-    fn: int
-
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
-
-    @property
-    def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
-
-    def line(self) -> str:
-        return (f"P {self.precision:.3f} R {self.recall:.3f} F1 {self.f1:.3f} "
-                f"(tp {self.tp} fp {self.fp} fn {self.fn})")  # fmt: skip
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {"precision": round(self.precision, 4), "recall": round(self.recall, 4),
-                "f1": round(self.f1, 4), "tp": self.tp, "fp": self.fp, "fn": self.fn}  # fmt: skip
-
-
-def counts(examples: Sequence[Example], alerted: Sequence[bool],
-           origins: frozenset[str] | None = None) -> Counts:  # fmt: skip
-    """Scored as ``aggregator eval`` scores: items unsure for the topic are left out."""
-    tp = fp = fn = 0
-    for ex, a in zip(examples, alerted, strict=True):
-        if ex.unsure or (origins is not None and ex.origin not in origins):
-            continue
-        tp += bool(a and ex.label)
-        fp += bool(a and not ex.label)
-        fn += bool(ex.label and not a)
-    return Counts(tp, fp, fn)
 
 
 def average_precision(examples: Sequence[Example], scores: Sequence[float] | Any,
@@ -321,62 +288,32 @@ def average_precision(examples: Sequence[Example], scores: Sequence[float] | Any
     return float(average_precision_score(labels, ranked))
 
 
-def combined(examples: Sequence[Example], scores: Any, threshold: float) -> list[bool]:
-    """What alerts: the rule caught the item and its score reaches the threshold."""
-    return [ex.net and s >= threshold for ex, s in zip(examples, scores, strict=True)]
-
-
-def threshold_pool(examples: Sequence[Example]) -> frozenset[str] | None:
-    """The origins thresholds are chosen on: sampled and team items when they hold enough
-    positives, else every item (None)."""
-    pool = frozenset({SAMPLED, TEAM})
-    positives = sum(1 for ex in examples if ex.origin in pool and ex.label and not ex.unsure)
-    return pool if positives >= MIN_SAMPLED_POSITIVES else None
-
-
-MIN_ALERT_PRECISION = 0.75
-
-
-def choose_thresholds(examples: Sequence[Example], scores: Any) -> tuple[float, float]:
-    """(alert, review) from out-of-fold scores of the combined system (rule AND score >= t),
-    measured on :func:`threshold_pool`.
-
-    Alert: the best F1 among the thresholds whose precision is at least
-    :data:`MIN_ALERT_PRECISION`; when none reaches it, the best F1. Review: the lowest threshold
-    below it such that the band [review, alert) is relevant at least one time in three (the
-    alert threshold itself when none is). One function, so that the rule is easy to replace.
-    """
-    pool = threshold_pool(examples)
-    grid = [round(float(t), 2) for t in np.arange(0.05, 0.951, 0.01)]
-    rows = [(t, counts(examples, combined(examples, scores, t), pool)) for t in grid]
-    precise = [(c.f1, t) for t, c in rows if c.precision >= MIN_ALERT_PRECISION and c.tp > 0]
-    alert = max(precise)[1] if precise else max((c.f1, t) for t, c in rows)[1]
-    at_alert = dict(rows)[alert]
-    review = alert
-    for t, c in rows:
-        if t >= alert:
-            break
-        band_tp, band_fp = c.tp - at_alert.tp, c.fp - at_alert.fp
-        if band_tp + band_fp and band_tp / (band_tp + band_fp) >= 1 / 3:
-            review = t
-            break
-    return alert, review
-
-
 @dataclass(frozen=True, slots=True)
 class CrossValidation:
-    """5-fold figures of the combined system at the thresholds chosen from them."""
+    """Out-of-fold scores of several 5-fold partitions of the same items (one seed each), and
+    the thresholds chosen on them pooled. One partition's threshold moves with which items share
+    a fold (ai-policy's ranged .47-.65 over five seeds in issue 17); pooled, it does not hang on
+    one draw. Figures are pooled too: each item counts once per partition (counts are summed)."""
 
     examples: tuple[Example, ...]
-    scores: Any
+    runs: tuple[Any, ...]  # one array of out-of-fold scores per partition, in PARTITIONS order
     alert: float
     review: float
 
+    @property
+    def scores(self) -> Any:
+        """The first partition's scores (seed :data:`SEED`)."""
+        return self.runs[0]
+
     def at(self, threshold: float, origins: frozenset[str] | None = None) -> Counts:
-        return counts(self.examples, combined(self.examples, self.scores, threshold), origins)
+        pooled = np.concatenate(self.runs).tolist()
+        [found] = curve(self.examples * len(self.runs), pooled, [threshold], origins)
+        return found
 
     def rules_alone(self, origins: frozenset[str] | None = None) -> Counts:
-        return counts(self.examples, [ex.net for ex in self.examples], origins)
+        once = counts(self.examples, [ex.net for ex in self.examples], origins)
+        n = len(self.runs)
+        return Counts(once.tp * n, once.fp * n, once.fn * n)
 
     def as_dict(self, origins: frozenset[str] | None = None) -> dict[str, Any]:
         sure = [
@@ -385,26 +322,37 @@ class CrossValidation:
             if not ex.unsure and (origins is None or ex.origin in origins)
         ]
         return {
-            "folds": FOLDS, "seed": SEED, "items": len(sure),
+            "folds": FOLDS, "partitions": list(PARTITIONS[: len(self.runs)]),
+            "counts": "summed over the partitions", "items": len(sure),
             "positives": sum(ex.label for ex in sure),
             "thresholds": {"alert": self.alert, "review": self.review},
             "alert": self.at(self.alert, origins).as_dict(),
             "alert_realistic_pool": self.at(self.alert, _sampled(origins)).as_dict(),
+            "alert_curated": self.at(self.alert, _curated(origins)).as_dict(),
             "alert_or_review": self.at(self.review, origins).as_dict(),
             "rules_alone": self.rules_alone(origins).as_dict(),
         }  # fmt: skip
 
 
 def _sampled(origins: frozenset[str] | None) -> frozenset[str]:
-    pool = frozenset({SAMPLED, TEAM})
-    return pool if origins is None else pool & origins
+    return SAMPLED_POOL if origins is None else SAMPLED_POOL & origins
+
+
+def _curated(origins: frozenset[str] | None) -> frozenset[str]:
+    return frozenset({CURATED}) if origins is None else frozenset({CURATED}) & origins
 
 
 def cross_validate(examples: Sequence[Example], hyper: Hyper, clause_keys: Sequence[str],
                    progress: Progress | None = None) -> CrossValidation:  # fmt: skip
-    scores = out_of_fold(examples, hyper, clause_keys, progress)
-    alert, review = choose_thresholds(examples, scores)
-    return CrossValidation(tuple(examples), scores, alert, review)
+    """Out-of-fold scores of every partition in :data:`PARTITIONS`, and the thresholds
+    :func:`~aggregator.relevance.thresholds.choose_thresholds` picks on them pooled."""
+    runs = []
+    for n, seed in enumerate(PARTITIONS, start=1):
+        say = (lambda line, n=n: progress(f"cross-validation {n}/{len(PARTITIONS)}: {line}")
+               ) if progress else None  # fmt: skip
+        runs.append(out_of_fold(examples, hyper, clause_keys, say, seed=seed))
+    alert, review = choose_thresholds(list(examples) * len(runs), np.concatenate(runs).tolist())
+    return CrossValidation(tuple(examples), tuple(runs), alert, review)
 
 
 # -- export --------------------------------------------------------------------------------------
