@@ -155,7 +155,13 @@ def test_a_version_1_file_still_scores_exactly(tmp_path: Path) -> None:
     hyper = Hyper(min_df=1)
     fitted, examples, _ = trained(hyper)
     expected = predict(fitted, examples)
-    path = exported(tmp_path, hyper, format_version=1, features={"terms": "words (round 1)"})
+    path = exported(tmp_path, hyper)
+    doc = json.loads(path.read_text())
+    # version 1: no recipe, and a term -> [idf, weight] map instead of three lists
+    pairs = zip(doc.pop("terms"), doc.pop("idf"), doc.pop("weights"), strict=True)
+    doc.update(format_version=1, features={"terms": "words (round 1)"},
+               terms={term: [idf, weight] for term, idf, weight in pairs})  # fmt: skip
+    path.write_text(json.dumps(doc))
     model = RelevanceModel.load(path, "eo")
     for item, ex, want in zip(items(), examples, expected, strict=True):
         clauses = [c.removeprefix("rule:") for c in ex.clauses if c != "rule:matched"]
@@ -289,9 +295,14 @@ def test_default_path_is_beside_topics_toml() -> None:
         ({"format": "other"}, "not a relevance model"),
         ({"thresholds": {"alert": 0.2, "review": 0.5}}, "review <= alert"),
         ({"thresholds": {"alert": 1.5, "review": 0.5}}, "review <= alert"),
-        ({"terms": {"a": [1.0]}}, "malformed model"),
-        ({"terms": {"a": [1.0, "x"]}}, "malformed model"),
-        ({"terms": {"a": [1.0, float("nan")]}}, "not a finite number"),
+        ({"terms": {"a": [1.0, 1.0]}}, "terms must be a list of strings"),
+        ({"terms": ["a", 1], "idf": [1.0, 1.0], "weights": [1.0, 1.0]}, "list of strings"),
+        ({"terms": ["a"], "idf": [1.0, 2.0], "weights": [1.0]}, "1 terms, 2 idf and 1 weights"),
+        ({"terms": ["a"], "idf": [1.0], "weights": ["x"]}, "malformed model"),
+        ({"terms": ["a"], "idf": [0.0], "weights": [1.0]}, "idf of a term must be positive"),
+        ({"terms": ["a"], "idf": [1.0], "weights": [float("nan")]}, "not a finite number"),
+        ({"format_version": 1, "terms": {"a": [1.0]}}, "malformed model: IndexError"),
+        ({"format_version": 1, "terms": ["a"]}, "malformed model"),
         ({"intercept": None}, "malformed model"),
         ({"hyperparameters": {}}, "malformed model"),
     ],
@@ -330,8 +341,9 @@ def test_models_loaded_together_share_one_term_index_and_score_as_alone(tmp_path
     chars = exported(tmp_path / "chars", Hyper(min_df=1, title_chars=True))
     other = tmp_path / "other.json"
     doc = json.loads(words.read_text())
-    doc["terms"] = {t: [idf * 1.5, -w] for n, (t, (idf, w)) in enumerate(doc["terms"].items())
-                    if n % 2}  # fmt: skip
+    kept = slice(1, None, 2)  # every other term, its idf 1.5 times higher, its weight reversed
+    doc.update(terms=doc["terms"][kept], idf=[i * 1.5 for i in doc["idf"][kept]],
+               weights=[-w for w in doc["weights"][kept]])  # fmt: skip
     other.write_text(json.dumps(doc))
     paths = [words, chars, other]
     docs = [item.document for item in items()]

@@ -376,12 +376,11 @@ def data_digest(items: Sequence[LabelledItem]) -> str:
 
 def export(fitted: Fitted, topic: TopicRules, examples: Sequence[Example],
            items: Sequence[LabelledItem], cv: CrossValidation) -> dict[str, Any]:  # fmt: skip
-    """The model as plain values: per term its idf and its weight folded with the idf."""
+    """The model as plain values: the terms, their idf and their weights folded with the idf."""
     coef = fitted.coef
     idf = fitted.vectorizer.idf_
-    terms = {t: [float(idf[j]), float(coef[j] * idf[j])]
-             for t, j in sorted(fitted.vectorizer.vocabulary_.items())}  # fmt: skip
-    n_text = len(terms)
+    vocabulary = sorted(fitted.vectorizer.vocabulary_.items())
+    n_text = len(vocabulary)
     clauses = {key: float(coef[n_text + k] * fitted.hyper.clause_weight)
                for k, key in enumerate(fitted.clause_keys)}  # fmt: skip
     origins = {o: sum(1 for ex in examples if ex.origin == o) for o in (SAMPLED, CURATED, TEAM)}
@@ -409,7 +408,10 @@ def export(fitted: Fitted, topic: TopicRules, examples: Sequence[Example],
         "thresholds": {"alert": cv.alert, "review": cv.review},
         "cv": cv.as_dict(),
         "clauses": clauses,
-        "terms": terms,
+        # three parallel lists (not a term -> pair map): they load into far less memory
+        "terms": [t for t, _ in vocabulary],
+        "idf": [float(idf[j]) for _, j in vocabulary],
+        "weights": [float(coef[j] * idf[j]) for _, j in vocabulary],
     }
 
 
