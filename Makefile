@@ -47,8 +47,8 @@ bench: $(STAMP) $(READER_STAMP)
 SHARED ?= ../shared
 MODEL_DATA = --curated $(SHARED)/eval/dev.jsonl --labels $(SHARED)/eval/train.jsonl --no-database --force
 models: $(STAMP)
-	$(BIN)/aggregator --config config train ai-policy $(MODEL_DATA) --clause-weight 1
-	$(BIN)/aggregator --config config train executive-orders $(MODEL_DATA) --clause-weight 0
+	$(BIN)/aggregator --config config train ai-policy $(MODEL_DATA) --clause-weight 1 --ensemble --title-chars --sampled-weight 3
+	$(BIN)/aggregator --config config train executive-orders $(MODEL_DATA) --clause-weight 0 --no-ensemble --no-title-chars --sampled-weight 1
 
 clean:
 	rm -rf $(VENV) $(READER_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -193,6 +193,12 @@ def train(
         click.echo(json.dumps(_result_json(result), indent=2))
     else:
         click.echo(_result_text(result))
+    if result.written:
+        for key, set_to in (("alert_threshold", rules.alert_threshold),
+                            ("review_threshold", rules.review_threshold)):  # fmt: skip
+            if set_to is not None:
+                note = f"topics.toml sets {key} = {set_to} for {topic}, overriding the new model's"
+                click.echo(f"note: {note} own: remove it to use the model's", err=True)
     sys.exit(0 if result.written else 1)
 
 
