@@ -297,6 +297,46 @@ class DeliveryOutcome:
     ts: str | None = None
 
 
+# -- feedback: the team's reactions on alerts ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """One emoji on a Slack message: its name as Slack reports it, and who added it. Slack may
+    list fewer ``users`` than ``count`` when very many reacted."""
+
+    name: str
+    users: tuple[str, ...]
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelMessage:
+    """A message of a channel's history, as far as reading reactions needs it."""
+
+    ts: str
+    thread_ts: str | None  # set on a thread's parent (== ts) and on a reply sent to the channel
+    reactions: tuple[Reaction, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """One ``conversations.history`` answer."""
+
+    messages: tuple[ChannelMessage, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One person's reactions on one alert as last read, and the label they count as."""
+
+    relevant: bool  # one of the "relevant" reactions is theirs
+    not_relevant: bool
+    label: int | None  # 1 relevant, 0 not, None unsure
+    at: datetime  # when this label was first seen
+
+
 # -- report --------------------------------------------------------------------------------------
 
 

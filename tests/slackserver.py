@@ -7,6 +7,11 @@ It speaks enough of the Web API for the bot: ``chat.postMessage``, ``chat.update
 It records every message it accepts, with the time it received it (from an injectable clock), so
 tests count what reached each channel instead of trusting the client.
 
+People react to messages through :meth:`SlackServer.react` and :meth:`SlackServer.unreact` (as
+a user id); ``conversations.history`` then returns ``reactions`` on each message (name, users,
+count), as Slack does, and honours ``oldest``, ``latest`` and ``inclusive``.
+:meth:`SlackServer.stall` holds every call of a method until the test releases it (a slow Slack).
+
 Faults are queued per method and used one per call (:meth:`SlackServer.script`), set per channel
 (:meth:`SlackServer.fail_channel`), or chosen by a hook for chaos runs (``chaos=``):
 
@@ -119,6 +124,18 @@ class Call:
 
 
 @dataclass
+class Stall:
+    """Calls of one method wait at the door until :meth:`release` (then answer as scripted)."""
+
+    arrived: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+    waiting: int = 0
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@dataclass
 class _Channel:
     id: str
     name: str
@@ -150,6 +167,7 @@ class SlackServer:
         self._faults: dict[str, deque[Fault | None]] = defaultdict(deque)
         self._channel_errors: dict[str, str] = {}
         self._channels: dict[str, _Channel] = {}
+        self._stalls: dict[str, Stall] = {}
         self._last_ts = 0.0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -210,6 +228,46 @@ class SlackServer:
             assert ch is not None
             ch.is_member, ch.is_archived, ch.is_private = is_member, is_archived, is_private
             return ch.id
+
+    def stall(self, method: str) -> Stall:
+        """Hold every call of ``method`` until the returned stall is released."""
+        with self.lock:
+            self._stalls[method] = stall = Stall()
+        return stall
+
+    def react(self, channel: str, ts: str, name: str, user: str) -> None:
+        """``user`` adds the reaction ``name`` to the message ``ts`` (as reactions.add does)."""
+        with self.lock:
+            message = self._message(channel, ts)
+            reactions = message.setdefault("reactions", [])
+            found = next((r for r in reactions if r["name"] == name), None)
+            if found is None:
+                reactions.append({"name": name, "users": [user], "count": 1})
+            elif user not in found["users"]:
+                found["users"].append(user)
+                found["count"] += 1
+        changed()
+
+    def unreact(self, channel: str, ts: str, name: str, user: str) -> None:
+        """``user`` removes their reaction ``name`` (as reactions.remove does)."""
+        with self.lock:
+            message = self._message(channel, ts)
+            reactions = message.get("reactions") or []
+            for r in reactions:
+                if r["name"] == name and user in r["users"]:
+                    r["users"].remove(user)
+                    r["count"] -= 1
+            message["reactions"] = [r for r in reactions if r["count"] > 0]
+            if not message["reactions"]:
+                del message["reactions"]
+        changed()
+
+    def _message(self, channel: str, ts: str) -> dict[str, Any]:
+        ch = self._channel(channel, create=False)
+        found = next((m for m in ch.messages if m["ts"] == ts), None) if ch else None
+        if found is None:
+            raise KeyError(f"no message {ts} in {channel}")
+        return found
 
     # -- inspection -------------------------------------------------------------------------------
 
@@ -339,18 +397,25 @@ class SlackServer:
             return 200, {"ok": False, "error": "channel_not_found"}
         with_meta = str(params.get("include_all_metadata", "")).lower() in ("1", "true")
         oldest = float(params.get("oldest") or 0)
+        latest = float(params.get("latest") or "inf")
+        inclusive = str(params.get("inclusive", "")).lower() in ("1", "true")
         if method == "conversations.replies":
             parent = str(params.get("ts", ""))
             pool = [m for m in ch.messages if m["ts"] == parent or m.get("thread_ts") == parent]
         else:
             pool = [m for m in reversed(ch.messages) if not m.get("thread_ts")]  # newest first
-        pool = [m for m in pool if float(m["ts"]) > oldest]
+        if inclusive:
+            pool = [m for m in pool if oldest <= float(m["ts"]) <= latest]
+        else:
+            pool = [m for m in pool if oldest < float(m["ts"]) < latest]
         start = int(params.get("cursor") or 0)
         limit = max(1, min(int(params.get("limit") or 100), 999))
         page = pool[start : start + limit]
         out = []
         for m in page:
             item = {k: v for k, v in m.items() if k != "metadata" or with_meta}
+            if "reactions" in item:  # a copy: a later reaction must not change a sent answer
+                item["reactions"] = [dict(r, users=list(r["users"])) for r in item["reactions"]]
             out.append(item)
         more = start + limit < len(pool)
         cursor = str(start + limit) if more else ""
@@ -403,6 +468,14 @@ def _make_handler(server: SlackServer) -> type[BaseHTTPRequestHandler]:
             elif raw:
                 params.update(parse_qsl(raw.decode("utf-8")))
             auth = self.headers.get("Authorization", "")
+            with server.lock:
+                stall = server._stalls.get(method)
+                if stall is not None:
+                    stall.waiting += 1
+            if stall is not None:
+                stall.arrived.set()
+                changed()
+                stall.released.wait(60)
             with server.lock:
                 fault = server._faults[method].popleft() if server._faults[method] else None
                 if fault is None and server.chaos is not None:

@@ -94,3 +94,13 @@ def test_the_opml_import_benchmark_runs() -> None:
     (run,) = result["runs"]
     assert run["outlines"] == 20 and run["feeds_written"] == 20
     assert run["seconds"] > 0
+
+
+def test_the_feedback_benchmark_runs() -> None:
+    result = run_json(ROOT / "bench" / "bench_feedback.py", "--alerts", "30", "--channels", "2",
+                      "--chatter", "1", "--pace", "0", "--json")  # fmt: skip
+    first, second = result["first_read"], result["second_read"]
+    # 15 alerts a channel, the chat after them: one call (a page of up to 200) per channel
+    assert (first["calls"], first["found"], first["changed"]) == (2, 30, 10)
+    assert (second["calls"], second["changed"]) == (2, 0)
+    assert first["complete"] and second["complete"]

@@ -77,6 +77,8 @@ DURATION_KEYS = [
     ("aggregator", "[slack]", "slack.per_channel_interval"),
     ("aggregator", "[stories]", "stories.window"),
     ("aggregator", "[stories]", "stories.reply_batch"),
+    ("aggregator", "[feedback]", "feedback.window"),
+    ("aggregator", "[feedback]", "feedback.read_every"),
     ("feeds", '[[feeds]]\nurl = "https://a.example/feed"', "feeds[0].interval"),
     ("topics", TOPICS.rstrip("\n"), "topics.ai-policy.digest_every"),
 ]

@@ -100,13 +100,14 @@ def test_a_healthy_install_passes_every_check_and_exits_0(
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     lines = doctor.stdout.splitlines()
     assert all(line.startswith("ok") for line in lines[:-1]), doctor.stdout
-    assert lines[-1] == "7 of 7 checks passed: all good."
+    assert lines[-1] == "8 of 8 checks passed: all good."
     assert "2 feeds, 2 topics (ai-policy, executive-orders); every topic's examples pass" in (
         doctor.stdout
     )
     assert f"migrated (schema version {max(MIGRATIONS)}) and in WAL mode" in doctor.stdout
     assert "valid: the bot is alertbot in Test Team" in doctor.stdout
     assert "channel #ai-policy: exists (C" in doctor.stdout
+    assert "Slack feedback: reactions on alerts are readable in 2 channel(s)" in doctor.stdout
     assert "2 of 2 feeds were reachable on their last fetch" in doctor.stdout
     assert slack.posts() == []  # the doctor never posts
     assert TOKEN not in doctor.stdout + doctor.stderr
@@ -221,6 +222,38 @@ def test_each_channel_is_looked_up_and_judged_without_posting(
     assert checks["channel #members-only"].ok
     assert not without_public["channel #members-only"].ok
     assert "chat:write.public" in without_public["channel #members-only"].fix
+    # posting without membership works; reading the team's reactions there does not
+    feedback = checks["Slack feedback"]
+    assert not feedback.ok
+    assert feedback.detail == (
+        "the team's reactions cannot be read as labels in: #ai-policy (the bot is not a member); "
+        "#members-only (the bot is not a member); #secret (the bot is not a member)"
+    )
+    assert feedback.fix.startswith("invite the bot to #ai-policy (/invite @bot); ")
+    assert feedback.fix.endswith("or set [feedback] enabled = false")
+
+
+def test_feedback_needs_groups_history_in_a_private_channel(
+    tmp_path: Path, config_dir: Path
+) -> None:
+    topics = (REPO / "config" / "topics.toml").read_text(encoding="utf-8")
+    topics += '\n[topics.t-secret]\nchannel = "#secret"\nquery = "xsecret"\n'
+    write_config(config_dir, ["https://news.example/feed.xml"], topics=topics)
+    with SlackServer(auto_channels=False) as slack:
+        for name in ("ai-policy", "executive-orders"):
+            slack.add_channel(name)
+        slack.add_channel("secret", is_private=True)
+        db = str(tmp_path / "bot.db")
+        complete = by_name(run_checks(config_dir, env(slack), db_path=db))["Slack feedback"]
+        slack.scopes = tuple(s for s in slack.scopes or () if s != "groups:history")
+        lacking = by_name(run_checks(config_dir, env(slack), db_path=db))["Slack feedback"]
+        (config_dir / "aggregator.toml").write_text("[feedback]\nenabled = false\n")
+        off = by_name(run_checks(config_dir, env(slack), db_path=db))
+    assert complete.ok and complete.detail == "reactions on alerts are readable in 3 channel(s)"
+    assert not lacking.ok
+    assert "#secret (private, and the token lacks groups:history)" in lacking.detail
+    assert "add groups:history (deploy/slack-app-manifest.yml) and reinstall" in lacking.fix
+    assert "Slack feedback" not in off  # not reading reactions: nothing to check
 
 
 # -- database -------------------------------------------------------------------------------------
@@ -277,7 +310,9 @@ def test_an_older_or_newer_schema_fails_with_the_right_fix(
     monkeypatch.undo()
 
     with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO schema_migrations VALUES (7, '2030-01-01T00:00:00+00:00')")
+        conn.execute(
+            "INSERT INTO schema_migrations VALUES (?, '2030-01-01T00:00:00+00:00')", [current + 1]
+        )
     check, _ = check_database(str(path))
     assert not check.ok
     assert "newer than this bot knows" in check.detail

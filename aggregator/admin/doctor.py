@@ -2,7 +2,8 @@
 
 Checks, in order: the config (and its topics' examples), the database (writable, migrated, WAL),
 the Slack token (``auth.test``) and its scopes, each configured channel (it exists and the bot can
-post there, asked with ``conversations.info``, never by posting), how many feeds answered on
+post there, asked with ``conversations.info``, never by posting), whether the bot can read the
+team's reactions on its alerts in every topic's channel (``[feedback]``), how many feeds answered on
 their last fetch, and, where the systemd unit is installed, whether its IP firewall would block a
 feed, Slack, a proxy or a DNS resolver. Every failed check says how to fix it. One informational
 line says when the feedparser tuning is off (another feedparser than the pinned one), since
@@ -41,8 +42,11 @@ from aggregator.notify.slack import ChannelInfo, SlackSink, TokenInfo
 from aggregator.rules.matcher import check_examples
 from aggregator.store import MIGRATIONS
 
-# What the bot calls: post and edit, read history after a crash, resolve #names to ids.
+# What the bot calls: post and edit, read history after a crash and for the team's reactions
+# (conversations.history returns them; reactions:read is for reactions.get, which the bot never
+# calls), resolve #names to ids. groups:history is checked per private channel.
 REQUIRED_SCOPES = ("chat:write", "chat:write.public", "channels:history", "channels:read")
+PRIVATE_HISTORY = "groups:history"
 MANIFEST = "deploy/slack-app-manifest.yml"
 LISTED_FEEDS = 5  # failing feeds named in the report; the rest are counted
 RESOLV_CONF = Path("/etc/resolv.conf")
@@ -108,7 +112,12 @@ def run_checks(
     if config is not None:
         channels = sorted({t.channel for t in config.topics} | _ops(config))
         if probe is not None:
-            checks.extend(check_channel(probe, channel, scopes) for channel in channels)
+            infos = {channel: _channel_info(probe, channel) for channel in channels}
+            checks.extend(check_channel(probe, c, scopes, infos[c]) for c in channels)
+            if config.settings.feedback.enabled:
+                topic_channels = {t.channel for t in config.topics}
+                readable = {c: i for c, i in infos.items() if c in topic_channels}
+                checks.append(check_feedback(readable, scopes))
         elif channels:
             detail = f"not checked ({', '.join(channels)}): the Slack token check failed"
             checks.append(Check("channels", False, detail, "fix the Slack token first"))
@@ -352,12 +361,23 @@ def check_token(
     return checks, probe, info.scopes
 
 
-def check_channel(probe: SlackProbe, channel: str, scopes: frozenset[str] | None) -> Check:
+def _channel_info(probe: SlackProbe, channel: str) -> ChannelInfo | DeliveryError:
+    try:
+        return probe.channel_info(channel)
+    except DeliveryError as e:
+        return e
+
+
+def check_channel(
+    probe: SlackProbe, channel: str, scopes: frozenset[str] | None,
+    info: ChannelInfo | DeliveryError | None = None,
+) -> Check:  # fmt: skip
     """The channel exists, is not archived, and the bot may post there (checked without posting)."""
     name = f"channel {channel}"
-    try:
-        info = probe.channel_info(channel)
-    except DeliveryError as e:
+    if info is None:
+        info = _channel_info(probe, channel)
+    if isinstance(info, DeliveryError):
+        e = info
         return Check(
             name,
             False,
@@ -380,7 +400,8 @@ def check_channel(probe: SlackProbe, channel: str, scopes: frozenset[str] | None
             name,
             True,
             f"exists ({info.id}); the bot is not a member but may post with chat:write.public "
-            "(invite it so that after a crash it can read the channel and never post twice)",
+            "(invite it so that it can read the channel: after a crash, to never post twice, "
+            "and for the team's reactions)",
         )
     return Check(
         name,
@@ -389,6 +410,36 @@ def check_channel(probe: SlackProbe, channel: str, scopes: frozenset[str] | None
         f"invite the bot: /invite @bot in {channel}"
         + ("" if info.is_private else ", or add the chat:write.public scope"),
     )
+
+
+def check_feedback(
+    infos: Mapping[str, ChannelInfo | DeliveryError], scopes: frozenset[str] | None
+) -> Check:
+    """The bot can read the team's reactions in every topic's channel: it is a member (history
+    is read as a member), and holds channels:history, and groups:history for a private one."""
+    blocked: list[str] = []
+    fixes: list[str] = []
+    if scopes is not None and "channels:history" not in scopes:
+        blocked.append("the token lacks channels:history")
+        fixes.append("add channels:history")
+    for channel, info in sorted(infos.items()):
+        if isinstance(info, DeliveryError):
+            continue  # its own check says why
+        if not info.is_member:
+            blocked.append(f"{channel} (the bot is not a member)")
+            fixes.append(f"invite the bot to {channel} (/invite @bot)")
+        elif info.is_private and scopes is not None and PRIVATE_HISTORY not in scopes:
+            blocked.append(f"{channel} (private, and the token lacks {PRIVATE_HISTORY})")
+            fixes.append(f"add {PRIVATE_HISTORY} ({MANIFEST}) and reinstall the app")
+    if blocked:
+        return Check(
+            "Slack feedback", False,
+            f"the team's reactions cannot be read as labels in: {'; '.join(blocked)}",
+            "; ".join(dict.fromkeys(fixes)) + ", or set [feedback] enabled = false",
+        )  # fmt: skip
+    readable = sum(1 for i in infos.values() if not isinstance(i, DeliveryError))
+    return Check("Slack feedback", True,
+                 f"reactions on alerts are readable in {readable} channel(s)")  # fmt: skip
 
 
 # -- parsing --------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 commands of one area to it when imported here.
 """
 
-from aggregator.cli import delivery, feeds, history, relevance, topics
+from aggregator.cli import delivery, feedback, feeds, history, relevance, topics
 from aggregator.cli.main import main
 
-__all__ = ["delivery", "feeds", "history", "main", "relevance", "topics"]
+__all__ = ["delivery", "feedback", "feeds", "history", "main", "relevance", "topics"]

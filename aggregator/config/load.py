@@ -19,10 +19,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aggregator.config.model import (
     REVIEW_AT,
     Config,
+    FeedbackSettings,
     FeedConfig,
     Settings,
     TopicConfig,
 )
+from aggregator.config.reactions import overlap, reaction_names
 from aggregator.config.values import (
     MAX_ATTEMPTS,
     MAX_CONCURRENCY,
@@ -287,7 +289,7 @@ def _clock(value: object) -> str:
 
 def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -> Settings:
     d = Settings()
-    sections = {"storage", "polling", "fetch", "slack", "stories"}
+    sections = {"storage", "polling", "fetch", "slack", "stories", "feedback"}
     _check_keys(doc, sections, (), rep)
 
     def section(name: str, keys: set[str]) -> dict[str, Any]:
@@ -309,6 +311,7 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
     )
     slack = section("slack", {"api_url", "ops_channel", "max_attempts", "per_channel_interval"})
     stories = section("stories", {"window", "reply_batch"})
+    feedback = section("feedback", {"enabled", "window", "read_every", "relevant", "not_relevant"})
     f = ("fetch",)
     api_url = _get(slack, "api_url", _http_url, d.slack_api_url, ("slack",), rep)
     if environ.get("SLACK_API_URL"):
@@ -358,10 +361,28 @@ def _settings(doc: dict[str, Any], rep: _Reporter, environ: Mapping[str, str]) -
         ),
         story_window=duration(stories, "stories", "window", d.story_window),
         reply_batch=duration(stories, "stories", "reply_batch", d.reply_batch),
+        feedback=_feedback(feedback, rep, duration),
     )
     if settings.fetch_deadline < settings.fetch_timeout:
         rep.error(("fetch", "deadline"), "must be at least fetch.timeout")
     return settings
+
+
+def _feedback(
+    table: dict[str, Any], rep: _Reporter, duration: Callable[..., float]
+) -> FeedbackSettings:
+    d, f = FeedbackSettings(), ("feedback",)
+    relevant = _get(table, "relevant", reaction_names, d.relevant, f, rep)
+    not_relevant = _get(table, "not_relevant", reaction_names, d.not_relevant, f, rep)
+    if both := overlap(relevant, not_relevant):
+        rep.error((*f, "not_relevant"), f"also in feedback.relevant: {', '.join(both)}")
+    return FeedbackSettings(
+        enabled=_get(table, "enabled", _boolean, d.enabled, f, rep),
+        window=duration(table, "feedback", "window", d.window),
+        read_every=duration(table, "feedback", "read_every", d.read_every),
+        relevant=relevant,
+        not_relevant=not_relevant,
+    )
 
 
 _TOPIC_KEYS = {

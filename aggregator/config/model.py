@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aggregator.config.reactions import DEFAULT_NOT_RELEVANT, DEFAULT_RELEVANT
+
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 REVIEW_AT = ("09:00", "17:00")
 USER_AGENT = "aggregator/0.1 (political-news alert bot; +https://github.com/aggregator)"
@@ -43,6 +45,17 @@ class TopicConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackSettings:
+    """``[feedback]``: reading the team's reactions on alerts as labels."""
+
+    enabled: bool = True  # the service reads reactions on its own schedule
+    window: float = 7 * 86400.0  # alerts sent this recently are read; older labels stay
+    read_every: float = 15 * 60.0
+    relevant: tuple[str, ...] = DEFAULT_RELEVANT  # emoji names, as written in the config
+    not_relevant: tuple[str, ...] = DEFAULT_NOT_RELEVANT
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database: str = "data/aggregator.db"
     retention_days: int = 90
@@ -68,6 +81,7 @@ class Settings:
     per_channel_interval: float = 1.0
     story_window: float = 72 * 3600.0
     reply_batch: float = 300.0
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
 
 
 @dataclass(frozen=True, slots=True)

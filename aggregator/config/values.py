@@ -30,6 +30,8 @@ DURATION_RANGES: dict[str, tuple[float, float]] = {
     "slack.per_channel_interval": (0.0, HOUR),
     "stories.window": (0.0, 365 * DAY),
     "stories.reply_batch": (0.0, DAY),
+    "feedback.window": (HOUR, 90 * DAY),
+    "feedback.read_every": (MINUTE, DAY),
     "feeds[].interval": (10.0, 30 * DAY),
     "topics.*.digest_every": (MINUTE, 30 * DAY),
 }

@@ -152,3 +152,41 @@ def format_explain(
             lines.extend(score_lines(scores[e.topic]))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def explain_short(
+    doc: Document, topic: str, explanations: Sequence[TopicExplanation], scoring: Scoring,
+    matches: Sequence[TopicMatch],
+) -> str:  # fmt: skip
+    """``explain`` in one line, for one topic: the words and labelled clauses that matched with
+    today's rules and, for a topic with a model, its score against the alert threshold."""
+    found = next((e for e in explanations if e.topic == topic), None)
+    if found is None:
+        return f"{topic} is no longer in topics.toml"
+    if not found.matched:
+        why = "an exclusion vetoes it" if found.query_matched else "the query no longer matches"
+        return f"today's rules would not alert: {why}"
+    parts = []
+    if found.terms:
+        parts.append(f"matched {', '.join(found.terms[:8])}")
+    held = list(dict.fromkeys(_held_labels(found.clauses)))
+    if held:
+        parts.append(f"clauses: {'; '.join(_short(label, 40) for label in held[:3])}")
+    match = next((m for m in matches if m.topic == topic), None)
+    scores = explain_scores(doc, [match], scoring) if match is not None else {}
+    if topic in scores:
+        s = scores[topic]
+        below = "" if s.tier == Tier.ALERT else f", now {s.tier}"
+        parts.append(f"score {s.score:.2f} (alerts from {s.alert:.2f}{below})")
+    return "; ".join(parts) or "matched"
+
+
+def _held_labels(clauses: Sequence[ClauseResult]) -> list[str]:
+    """The comments labelling the clauses that held, outermost first."""
+    labels: list[str] = []
+    for clause in clauses:
+        if clause.matched:
+            if clause.label:
+                labels.append(clause.label)
+            labels.extend(_held_labels(clause.parts))
+    return labels

@@ -26,6 +26,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from aggregator.errors import DeliveryError
+from aggregator.models import ChannelMessage, HistoryPage, Reaction
 from aggregator.notify.render import Message, alert_ids_in
 from aggregator.notify.sink import Posted, UncertainDelivery
 from aggregator.redact import Redactor
@@ -194,6 +195,25 @@ class SlackSink:
             if not cursor:
                 return
 
+    def history_page(
+        self, channel_id: str, *, oldest: str, latest: str, cursor: str | None = None,
+        limit: int = HISTORY_PAGE,
+    ) -> HistoryPage:  # fmt: skip
+        """One ``conversations.history`` call: the channel's top-level messages from ``oldest`` to
+        ``latest`` (Slack ts, both included), with their reactions. The caller pages and paces."""
+        args: dict[str, Any] = {"channel": channel_id, "oldest": oldest, "latest": latest}
+        args |= {"inclusive": True, "limit": limit}
+        if cursor:
+            args["cursor"] = cursor
+        history = self._client.conversations_history
+        data = self._call(channel_id, "conversations.history", history, args)
+        messages = tuple(
+            _channel_message(m) for m in data.get("messages") or [] if isinstance(m, dict)
+        )
+        meta = data.get("response_metadata") or {}
+        next_cursor = meta.get("next_cursor") if isinstance(meta, dict) else None
+        return HistoryPage(messages, str(next_cursor) if next_cursor else None)
+
     def channel_id(self, channel: str) -> str:
         """Slack's id for ``#name`` (history and updates need ids; posting accepts names)."""
         if is_channel_id(channel):
@@ -286,6 +306,21 @@ class SlackSink:
         error.args = (error.reason,)
         cause.args = tuple(self._redact(str(a)) if isinstance(a, str) else a for a in cause.args)
         return error
+
+
+def _channel_message(message: Mapping[str, Any]) -> ChannelMessage:
+    reactions = []
+    for item in message.get("reactions") or []:
+        if not isinstance(item, dict) or not item.get("name"):
+            continue
+        users = tuple(str(u) for u in item.get("users") or [] if u)
+        count = item.get("count")
+        reactions.append(
+            Reaction(str(item["name"]), users, count if isinstance(count, int) else len(users))
+        )
+    thread = message.get("thread_ts")
+    return ChannelMessage(str(message.get("ts", "")), str(thread) if thread else None,
+                          tuple(reactions))  # fmt: skip
 
 
 def api_error(channel: str, method: str, status: int, response: Any) -> DeliveryError:

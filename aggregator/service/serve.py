@@ -3,7 +3,9 @@
 :func:`serve` drives a :class:`~aggregator.service.runtime.Runtime` with APScheduler 3.11: one
 cycle job (``max_instances=1``, ``coalesce=True``, jitter) on a single worker thread, so cycles and
 reloads never overlap and the database connection stays on one thread; a second thread pings the
-systemd watchdog only while cycles keep completing, and watches the config files for changes.
+systemd watchdog only while cycles keep completing, and watches the config files for changes. A
+third reads the team's reactions on alerts every ``[feedback] read_every``, with a database
+connection of its own, so that a slow or failing read never holds up delivery.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from datetime import UTC
+from datetime import UTC, timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -23,6 +25,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from aggregator.errors import AggregatorError, ConfigError
+from aggregator.feedback.job import FeedbackJob
 from aggregator.service.runtime import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -104,6 +107,10 @@ def _serve(
                     runtime.reload()
                 finally:
                     notifier.ready()  # RELOADING=1 must always end, or systemd waits on us
+                every = runtime.config.settings.feedback.read_every
+                if every != state.read_every:
+                    state.read_every = every
+                    scheduler.reschedule_job("feedback", trigger="interval", seconds=every)
             report = runtime.cycle()
             state.last_success = time.monotonic()
             notifier.status(report.summary())
@@ -127,7 +134,11 @@ def _serve(
     skipped = _QuietSkippedRuns()
     logging.getLogger("apscheduler.scheduler").addFilter(skipped)
     scheduler = BackgroundScheduler(
-        executors={"cycle": ThreadPoolExecutor(1), "default": ThreadPoolExecutor(1)},
+        executors={
+            "cycle": ThreadPoolExecutor(1),
+            "default": ThreadPoolExecutor(1),
+            "feedback": ThreadPoolExecutor(1),
+        },
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         timezone=UTC,
     )
@@ -137,6 +148,12 @@ def _serve(
     )  # fmt: skip
     ping = (watchdog_interval(runtime.environ) or 60.0) / 2
     scheduler.add_job(watch_job, "interval", seconds=min(ping, 5.0, tick), id="watch")
+    feedback = FeedbackJob(lambda: runtime.config, runtime.token, runtime.db_path, stop)
+    state.read_every = runtime.config.settings.feedback.read_every
+    scheduler.add_job(
+        feedback, "interval", seconds=state.read_every, id="feedback", executor="feedback",
+        next_run_time=utcnow() + timedelta(seconds=tick),  # after the first cycle has begun
+    )  # fmt: skip
     runtime.recover()
     scheduler.start()
     notifier.ready(f"polling {len(runtime.config.feeds)} feeds")
@@ -222,6 +239,7 @@ class _ServiceState:
     def __init__(self) -> None:
         self.busy = threading.Event()
         self.last_success = time.monotonic()
+        self.read_every = 0.0  # the feedback job's interval in force
 
     def wait_idle(self, timeout: float) -> bool:
         end = time.monotonic() + timeout

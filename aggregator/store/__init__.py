@@ -1,12 +1,13 @@
 """The database edge: one :class:`Store` per thread, with one part per kind of stored thing.
 
-=================  =========================================================================
-``store.feeds``    the feeds polled: validators, schedule, status (:mod:`.feeds`)
-``store.entries``  entries, the stories they form, their matches and full-text index
-``store.outbox``   alert rows and channel pacing: what waits to be sent, and what was
-``store.history``  the fetch log, each feed's activity, retention
-``store.labels``   what people said entries are worth per topic: training data (:mod:`.labels`)
-=================  =========================================================================
+===================  =======================================================================
+``store.feeds``      the feeds polled: validators, schedule, status (:mod:`.feeds`)
+``store.entries``    entries, the stories they form, their matches and full-text index
+``store.outbox``     alert rows and channel pacing: what waits to be sent, and what was
+``store.history``    the fetch log, each feed's activity, retention
+``store.labels``     what people said entries are worth per topic: training data (:mod:`.labels`)
+``store.reactions``  the team's reactions on sent alerts, read from Slack as labels
+===================  =======================================================================
 
 :meth:`Store.apply` writes a cycle's :class:`~aggregator.cycle.plan.FeedPlan` in one transaction:
 the decisions were made before, by the pure planner; applying them only writes. Every method
@@ -35,6 +36,7 @@ from aggregator.store.feeds import Feeds
 from aggregator.store.history import History
 from aggregator.store.labels import Labels
 from aggregator.store.outbox import Outbox
+from aggregator.store.reactions import Reactions
 from aggregator.store.rows import OutboxRow
 from aggregator.store.schema import MIGRATIONS, SCHEMA_VERSION, Database, Part
 
@@ -59,6 +61,7 @@ class Store(Part):
         self.outbox = Outbox(db)
         self.history = History(db)
         self.labels = Labels(db)
+        self.reactions = Reactions(db)
 
     @classmethod
     def open(cls, path: str | Path) -> Store:

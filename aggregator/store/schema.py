@@ -206,6 +206,23 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX labels_topic ON labels(topic, entry_id);
     """,
+    7: """
+    -- Each person's reactions on an alert as last read from Slack (issue 14). Slack says who
+    -- reacted but not when, so which of two reactions is the latest is learnt across reads; the
+    -- label it counts as is in `labels` (source 'slack'). Only the user id and a time are kept.
+    CREATE TABLE reactions (
+        alert_id INTEGER NOT NULL REFERENCES alerts(id) ON DELETE CASCADE,
+        who TEXT NOT NULL,                          -- a Slack user id
+        relevant INTEGER NOT NULL,                  -- 1: one of their reactions means relevant
+        not_relevant INTEGER NOT NULL,
+        label INTEGER CHECK (label IN (0, 1)),      -- what they count as; NULL unsure
+        at TEXT NOT NULL,                           -- when that label was first seen
+        PRIMARY KEY (alert_id, who)
+    );
+    -- The alerts whose reactions are read: sent recently, one message each.
+    CREATE INDEX alerts_sent ON alerts(sent_at) WHERE kind = 'alert';
+    CREATE INDEX alerts_slack_ts ON alerts(slack_ts) WHERE slack_ts IS NOT NULL;
+    """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
