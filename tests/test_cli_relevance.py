@@ -213,6 +213,33 @@ def test_train_writes_the_model_beside_topics_toml_and_reports_cv(
     assert report["thresholds"] == report["cv"]["thresholds"]
 
 
+def test_train_says_when_topics_toml_overrides_the_threshold_the_new_model_chose(
+    config_dir: Path, labels_file: Path, tmp_path: Path
+) -> None:
+    args = ("--config", config_dir, "--db", tmp_path / "none.db", "train", "eo",
+            "--labels", labels_file, "--force")  # fmt: skip
+    assert run(*args).returncode == 0
+    chosen = json.loads((config_dir / "models" / "eo.json").read_text())["thresholds"]
+    topics = config_dir / "topics.toml"
+    # the model's own alert threshold, and a review threshold it did not choose
+    other = 0.0 if chosen["review"] else 0.01
+    topics.write_text(
+        TOPICS.replace(
+            "exclude =",
+            f'model = "models/eo.json"\nalert_threshold = {chosen["alert"]}\n'
+            f"review_threshold = {other}\nexclude =",
+        ),
+        encoding="utf-8",
+    )
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    assert "alert_threshold" not in result.stderr
+    assert (
+        f"topics.toml sets review_threshold = {other} for eo, which overrides the new model's "
+        f"{chosen['review']}: set it to {chosen['review']} or remove it"
+    ) in result.stderr
+
+
 def test_train_refuses_to_replace_a_model_that_does_better_on_items_it_never_saw(
     config_dir: Path, hard_labels_file: Path, tmp_path: Path
 ) -> None:

@@ -104,15 +104,40 @@ def test_make_models_rebuilds_the_shipped_files_byte_for_byte(tmp_path: Path) ->
         (config / name).write_bytes((CONFIG / name).read_bytes())
     data = ["--curated", SHARED / "dev.jsonl", "--labels", SHARED / "train.jsonl", "--no-database",
             "--force"]  # fmt: skip
-    for topic, weight in (("ai-policy", "1"), ("executive-orders", "0")):
+    recipes = make_models_recipes()
+    assert sorted(recipes) == ["ai-policy", "executive-orders"]
+    for topic, settings in recipes.items():
         result = subprocess.run(
             [sys.executable, "-m", "aggregator", "--config", config, "train", topic, *data,
-             "--clause-weight", weight],
+             *settings],
             capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         built = config / "models" / f"{topic}.json"
         assert built.read_bytes() == (CONFIG / "models" / f"{topic}.json").read_bytes(), topic
+        # a fresh model on unchanged rules: topics.toml's thresholds are the ones it chose
+        assert "overrides the new model's" not in result.stderr
+
+
+def make_models_recipes() -> dict[str, list[str]]:
+    """Each topic's settings as the Makefile's `models` target gives them to `train`."""
+    recipes = {}
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        if "train " in line and "$(MODEL_DATA)" in line:
+            words = line.split("train ", 1)[1].split()
+            recipes[words[0]] = [w for w in words[1:] if w != "$(MODEL_DATA)"]
+    return recipes
+
+
+def test_topics_toml_sets_the_thresholds_its_models_chose() -> None:
+    config = load_config(CONFIG, {})
+    models = shipped()
+    for topic in config.topics:
+        chosen = models[topic.name].thresholds
+        assert (topic.alert_threshold, topic.review_threshold) == (chosen.alert, chosen.review), (
+            f"config/topics.toml's thresholds for {topic.name} are not the ones "
+            f"config/models/{topic.name}.json chose: {chosen}"
+        )
 
 
 def shared_items(topic: str) -> list[LabelledItem]:

@@ -194,12 +194,25 @@ def train(
     else:
         click.echo(_result_text(result))
     if result.written:
-        for key, set_to in (("alert_threshold", rules.alert_threshold),
-                            ("review_threshold", rules.review_threshold)):  # fmt: skip
-            if set_to is not None:
-                note = f"topics.toml sets {key} = {set_to} for {topic}, overriding the new model's"
-                click.echo(f"note: {note} own: remove it to use the model's", err=True)
+        _note_overrides(rules, out)
     sys.exit(0 if result.written else 1)
+
+
+def _note_overrides(rules: TopicConfig, model_path: Path) -> None:
+    """Say when topics.toml sets a threshold other than the one the new model chose."""
+    from aggregator.relevance.model import RelevanceModel
+
+    chosen = RelevanceModel.load(model_path, rules.name).thresholds
+    for key, set_to, own in (
+        ("alert_threshold", rules.alert_threshold, chosen.alert),
+        ("review_threshold", rules.review_threshold, chosen.review),
+    ):
+        if set_to is not None and set_to != own:
+            click.echo(
+                f"note: topics.toml sets {key} = {set_to} for {rules.name}, which overrides the "
+                f"new model's {own}: set it to {own} or remove it",
+                err=True,
+            )
 
 
 def _file_items(
