@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from array import array
 from collections import Counter
 from collections.abc import Collection, Mapping
@@ -89,7 +88,7 @@ class Vocabularies:
     def row(self, term: str) -> int:
         found = self.rows.get(term)
         if found is None:
-            found = self.rows[sys.intern(term)] = len(self.rows)
+            found = self.rows[term] = len(self.rows)
         return found
 
 
