@@ -74,6 +74,16 @@ def test_the_seed_story_alerts_in_both_channels_and_the_demo_false_alarm_does_no
         assert model.thresholds.tier(model.score(SEED, match.clauses)) == "alert", name
     court = Document("Appeals court blocks Biden student loan repayment plan")
     assert matcher.match(court) == []
+    # the demo's other false alarm: "close out" a convention held in a state, not a closure order
+    speech = Document(
+        "5 things to watch in Trump's RNC speech",
+        "MILWAUKEE - Former President Trump will close out the Republican National Convention on "
+        "Thursday night with a highly anticipated keynote address. The shooting at Trump's "
+        "Butler, Pa., rally Saturday has loomed over this week's proceedings in Wisconsin.",
+    )
+    assert matcher.match(speech) == []
+    beaches = Document("Governor Hochul will close gyms and indoor dining across New York")
+    assert [m.topic for m in matcher.match(beaches)] == ["executive-orders"]
     movers = [term for term, _ in models["executive-orders"].movers(SEED, (), n=5)]
     assert "executive order" in movers
 
