@@ -192,7 +192,7 @@ def test_train_writes_the_model_beside_topics_toml_and_reports_cv(
     assert "alerts (rule and score >=" in result.stdout and "rule alone:" in result.stdout
     assert f"wrote {model}" in result.stdout
     # progress and notes on stderr
-    assert "cross-validation: fold 5/5" in result.stderr
+    assert "cross-validation 5/5: fold 5/5" in result.stderr
     assert f"{labels_file}: 72 items labelled for eo" in result.stderr
     assert "no database at" in result.stderr
     assert not (tmp_path / "none.db").exists()
@@ -213,6 +213,33 @@ def test_train_writes_the_model_beside_topics_toml_and_reports_cv(
     assert report["thresholds"] == report["cv"]["thresholds"]
 
 
+def test_train_says_when_topics_toml_overrides_the_threshold_the_new_model_chose(
+    config_dir: Path, labels_file: Path, tmp_path: Path
+) -> None:
+    args = ("--config", config_dir, "--db", tmp_path / "none.db", "train", "eo",
+            "--labels", labels_file, "--force")  # fmt: skip
+    assert run(*args).returncode == 0
+    chosen = json.loads((config_dir / "models" / "eo.json").read_text())["thresholds"]
+    topics = config_dir / "topics.toml"
+    # the model's own alert threshold, and a review threshold it did not choose
+    other = 0.0 if chosen["review"] else 0.01
+    topics.write_text(
+        TOPICS.replace(
+            "exclude =",
+            f'model = "models/eo.json"\nalert_threshold = {chosen["alert"]}\n'
+            f"review_threshold = {other}\nexclude =",
+        ),
+        encoding="utf-8",
+    )
+    result = run(*args)
+    assert result.returncode == 0, result.stderr
+    assert "alert_threshold" not in result.stderr
+    assert (
+        f"topics.toml sets review_threshold = {other} for eo, which overrides the new model's "
+        f"{chosen['review']}: set it to {chosen['review']} or remove it"
+    ) in result.stderr
+
+
 def test_train_refuses_to_replace_a_model_that_does_better_on_items_it_never_saw(
     config_dir: Path, hard_labels_file: Path, tmp_path: Path
 ) -> None:
@@ -231,6 +258,7 @@ def test_train_refuses_to_replace_a_model_that_does_better_on_items_it_never_saw
     report = json.loads(refused.stdout)
     assert report["written"] is False
     assert "refused: the current model scores better on the 96 labelled items" in report["verdict"]
+    assert "(average precision 1.000 against 0." in report["verdict"]  # in-sample: perfect
     assert "use --force" in report["verdict"]
     assert out.read_bytes() == current
     forced = run(*args, "--force")
@@ -244,12 +272,23 @@ def test_a_changed_setting_is_compared_on_the_same_folds(
     out = tmp_path / "eo.json"
     args = ("--config", config_dir, "--db", tmp_path / "none.db", "train", "eo",
             "--labels", labels_file, "--out", out)  # fmt: skip
-    assert run(*args, "--clause-weight", "1").returncode == 0
+    first = run(
+        *args, "--clause-weight", "1", "--title-chars", "--ensemble", "--sampled-weight", "3"
+    )
+    assert first.returncode == 0, first.stderr
+    settings = json.loads(out.read_text())["hyperparameters"]
+    assert (settings["title_chars"], settings["ensemble_words"], settings["sampled_weight"]) == (
+        True, True, 3.0,
+    )  # fmt: skip
     other = run(*args, "--clause-weight", "0")
     assert "the current model's settings on the same folds" in other.stdout
     assert other.returncode in (0, 1)
-    written = json.loads(out.read_text())["hyperparameters"]["clause_weight"]
-    assert written == (0.0 if other.returncode == 0 else 1.0)
+    written = json.loads(out.read_text())["hyperparameters"]
+    assert written["clause_weight"] == (0.0 if other.returncode == 0 else 1.0)
+    # the settings not given are the current model's
+    assert (written["title_chars"], written["ensemble_words"], written["sampled_weight"]) == (
+        True, True, 3.0,
+    )  # fmt: skip
 
 
 def test_the_databases_labels_reach_training_and_are_reported(

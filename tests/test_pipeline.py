@@ -599,6 +599,8 @@ def test_the_service_scores_what_the_rules_catch_with_the_shipped_models(rig: Ri
     runtime = Runtime(config, {}, parse_workers=1)
     try:
         assert set(runtime.scoring.scorers) == {"ai-policy", "executive-orders"}
+        alert = {name: scorer.alert for name, scorer in runtime.scoring.scorers.items()}
+        review = runtime.scoring.scorers["executive-orders"].review
         report = runtime.cycle(everything=True)
         scores = runtime.store.db.rows(
             "SELECT e.guid, m.topic, m.score FROM matches m JOIN entries e ON e.id = m.entry_id "
@@ -609,5 +611,6 @@ def test_the_service_scores_what_the_rules_catch_with_the_shipped_models(rig: Ri
         runtime.close()
     assert report.alerts == 2 and len(alerts) == 2
     by = {(r["guid"], r["topic"]): r["score"] for r in scores}
-    assert by[("seed-1", "ai-policy")] > 0.89 and by[("seed-1", "executive-orders")] > 0.34
-    assert by[("bars-1", "executive-orders")] < 0.29  # caught by the net, below review
+    assert by[("seed-1", "ai-policy")] >= alert["ai-policy"]
+    assert by[("seed-1", "executive-orders")] >= alert["executive-orders"]
+    assert by[("bars-1", "executive-orders")] < review  # caught by the net, below review

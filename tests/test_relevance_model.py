@@ -4,6 +4,7 @@ strictly, small in memory, and never pulling scikit-learn, numpy or scipy into t
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from aggregator.config.model import TopicConfig
 from aggregator.errors import ModelError
 from aggregator.models import Document
+from aggregator.relevance.features import model_terms
 from aggregator.relevance.model import (
     RelevanceModel,
     Thresholds,
@@ -21,12 +23,14 @@ from aggregator.relevance.model import (
     default_model_path,
     rules_sha256,
 )
+from aggregator.relevance.thresholds import CURATED, SAMPLED
 from aggregator.relevance.train import (
-    CURATED,
-    SAMPLED,
+    Example,
     Hyper,
     LabelledItem,
+    average_precision,
     clause_columns,
+    design_matrix,
     examples_for,
     export,
     fit,
@@ -96,9 +100,17 @@ def exported(tmp_path: Path, hyper: Hyper | None = None, **changes: Any) -> Path
     return path
 
 
-@pytest.mark.parametrize("clause_weight", [1.0, 0.0])
-def test_scores_equal_scikit_learn(tmp_path: Path, clause_weight: float) -> None:
-    hyper = Hyper(min_df=1, clause_weight=clause_weight)
+@pytest.mark.parametrize(
+    "hyper",
+    [
+        Hyper(min_df=1, clause_weight=1.0),  # words and clauses
+        Hyper(min_df=1, clause_weight=0.0),  # words alone
+        Hyper(min_df=1, clause_weight=1.0, title_chars=True),  # and the title's letters
+        Hyper(min_df=1, title_chars=True, ensemble_words=True),  # two models averaged
+    ],
+    ids=["clauses", "words", "title-chars", "ensemble"],
+)
+def test_scores_equal_scikit_learn(tmp_path: Path, hyper: Hyper) -> None:
     fitted, examples, matcher = trained(hyper)
     expected = predict(fitted, examples)
     model = RelevanceModel.load(exported(tmp_path, hyper), "eo")
@@ -109,6 +121,122 @@ def test_scores_equal_scikit_learn(tmp_path: Path, clause_weight: float) -> None
         clauses = matched[0].clauses if matched else matcher.clause_hits(doc)["eo"]
         assert ex.net == bool(matched)
         assert abs(model.score(doc, clauses, matched=bool(matched)) - want) < 1e-9
+
+
+def test_terms_are_words_pairs_title_words_and_the_title_words_letters() -> None:
+    terms = model_terms("Trump's AI bans", "Exports halted")
+    assert terms == [
+        "trump", "ai", "bans", "trump ai", "ai bans",  # the title: "'s" is no word
+        "exports", "halted", "exports halted",  # the summary: no pair across the fields
+        "t:trump", "t:ai", "t:bans",
+        "c:<tru", "c:trum", "c:rump", "c:ump>", "c:<ai>", "c:<ban", "c:bans", "c:ans>",
+    ]  # fmt: skip
+    # the forms of a word share most of their letters: the point of the grams
+    export, exporting = (
+        {t for t in model_terms(title, "") if t.startswith("c:")}
+        for title in ("export", "exporting")
+    )
+    assert export & exporting == {"c:<exp", "c:expo", "c:xpor", "c:port"}
+
+
+def test_a_model_trained_without_the_title_chars_ignores_them(tmp_path: Path) -> None:
+    model = RelevanceModel.load(exported(tmp_path))
+    assert not any(t.startswith("c:") for t in model._rows)
+    with_chars = RelevanceModel.load(exported(tmp_path, Hyper(min_df=1, title_chars=True)))
+    assert any(t.startswith("c:") for t in with_chars._rows)
+    doc = Document("Governor signs executive order", "The order takes effect.")
+    assert any(name.startswith("letters:") for name, _ in with_chars.movers(doc, (), n=100))
+    assert not any(name.startswith("letters:") for name, _ in model.movers(doc, (), n=100))
+
+
+def test_a_version_1_file_still_scores_exactly(tmp_path: Path) -> None:
+    """Round 1's files (words only, no recipe) are read, and score as their trainer did: the
+    title's letters, computed since, are outside their vocabulary."""
+    hyper = Hyper(min_df=1)
+    fitted, examples, _ = trained(hyper)
+    expected = predict(fitted, examples)
+    path = exported(tmp_path, hyper)
+    doc = json.loads(path.read_text())
+    # version 1: no recipe, and a term -> [idf, weight] map instead of three lists
+    pairs = zip(doc.pop("terms"), doc.pop("idf"), doc.pop("weights"), strict=True)
+    doc.update(format_version=1, features={"terms": "words (round 1)"},
+               terms={term: [idf, weight] for term, idf, weight in pairs})  # fmt: skip
+    path.write_text(json.dumps(doc))
+    model = RelevanceModel.load(path, "eo")
+    for item, ex, want in zip(items(), examples, expected, strict=True):
+        clauses = [c.removeprefix("rule:") for c in ex.clauses if c != "rule:matched"]
+        assert abs(model.score(item.document, clauses, matched=ex.net) - want) < 1e-9
+
+
+def test_one_model_predicts_as_scikit_learn_does() -> None:
+    fitted, examples, _ = trained(Hyper(min_df=1, title_chars=True))
+    [member] = fitted.members
+    want = member.predict_proba(design_matrix(fitted, examples))[:, 1]
+    assert max(abs(predict(fitted, examples) - want)) < 1e-12
+
+
+def test_the_ensemble_is_the_mean_of_its_members_log_odds() -> None:
+    """Two models, one with the clause features and one on words alone, exported as one weight
+    vector: the log-odds it gives are the mean of the two members' log-odds."""
+    fitted, examples, _ = trained(Hyper(min_df=1, title_chars=True, ensemble_words=True))
+    with_clauses, words_alone = fitted.members
+    x = design_matrix(fitted, examples)
+    n_text = len(fitted.vectorizer.vocabulary_)
+    assert x.shape[1] > n_text  # the clause columns, which the words member never sees
+    first = with_clauses.predict_proba(x)[:, 1]
+    second = words_alone.predict_proba(x[:, :n_text])[:, 1]
+    assert max(abs(first - second)) > 0.01  # two different models
+
+    def logit(p: float) -> float:
+        return math.log(p / (1 - p))
+
+    for got, a, b in zip(predict(fitted, examples), first, second, strict=True):
+        assert abs(logit(got) - (logit(a) + logit(b)) / 2) < 1e-9
+    # without clause features there is nothing to average: one model
+    assert len(trained(Hyper(min_df=1, clause_weight=0.0, ensemble_words=True))[0].members) == 1
+
+
+def test_sampled_items_weigh_more_than_curated_ones_when_asked() -> None:
+    """Where curated and sampled labels disagree on the same words, the sampled ones win when
+    they weigh more: the service scores what the feeds bring."""
+    disputed = [
+        LabelledItem(f"{origin}-{place}", Document(f"Tariff letter sent in {place}"), label,
+                     origin=origin)
+        for place in PLACES
+        for origin, label in ((CURATED, 0), (SAMPLED, 1))
+    ]  # fmt: skip
+    matcher = TopicMatcher.compile([TOPIC])
+    keys = clause_columns(matcher, "eo")
+    examples = examples_for([*items(), *disputed], "eo", matcher)
+    probe = examples_for([LabelledItem("p", Document("Tariff letter sent"), 1)], "eo", matcher)
+    scores = [predict(fit(examples, Hyper(min_df=1, sampled_weight=w), keys), probe)[0]
+              for w in (1.0, 3.0)]  # fmt: skip
+    assert scores[1] > scores[0] + 0.05, scores
+    # with no curated item, sampled items weigh as before (no mere change of C)
+    alone = [ex for ex in examples if ex.origin == SAMPLED]
+    same = [fit(alone, Hyper(min_df=1, sampled_weight=w), keys).coef for w in (1.0, 3.0)]
+    assert (same[0] == same[1]).all()
+
+
+def test_average_precision_ranks_what_the_rule_missed_last_and_leaves_unsure_out() -> None:
+    def example(score: float, label: int, net: bool = True, unsure: bool = False,
+                origin: str = SAMPLED) -> tuple[Example, float]:  # fmt: skip
+        return Example(f"{score}", origin, (), frozenset(), net, label, unsure), score
+
+    pairs = [
+        example(0.9, 1), example(0.8, 0), example(0.7, 1),
+        example(0.99, 1, net=False),  # the rule missed it: ranked with the lowest
+        example(0.5, 0, net=False),
+        example(0.95, 0, unsure=True),  # left out, as eval leaves it out
+        example(0.1, 1, origin=CURATED),
+    ]  # fmt: skip
+    examples, scores = [e for e, _ in pairs], [s for _, s in pairs]
+    # ranked: + - + then (+ -) tied at 0: precision 1, 2/3, 3/5 at recall 1/3, 2/3, 1
+    want = (1 + 2 / 3 + 3 / 5) / 3
+    assert math.isclose(average_precision(examples, scores, frozenset({SAMPLED})), want)
+    # every origin: the curated positive ranks fourth, above the two tied at 0
+    assert math.isclose(average_precision(examples, scores), (1 + 2 / 3 + 3 / 4 + 4 / 6) / 4)
+    assert average_precision(examples, scores, frozenset({"team"})) == 0.0  # nothing to rank
 
 
 def test_clauses_and_the_verdict_move_the_score(tmp_path: Path) -> None:
@@ -130,8 +258,6 @@ def test_movers_explain_the_log_odds(tmp_path: Path) -> None:
     sizes = [abs(w) for _, w in movers]
     assert sizes == sorted(sizes, reverse=True)
     # every contribution of the item is listed, so they add up to its log-odds
-    import math
-
     score = model.score(doc, ("1", "2", "3"))
     assert math.isclose(model.intercept + sum(w for _, w in movers), math.log(score / (1 - score)))
     assert len(model.movers(doc, ("1",), n=3)) == 3
@@ -164,12 +290,19 @@ def test_default_path_is_beside_topics_toml() -> None:
     ("changes", "message"),
     [
         ({"format_version": 99}, "format_version 99 is not supported"),
+        ({"features": {"terms": "words (round 1)"}}, "trained on the terms 'words"),
+        ({"features": None}, "trained on the terms None"),
         ({"format": "other"}, "not a relevance model"),
         ({"thresholds": {"alert": 0.2, "review": 0.5}}, "review <= alert"),
         ({"thresholds": {"alert": 1.5, "review": 0.5}}, "review <= alert"),
-        ({"terms": {"a": [1.0]}}, "malformed model"),
-        ({"terms": {"a": [1.0, "x"]}}, "malformed model"),
-        ({"terms": {"a": [1.0, float("nan")]}}, "not a finite number"),
+        ({"terms": {"a": [1.0, 1.0]}}, "terms must be a list of strings"),
+        ({"terms": ["a", 1], "idf": [1.0, 1.0], "weights": [1.0, 1.0]}, "list of strings"),
+        ({"terms": ["a"], "idf": [1.0, 2.0], "weights": [1.0]}, "1 terms, 2 idf and 1 weights"),
+        ({"terms": ["a"], "idf": [1.0], "weights": ["x"]}, "malformed model"),
+        ({"terms": ["a"], "idf": [0.0], "weights": [1.0]}, "idf of a term must be positive"),
+        ({"terms": ["a"], "idf": [1.0], "weights": [float("nan")]}, "not a finite number"),
+        ({"format_version": 1, "terms": {"a": [1.0]}}, "malformed model: IndexError"),
+        ({"format_version": 1, "terms": ["a"]}, "malformed model"),
         ({"intercept": None}, "malformed model"),
         ({"hyperparameters": {}}, "malformed model"),
     ],
@@ -198,17 +331,34 @@ def test_unreadable_files_and_another_topic_are_refused(tmp_path: Path) -> None:
         RelevanceModel.load(exported(tmp_path), "ai-policy")
 
 
-def test_models_with_one_vocabulary_share_it(tmp_path: Path) -> None:
-    path = exported(tmp_path)
+def test_models_loaded_together_share_one_term_index_and_score_as_alone(tmp_path: Path) -> None:
+    """Words only, words and the title's letters (a superset), and a third whose terms and idf
+    differ: one index holds the union, and each model scores exactly as when loaded alone,
+    whatever the order of loading."""
+    (tmp_path / "words").mkdir()
+    (tmp_path / "chars").mkdir()
+    words = exported(tmp_path / "words")
+    chars = exported(tmp_path / "chars", Hyper(min_df=1, title_chars=True))
     other = tmp_path / "other.json"
-    doc = json.loads(path.read_text())
-    doc["terms"] = {t: [idf, -w] for t, (idf, w) in doc["terms"].items()}
+    doc = json.loads(words.read_text())
+    kept = slice(1, None, 2)  # every other term, its idf 1.5 times higher, its weight reversed
+    doc.update(terms=doc["terms"][kept], idf=[i * 1.5 for i in doc["idf"][kept]],
+               weights=[-w for w in doc["weights"][kept]])  # fmt: skip
     other.write_text(json.dumps(doc))
-    vocabularies = Vocabularies()
-    a = RelevanceModel.load(path, vocabularies=vocabularies)
-    b = RelevanceModel.load(other, vocabularies=vocabularies)
-    assert a._vocabulary is b._vocabulary and a._weights != b._weights
-    assert RelevanceModel.load(path)._vocabulary is not a._vocabulary  # no sharing unasked
+    paths = [words, chars, other]
+    docs = [item.document for item in items()]
+    docs.append(Document("Governor decree in Vermont", "An order nobody trained on"))
+    alone = [[RelevanceModel.load(p).score(d, ("1",)) for d in docs] for p in paths]
+    union = {t for p in paths for t in json.loads(p.read_text())["terms"]}
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
+        vocabularies = Vocabularies()
+        models = {k: RelevanceModel.load(paths[k], vocabularies=vocabularies) for k in order}
+        assert set(vocabularies.rows) == union
+        assert all(m._rows is vocabularies.rows for m in models.values())
+        for k, model in models.items():
+            assert model.terms == len(json.loads(paths[k].read_text())["terms"])
+            assert [model.score(d, ("1",)) for d in docs] == alone[k], (order, k)
+    assert RelevanceModel.load(words)._rows is not RelevanceModel.load(words)._rows  # unasked
 
 
 def test_the_service_never_imports_scikit_learn_numpy_or_scipy() -> None:

@@ -110,6 +110,24 @@ def label(obj: Context, entry: str, topic: str, label: str) -> None:
     type=click.FloatRange(min=0.0),
     help="Advanced: the value of a clause feature (0: none). Default: the current model's, else 1.",
 )
+@click.option(
+    "--title-chars/--no-title-chars",
+    default=None,
+    help="Advanced: also learn from the character 4-grams of the title's words, so that word "
+    "forms share evidence. Default: the current model's, else off.",
+)
+@click.option(
+    "--ensemble/--no-ensemble",
+    default=None,
+    help="Advanced: average the model (words and clause features) with a second one on words "
+    "alone. Default: the current model's, else off.",
+)
+@click.option(
+    "--sampled-weight",
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Advanced: how much more a sampled item (--labels, the database's) weighs in training "
+    "than a curated one (--curated). Default: the current model's, else 1.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.pass_obj
 def train(
@@ -121,13 +139,17 @@ def train(
     force: bool,
     no_database: bool,
     clause_weight: float | None,
+    title_chars: bool | None,
+    ensemble: bool | None,
+    sampled_weight: float | None,
     as_json: bool,
 ) -> None:
     """Train TOPIC's relevance model from labelled files and the database's labels.
 
     Reports 5-fold cross-validated precision, recall and F1 of what would alert (the rule AND
-    the score), with and without the database's labels; chooses the alert and review thresholds
-    from them; and writes the model unless the current one does better on held-out items.
+    the score), with and without the database's labels, over 5 partitions of the items pooled;
+    chooses the alert and review thresholds from them; and writes the model unless the current
+    one does better on held-out items.
     Progress goes to stderr. Exit 0: written; 1: refused as worse; 2: bad input.
     """
     from aggregator.config.load import DEFAULTS_DIR
@@ -148,12 +170,18 @@ def train(
     if not items:
         _bad_input(f"no labelled items for {topic!r}: give --labels FILE, or label entries")
 
-    from aggregator.relevance.train import Hyper, train_topic
+    from aggregator.relevance.train import train_topic
 
-    hyper = Hyper(clause_weight=clause_weight) if clause_weight is not None else None
+    given = {
+        "clause_weight": clause_weight,
+        "title_chars": title_chars,
+        "ensemble_words": ensemble,
+        "sampled_weight": sampled_weight,
+    }
     try:
         result = train_topic(
-            rules, items, out, hyper=hyper, force=force,
+            rules, items, out, settings={k: v for k, v in given.items() if v is not None},
+            force=force,
             progress=lambda line: click.echo(f"  {line}", err=True),
         )  # fmt: skip
     except (TrainingDataError, ModelError) as e:
@@ -165,14 +193,34 @@ def train(
         click.echo(json.dumps(_result_json(result), indent=2))
     else:
         click.echo(_result_text(result))
+    if result.written:
+        _note_overrides(rules, out)
     sys.exit(0 if result.written else 1)
+
+
+def _note_overrides(rules: TopicConfig, model_path: Path) -> None:
+    """Say when topics.toml sets a threshold other than the one the new model chose."""
+    from aggregator.relevance.model import RelevanceModel
+
+    chosen = RelevanceModel.load(model_path, rules.name).thresholds
+    for key, set_to, own in (
+        ("alert_threshold", rules.alert_threshold, chosen.alert),
+        ("review_threshold", rules.review_threshold, chosen.review),
+    ):
+        if set_to is not None and set_to != own:
+            click.echo(
+                f"note: topics.toml sets {key} = {set_to} for {rules.name}, which overrides the "
+                f"new model's {own}: set it to {own} or remove it",
+                err=True,
+            )
 
 
 def _file_items(
     topic: str, label_files: tuple[Path, ...], curated_files: tuple[Path, ...]
 ) -> tuple[list[LabelledItem], list[str]]:
     from aggregator.measure.topics import read_labelled
-    from aggregator.relevance.train import CURATED, SAMPLED, LabelledItem
+    from aggregator.relevance.thresholds import CURATED, SAMPLED
+    from aggregator.relevance.train import LabelledItem
 
     items: list[LabelledItem] = []
     notes: list[str] = []
@@ -201,7 +249,8 @@ def _database_items(
     obj: Context, config: Config, topic: str, notes: list[str]
 ) -> list[LabelledItem]:
     from aggregator.models import Document
-    from aggregator.relevance.train import TEAM, LabelledItem
+    from aggregator.relevance.thresholds import TEAM
+    from aggregator.relevance.train import LabelledItem
     from aggregator.store import Store
 
     db_path = obj.db_path(config)
@@ -237,7 +286,7 @@ def _cv_json(cv: CrossValidation | None, origins: frozenset[str] | None = None) 
 
 
 def _result_json(result: TrainResult) -> dict[str, Any]:
-    from aggregator.relevance.train import CURATED, SAMPLED
+    from aggregator.relevance.thresholds import CURATED, SAMPLED
 
     files = frozenset({SAMPLED, CURATED})
     return {
@@ -256,12 +305,13 @@ def _result_json(result: TrainResult) -> dict[str, Any]:
 
 
 def _result_text(result: TrainResult) -> str:
-    from aggregator.relevance.train import CURATED, SAMPLED, TEAM
+    from aggregator.relevance.thresholds import CURATED, SAMPLED, TEAM
 
     cv = result.cv
     lines = [
-        f"{result.topic}: 5-fold cross-validation over {len(cv.examples)} items; alert "
-        f"threshold {cv.alert:.2f}, review threshold {cv.review:.2f}",
+        f"{result.topic}: 5-fold cross-validation over {len(cv.examples)} items, "
+        f"{len(cv.runs)} partitions pooled (counts summed over them); alert threshold "
+        f"{cv.alert:.2f}, review threshold {cv.review:.2f}",
         f"  alerts (rule and score >= {cv.alert:.2f}):  {cv.at(cv.alert).line()}",
         f"  alerts or review (>= {cv.review:.2f}):      {cv.at(cv.review).line()}",
         f"  rule alone:                       {cv.rules_alone().line()}",
@@ -269,6 +319,9 @@ def _result_text(result: TrainResult) -> str:
     sampled = frozenset({SAMPLED, TEAM})
     if any(ex.origin in sampled for ex in cv.examples):
         lines.append(f"  alerts, sampled items only:       {cv.at(cv.alert, sampled).line()}")
+    curated = frozenset({CURATED})
+    if any(ex.origin == CURATED for ex in cv.examples):
+        lines.append(f"  alerts, curated items only:       {cv.at(cv.alert, curated).line()}")
     if result.cv_without_team is not None:
         without = result.cv_without_team
         files = frozenset({SAMPLED, CURATED})

@@ -1,4 +1,5 @@
-"""What a relevance model reads of an item: its words, and which labelled clauses held.
+"""What a relevance model reads of an item: its words, the letters of its title's words, and
+which labelled clauses held.
 
 Pure Python. The trainer and the scorer both take their terms from :func:`model_terms`, so a term
 the trainer weighed is the term the scorer looks up. Words come from the matcher's own
@@ -16,6 +17,11 @@ from aggregator.rules.compile import CLITICS
 from aggregator.text import normalise as textnorm
 
 TITLE_PREFIX = "t:"  # title words are counted a second time under this prefix
+CHAR_PREFIX = "c:"  # character 4-grams of the title's words ("c:<ban", "c:bans", "c:ans>")
+CHAR_N = 4
+# What model_terms computes, recorded in every model file: a model trained on other terms would be
+# scored wrong, so the scorer refuses it. Change it whenever model_terms changes.
+TERMS_RECIPE = "word 1-2-grams per field, t:title words, c:title word 4-grams (2)"
 CLAUSE_PREFIX = "rule:"  # a clause that held is a feature named after its key
 MATCHED = "rule:matched"  # the topic's verdict: its query matched and its exclude did not veto
 
@@ -40,15 +46,32 @@ def _ngrams(words: Sequence[str]) -> list[str]:
     return [*words, *(f"{a} {b}" for a, b in pairwise(words))]
 
 
+def _char_grams(words: Sequence[str]) -> list[str]:
+    """The character 4-grams of each word marked as "<word>", so that its start and end count; a
+    word of one or two letters gives one gram ("<ai>")."""
+    out: list[str] = []
+    for word in words:
+        marked = f"<{word}>"
+        last = max(1, len(marked) - CHAR_N + 1)
+        out += [CHAR_PREFIX + marked[i : i + CHAR_N] for i in range(last)]
+    return out
+
+
 def model_terms(title: str, summary: str) -> list[str]:
     """The terms of one item: word unigrams and bigrams of each field (a bigram never spans the
-    two fields), and the title's unigrams again under :data:`TITLE_PREFIX`: a title word weighs
-    more."""
+    two fields); the title's unigrams again under :data:`TITLE_PREFIX`, since a title word weighs
+    more; and the character 4-grams of the title's words under :data:`CHAR_PREFIX`, so that
+    "export", "exports" and "exporting" share their evidence (a topic has a few dozen sampled
+    positives: too few to learn every form of a word on its own).
+
+    A model counts only the terms in its vocabulary: one trained without the grams ignores them,
+    so one computation per item serves every topic."""
     title_words = field_words(title)
     return [
         *_ngrams(title_words),
         *_ngrams(field_words(summary)),
         *(TITLE_PREFIX + w for w in title_words),
+        *_char_grams(title_words),
     ]
 
 

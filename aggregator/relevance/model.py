@@ -2,16 +2,18 @@
 
 No numpy, scipy or scikit-learn here: the service loads and scores models without them. A model
 file (written by :mod:`aggregator.relevance.train`) holds, per known term, its idf and its
-logistic-regression weight already multiplied by the idf; the weight of each clause feature; the
+logistic-regression weight already multiplied by the idf (``terms``, ``idf``, ``weights``: three
+parallel lists); the weight of each clause feature; the
 intercept and the thresholds. The score equals scikit-learn's ``predict_proba`` for the item::
 
     x_t   = tf_t * idf_t           tf_t = 1 + ln(count of t)   (terms outside the vocabulary: 0)
     z     = intercept + sum_t tf_t * folded_t / ||x|| + sum of the weights of the clauses held
     score = 1 / (1 + exp(-z))
 
-Memory: the vocabulary (term -> row, idf) is one dict and one ``array('d')``, shared by every
-model loaded with the same :class:`Vocabularies` whose vocabulary is the same (the shipped
-topics' are); each model adds one ``array('d')`` of weights.
+Memory: the term -> row index is one dict shared by every model loaded with the same
+:class:`Vocabularies`, over the union of their vocabularies (the shipped topics' overlap: one adds
+the title's character grams to the other's words); each model adds two ``array('d')`` of its own
+(idf and weight per row), holding 0 where a term is not in its vocabulary.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from array import array
 from collections import Counter
 from collections.abc import Collection, Mapping
@@ -29,11 +30,21 @@ from typing import Any, Literal
 
 from aggregator.errors import ModelError
 from aggregator.models import Document
-from aggregator.relevance.features import CLAUSE_PREFIX, MATCHED, TITLE_PREFIX, item_terms
+from aggregator.relevance.features import (
+    CHAR_PREFIX,
+    CLAUSE_PREFIX,
+    MATCHED,
+    TERMS_RECIPE,
+    TITLE_PREFIX,
+    item_terms,
+)
 
 FORMAT = "aggregator-relevance-model"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# 2: the terms recipe (features.TERMS_RECIPE) is recorded, and must be the one computed here.
+# 1: words only, as round 1 of issue 17 trained them; still scored exactly, since the terms added
+# since (the title's character grams) are outside its vocabulary and so ignored.
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MODELS_DIR = "models"  # beside topics.toml
 
 Tier = Literal["alert", "review", "none"]
@@ -65,24 +76,19 @@ class Thresholds:
         return "review" if score >= self.review else "none"
 
 
-@dataclass(frozen=True, slots=True)
-class Vocabulary:
-    rows: dict[str, int]  # term -> its row in idf and in each model's weights
-    idf: array[float]
-
-
 class Vocabularies:
-    """Shares one vocabulary between the models that have the same (same terms, same idf)."""
+    """One term -> row index for the models of one config: a term is stored once, whichever
+    models know it. A model's arrays are as long as the index was when it was loaded, with idf
+    and weight 0 for a term it does not know: such a term adds nothing to the norm or to the dot
+    product, exactly as a term outside its vocabulary. The index only grows, while loading."""
 
     def __init__(self) -> None:
-        self._known: dict[str, Vocabulary] = {}
+        self.rows: dict[str, int] = {}
 
-    def get(self, terms: list[str], idf: array[float]) -> Vocabulary:
-        digest = hashlib.sha256("\n".join(terms).encode() + idf.tobytes()).hexdigest()
-        found = self._known.get(digest)
+    def row(self, term: str) -> int:
+        found = self.rows.get(term)
         if found is None:
-            rows = {sys.intern(t): i for i, t in enumerate(terms)}
-            found = self._known[digest] = Vocabulary(rows, idf)
+            found = self.rows[term] = len(self.rows)
         return found
 
 
@@ -91,9 +97,11 @@ class RelevanceModel:
 
     __slots__ = (
         "_clauses",
+        "_idf",
         "_matched_weight",
+        "_rows",
+        "_size",
         "_sublinear",
-        "_vocabulary",
         "_weights",
         "cv",
         "hyperparameters",
@@ -105,13 +113,17 @@ class RelevanceModel:
     )
 
     def __init__(self, doc: Mapping[str, Any], where: str, vocabularies: Vocabularies) -> None:
-        terms: list[str] = []
-        idf = array("d")
-        weights = array("d")
-        for term, (term_idf, folded) in doc["terms"].items():
-            terms.append(str(term))
-            idf.append(float(term_idf))
-            weights.append(float(folded))
+        names, idf, weights = _term_columns(doc)
+        rows = [vocabularies.row(term) for term in names]
+        self._rows = vocabularies.rows
+        self._idf = array("d", bytes(8 * len(self._rows)))
+        self._weights = array("d", bytes(8 * len(self._rows)))
+        for row, term_idf, folded in zip(rows, idf, weights, strict=True):
+            if not term_idf > 0.0:  # 0 means "not in the vocabulary"; a real idf is >= 1
+                raise ValueError(f"the idf of a term must be positive, not {term_idf}")
+            self._idf[row] = term_idf
+            self._weights[row] = folded
+        self._size = len(rows)
         clauses = {str(k): float(v) for k, v in doc["clauses"].items()}
         self._matched_weight = clauses.pop(MATCHED, 0.0)
         self._clauses = {
@@ -119,8 +131,6 @@ class RelevanceModel:
             for k, v in clauses.items()
             if k.startswith(CLAUSE_PREFIX)
         }
-        self._vocabulary = vocabularies.get(terms, idf)
-        self._weights = weights
         self._sublinear = doc["hyperparameters"]["sublinear_tf"] is True
         self.topic = str(doc["topic"])
         self.query_sha256 = str(doc["query_sha256"])
@@ -166,11 +176,19 @@ class RelevanceModel:
                 f"format_version {version!r} is not supported (this aggregator reads "
                 f"{supported}): retrain it with `aggregator train`",
             )
+        features = doc.get("features")
+        recipe = features.get("terms") if isinstance(features, dict) else None
+        if version >= 2 and recipe != TERMS_RECIPE:
+            raise ModelError(
+                where,
+                f"trained on the terms {recipe!r}, but this aggregator computes {TERMS_RECIPE!r}: "
+                "retrain it with `aggregator train`",
+            )
         if topic is not None and doc.get("topic") != topic:
             raise ModelError(where, f"a model of topic {doc.get('topic')!r}, not of {topic!r}")
         try:
             model = cls(doc, where, vocabularies or Vocabularies())
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise ModelError(where, f"malformed model: {type(e).__name__}: {e}") from e
         alert, review = model.thresholds.alert, model.thresholds.review
         if not 0.0 <= review <= alert <= 1.0:
@@ -192,7 +210,8 @@ class RelevanceModel:
 
     @property
     def terms(self) -> int:
-        return len(self._weights)
+        """How many terms its vocabulary holds."""
+        return self._size
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -216,12 +235,13 @@ class RelevanceModel:
     def _decision(self, counts: Counter[str], clauses: Collection[str], matched: bool) -> float:
         squares = 0.0
         dot = 0.0
-        get = self._vocabulary.rows.get
-        idf, weights = self._vocabulary.idf, self._weights
+        get = self._rows.get
+        idf, weights = self._idf, self._weights
+        size = len(idf)  # rows added by models loaded after this one are not its terms
         sublinear = self._sublinear
         for term, count in counts.items():
-            row = get(term)
-            if row is None:
+            row = get(term, size)
+            if row >= size:
                 continue
             if count == 1:  # most terms: tf is 1 either way
                 squares += idf[row] * idf[row]
@@ -241,13 +261,14 @@ class RelevanceModel:
     ) -> list[tuple[str, float]]:
         """The ``n`` features that moved the score most, with their signed contribution to the
         log-odds, largest first: words and word pairs as written lower-case ("executive
-        order"), title words as ``title:word``, clauses as ``clause 2a``, the verdict as
-        ``rule matched``."""
-        rows, idf = self._vocabulary.rows, self._vocabulary.idf
+        order"), title words as ``title:word``, four letters of a title word as ``letters:<ban``
+        (``<`` marks the start of the word, ``>`` its end), clauses as ``clause 2a``, the verdict
+        as ``rule matched``."""
+        idf, size = self._idf, len(self._idf)
         known: list[tuple[str, float, int]] = []
         for term, count in item_terms(doc).items():
-            row = rows.get(term)
-            if row is not None:
+            row = self._rows.get(term, size)
+            if row < size and idf[row] > 0.0:
                 tf = 1.0 + math.log(count) if self._sublinear else float(count)
                 known.append((term, tf, row))
         norm = math.sqrt(sum((tf * idf[row]) ** 2 for _, tf, row in known)) or 1.0
@@ -261,5 +282,32 @@ class RelevanceModel:
         return parts[:n]
 
 
+def _term_columns(doc: Mapping[str, Any]) -> tuple[list[str], array[float], array[float]]:
+    """The terms, their idf and their weights folded with the idf, as three columns.
+
+    Version 2 stores them so: three parallel lists, which JSON parses into few objects (loading
+    round 2's two models took 14.6 MB of RSS from a term -> [idf, weight] map, 3.2 MB from
+    columns: the service's whole budget is 150 MB). Version 1 stores the map."""
+    if doc["format_version"] == 1:
+        pairs = doc["terms"]
+        names = [str(term) for term in pairs]
+        return (
+            names,
+            array("d", [v[0] for v in pairs.values()]),
+            array("d", [v[1] for v in pairs.values()]),
+        )
+    names = doc["terms"]
+    if not isinstance(names, list) or not all(isinstance(term, str) for term in names):
+        raise TypeError("terms must be a list of strings")
+    idf, weights = array("d", doc["idf"]), array("d", doc["weights"])
+    if not len(names) == len(idf) == len(weights):
+        raise ValueError(f"{len(names)} terms, {len(idf)} idf and {len(weights)} weights")
+    return names, idf, weights
+
+
 def _shown(term: str) -> str:
-    return "title:" + term.removeprefix(TITLE_PREFIX) if term.startswith(TITLE_PREFIX) else term
+    if term.startswith(TITLE_PREFIX):
+        return "title:" + term.removeprefix(TITLE_PREFIX)
+    if term.startswith(CHAR_PREFIX):
+        return "letters:" + term.removeprefix(CHAR_PREFIX)
+    return term

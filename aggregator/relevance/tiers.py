@@ -124,23 +124,22 @@ def load_scoring(topics: Sequence[TopicRelevance], load: Callable[[Path, str], M
 
 
 def load_models(topics: Sequence[TopicRelevance]) -> Scoring:
-    """The topics' model files, loaded (sharing one vocabulary). Raises
+    """The topics' model files, each loaded once, sharing one term index. Raises
     :class:`~aggregator.errors.ConfigError` naming each topic whose model cannot be used."""
     vocabularies = Vocabularies()
+    loaded: dict[str, Model] = {}
     problems: list[str] = []
-
-    def load(path: Path, topic: str) -> Model:
-        return RelevanceModel.load(path, topic, vocabularies=vocabularies)
-
     for topic in topics:
         if topic.model is not None:
             try:
-                load(topic.model, topic.name)
+                loaded[topic.name] = RelevanceModel.load(
+                    topic.model, topic.name, vocabularies=vocabularies
+                )
             except ModelError as e:
                 problems.append(f"topics.{topic.name}.model: {e}")
     if problems:
         raise ConfigError(problems)
-    return load_scoring(topics, load)
+    return load_scoring(topics, lambda _path, name: loaded[name])
 
 
 def stale_models(topics: Sequence[TopicRules], scoring: Scoring) -> list[str]:
