@@ -15,8 +15,10 @@ due feeds ─> fetch (threads, httpx) ─> parse changed bodies + match topics (
    (:meth:`Entries.view <aggregator.store.entries.Entries.view>`); the pure planner
    (:func:`~aggregator.cycle.plan.plan_feed`) decides what is new, which story each entry joins
    (:mod:`aggregator.stories`; entries another process stored meanwhile, ``poll --once`` beside
-   the service, join the story window first), which alerts and thread replies to queue, and the
-   feed's next fetch; :meth:`Store.apply <aggregator.store.Store.apply>` writes that plan.
+   the service, join the story window first), how each match of a topic with a model scores
+   (:mod:`aggregator.relevance`: alert now, wait for the review digest, or only store it), which
+   alerts and thread replies to queue, and the feed's next fetch;
+   :meth:`Store.apply <aggregator.store.Store.apply>` writes that plan.
    Alerts are written in the same transaction as their entries, before anything is sent.
 5. The outbox (:mod:`aggregator.notify.outbox`) sends what is due, paced per channel.
 
