@@ -143,3 +143,30 @@ def test_the_pure_core_does_no_io_and_reads_no_clock() -> None:
 
 if __name__ == "__main__":
     sys.exit(print(find_cycle(graph())))
+
+
+def readme_layers() -> dict[str, int]:
+    """The rank of each folder or module in README's layer table ("How it works")."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8").splitlines()
+    start = readme.index("| folder | what it holds | library |") + 2
+    ranks: dict[str, int] = {}
+    for rank, line in enumerate(readme[start:]):
+        if not line.startswith("|"):
+            break
+        for name in line.split("|")[1].replace("`", "").split(","):
+            ranks[name.strip().removesuffix("/").removesuffix(".py")] = rank
+    return ranks
+
+
+def test_each_layer_imports_only_from_the_layers_above_it_in_the_readme() -> None:
+    ranks = readme_layers()
+    layer = {name: ranks.get(name.split(".")[1]) for name in modules() if "." in name}
+    unlisted = sorted({name.split(".")[1] for name, rank in layer.items() if rank is None})
+    assert not unlisted, f"README's layer table does not list {unlisted}"
+    upward = sorted(
+        f"{source} -> {target}"
+        for source, targets in graph().items()
+        for target in targets
+        if "." in source and "." in target and (layer[target] or 0) > (layer[source] or 0)
+    )
+    assert not upward, "imports from a layer listed below in README's table:\n" + "\n".join(upward)
