@@ -228,16 +228,57 @@ class _AnyWord(Node):
         ]
 
 
+class _AnyPhrase(Node):
+    """Many phrases, ORed: only those whose first word is in the document are tried.
+
+    An OR of fifty phrases would otherwise call fifty tests that each find their first word
+    missing. Spans come out in another order than the phrases', which no reader of spans minds:
+    they are sorted or gathered in sets.
+    """
+
+    positional = True
+
+    def __init__(self, phrases: Sequence[_Words]) -> None:
+        self.by_first: dict[int, list[_Words]] = {}
+        for phrase in phrases:
+            self.by_first.setdefault(phrase.atoms[0], []).append(phrase)
+        self.firsts = frozenset(self.by_first)
+
+    def test(self, index: Index) -> bool:
+        by_first = self.by_first
+        for atom in self.firsts.intersection(index):
+            for phrase in by_first[atom]:
+                if phrase.spans(index):
+                    return True
+        return False
+
+    def spans(self, index: Index) -> list[Span]:
+        by_first = self.by_first
+        out: list[Span] = []
+        for atom in self.firsts.intersection(index):
+            for phrase in by_first[atom]:
+                out.extend(phrase.spans(index))
+        return out
+
+
 def _grouped(children: list[Node]) -> list[Node]:
-    """OR's children with its single-word alternatives merged per field set."""
+    """OR's children with its single-word alternatives merged per field set, and its phrases
+    merged into one node that tries only the phrases whose first word is present."""
     groups: dict[frozenset[int], set[int]] = {}
+    phrases: list[_Words] = []
     rest: list[Node] = []
     for child in children:
         if isinstance(child, _Words) and child.length == 1:
             groups.setdefault(child.fields, set()).add(child.atoms[0])
+        elif isinstance(child, _Words):
+            phrases.append(child)
         else:
             rest.append(child)
     merged: list[Node] = [_AnyWord(frozenset(a), f) for f, a in groups.items()]
+    if len(phrases) > 1:
+        merged.append(_AnyPhrase(phrases))
+    else:
+        rest = phrases + rest
     return merged + rest
 
 
@@ -303,6 +344,8 @@ def required_needs(node: Node, share: dict[int, float]) -> frozenset[Need] | Non
         return frozenset((frozenset(node.atoms),))
     if isinstance(node, _AnyWord):
         return frozenset(frozenset((atom,)) for atom in node.atoms)
+    if isinstance(node, _AnyPhrase):
+        return frozenset(frozenset(p.atoms) for ps in node.by_first.values() for p in ps)
     if isinstance(node, _Near | _And):
         children = (node.left, node.right) if isinstance(node, _Near) else node.children
         options = [r for r in (required_needs(c, share) for c in children) if r is not None]
@@ -441,4 +484,34 @@ def clause_tests(rule: Rule) -> ClauseTests:
 
     visit(root, frozenset())
     words = [(key, _AnyWord(frozenset(a), f), proves) for (key, f, proves), a in singles.items()]
-    return ClauseTests(tuple(sorted(keys)), (*words, *others))
+    return ClauseTests(tuple(sorted(keys)), (*words, *_phrase_runs(others)))
+
+
+def _phrase_runs(
+    tests: list[tuple[str, Node, frozenset[str]]],
+) -> list[tuple[str, Node, frozenset[str]]]:
+    """``tests`` with each run of consecutive phrases that prove the same keys made one test.
+
+    Only neighbours are merged: nothing is tested between them, so testing them together finds
+    the same keys as testing them one after the other, whatever was found before.
+    """
+    out: list[tuple[str, Node, frozenset[str]]] = []
+    run: list[_Words] = []
+    for i, (key, node, proves) in enumerate(tests):
+        if isinstance(node, _Words) and node.length > 1:
+            run.append(node)
+            following = tests[i + 1] if i + 1 < len(tests) else None
+            if following is not None and _same_phrase_test(following, key, proves):
+                continue
+            out.append((key, _AnyPhrase(run) if len(run) > 1 else node, proves))
+            run = []
+        else:
+            out.append((key, node, proves))
+    return out
+
+
+def _same_phrase_test(
+    test: tuple[str, Node, frozenset[str]], key: str, proves: frozenset[str]
+) -> bool:
+    node = test[1]
+    return test[0] == key and test[2] == proves and isinstance(node, _Words) and node.length > 1

@@ -1,0 +1,78 @@
+"""The shortcuts that make big ORs cheap change no verdict, matched word or labelled clause.
+
+An OR's phrases are tried only when their first word is present, and a run of phrases that
+prove the same labelled clause is tested as one; these cases would break a wrong shortcut.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from aggregator.config.model import TopicConfig
+from aggregator.models import Document
+from aggregator.rules.matcher import TopicMatcher
+
+# phrases that share a first word, one under a field, one ending in a wildcard
+PHRASES = '"export control*" OR "export ban" OR title:"export curb" OR "data center" OR "chip act"'
+
+
+def match(query: str, title: str, summary: str = "") -> list[tuple[str, tuple[str, ...]]]:
+    matcher = TopicMatcher.compile([TopicConfig(name="t", channel="#t", query=query)])
+    return [(m.topic, m.terms) for m in matcher.match(Document(title, summary))]
+
+
+@pytest.mark.parametrize(
+    ("title", "summary", "terms"),
+    [
+        ("New export controls", "", ("export controls",)),
+        ("An export ban and export controls", "", ("export ban", "export controls")),
+        ("Export curb on chips", "", ("Export curb",)),
+        ("Chips", "an export curb", None),  # the title: field holds for that phrase only
+        ("Export data", "", None),  # the first word alone is no phrase
+        ("Chip act and data center", "", ("Chip act", "data center")),
+        ("Center of data", "", None),
+    ],
+)
+def test_an_or_of_phrases_matches_each_phrase_where_it_may(
+    title: str, summary: str, terms: tuple[str, ...] | None
+) -> None:
+    assert match(PHRASES, title, summary) == ([("t", terms)] if terms else [])
+
+
+def test_phrases_of_an_or_under_near_and_and_still_count() -> None:
+    query = f'({PHRASES}) NEAR/3 (rule OR law) AND (Congress OR "White House")'
+    assert match(query, "White House: export ban law") == [
+        ("t", ("White House", "export ban", "law"))
+    ]
+    assert match(query, "White House: export ban, said an official, is a law") == []
+
+
+QUERY = """
+(  # 1. the subject
+  AI OR "machine learning" OR "neural network"
+)
+AND
+(  # 2. the action
+  # 2a. law
+  "executive order" OR "state law" OR "federal law" OR statute
+  OR "hereby ordered"  # the formula
+  OR "authority vested" OR "code of practice"
+)
+"""
+
+
+@pytest.mark.parametrize(
+    ("title", "expected"),
+    [
+        ("AI executive order", ("1", "2", "2a")),
+        ("AI code of practice", ("1", "2", "2a")),
+        ("Machine learning: it is hereby ordered", ("1", "2", "the formula")),
+        ("Neural network federal law", ("1", "2", "2a")),
+        ("AI statute", ("1", "2", "2a")),
+    ],
+)
+def test_a_run_of_labelled_phrases_proves_its_clause(title: str, expected: tuple[str, ...]) -> None:
+    matcher = TopicMatcher.compile([TopicConfig(name="t", channel="#t", query=QUERY)])
+    found = matcher.match(Document(title))
+    assert [m.clauses for m in found] == [expected]
+    assert matcher.clause_hits(Document(title)) == {"t": expected}
