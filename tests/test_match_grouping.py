@@ -76,3 +76,40 @@ def test_a_run_of_labelled_phrases_proves_its_clause(title: str, expected: tuple
     found = matcher.match(Document(title))
     assert [m.clauses for m in found] == [expected]
     assert matcher.clause_hits(Document(title)) == {"t": expected}
+
+
+# -- the prefilter: a document with no word that could start a need is refused unindexed ---------
+
+RULES = 'Congress NEAR/5 (AI OR "machine learning") OR (chips AND export*)'
+ITEMS = [
+    ("Congress weighs AI rules", True),
+    ("Machine learning bill: Congress votes", True),
+    ("Chips face new export controls", True),
+    ("Export of chips", True),
+    ("Congress adjourns", False),
+    ("Chips are down", False),
+]
+
+
+def test_words_first_seen_by_clause_hits_or_explain_still_let_items_through() -> None:
+    """The words an index looked up are remembered for the prefilter too, needs and all."""
+    matcher = TopicMatcher.compile([TopicConfig(name="t", channel="#t", query=RULES)])
+    for title, _ in ITEMS:
+        matcher.clause_hits(Document(title))
+        matcher.explain(Document(title))
+    assert [bool(matcher.match(Document(title))) for title, _ in ITEMS] == [m for _, m in ITEMS]
+
+
+def test_the_prefilter_forgets_and_relearns_words_without_refusing_a_match(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A word cache that fills up is cleared, whatever it had learned; verdicts stay the same."""
+    from aggregator.rules import matcher as module
+
+    monkeypatch.setattr(module, "_CACHE_LIMIT", 4)
+    matcher = TopicMatcher.compile([TopicConfig(name="t", channel="#t", query=RULES)])
+    for _ in range(3):
+        for title, expected in ITEMS:
+            summary = "many other words in a summary that overflow the cache"
+            assert bool(matcher.match(Document(title, summary))) is expected, title
+            matcher.clause_hits(Document(summary, title))

@@ -104,8 +104,9 @@ class TopicMatcher:
         self._by_atom = by_atom
         self._always = always
         self._fields = fields
-        self._cache: dict[str, tuple[int, ...]] = {}
-        self._silent: set[str] = set()  # tokens that are no rule word
+        self._cache: dict[str, tuple[int, ...]] = {}  # every word seen, and its atoms (often none)
+        self._worded: set[str] = set()  # the words of the cache that have atoms
+        self._keyed: set[str] = set()  # ... and of those, the ones with a key atom of ``needs``
         self.rules: MatchRules = ()  # set by compile()
 
     @classmethod
@@ -187,21 +188,28 @@ class TopicMatcher:
         """False when no topic can match because no topic's required words are all present.
 
         Most news has none: set operations in C tell, where indexing every word's positions
-        costs a Python loop over all of them.
+        costs a Python loop over all of them. Only words never seen before take a Python step,
+        and a document with no word that could start a need is refused there and then.
         """
         if self._always:
             return True
-        silent = self._silent
-        present: set[int] = set()
+        known = self._cache.__contains__
         for field_tokens in tokens:
-            for token in set(field_tokens).difference(silent):
-                atoms = self._atoms_of(token)
-                if atoms:
-                    present.update(atoms)
-                else:
-                    if len(silent) >= _CACHE_LIMIT:
-                        silent.clear()
-                    silent.add(token)
+            if not all(map(known, field_tokens)):
+                new = set(field_tokens).difference(self._cache)
+                if len(self._cache) + len(new) > _CACHE_LIMIT:
+                    self._forget()
+                    new = {token for field_tokens in tokens for token in field_tokens}
+                for token in new:
+                    self._learn(token)
+        keyed = self._keyed
+        if all(keyed.isdisjoint(field_tokens) for field_tokens in tokens):
+            return False
+        words: set[str] = set().union(*tokens)
+        cache = self._cache
+        present: set[int] = set()
+        for token in words.intersection(self._worded):
+            present.update(cache[token])
         needs = self._needs
         return any(need <= present for key in present & needs.keys() for need in needs[key])
 
@@ -209,9 +217,23 @@ class TopicMatcher:
         found = self._cache.get(token)
         if found is None:
             if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            found = self._cache[token] = self._atoms.lookup(token)
+                self._forget()
+            found = self._learn(token)
         return found
+
+    def _learn(self, token: str) -> tuple[int, ...]:
+        """Look a word up and remember its atoms, and whether it has any or a need's key."""
+        found = self._cache[token] = self._atoms.lookup(token)
+        if found:
+            self._worded.add(token)
+            if not self._needs.keys().isdisjoint(found):
+                self._keyed.add(token)
+        return found
+
+    def _forget(self) -> None:
+        self._cache.clear()
+        self._worded.clear()
+        self._keyed.clear()
 
     def _candidates(self, index: Index) -> list[int]:
         if len(index) == 0:
