@@ -32,14 +32,20 @@ class Index(dict[int, list[int]]):
     ("Trump's", "don't") shares the slot of the word it ends, and the parts of a hyphenated
     compound ("back-to-office") share one slot. Slots are worked out on first use, per field,
     and only for a field whose text holds a ' or a -.
+
+    A document is tested several times over (the verdict, the matched words, the labelled
+    clauses), so the index also keeps what the operators found, per compiled node: fill it
+    completely before the first test.
     """
 
-    __slots__ = ("_slots", "_texts")
+    __slots__ = ("_slots", "_texts", "held", "near")
 
     def __init__(self, texts: Sequence[str] = ()) -> None:
         super().__init__()
         self._texts = texts  # the cleaned text of each field, as tokenised
         self._slots: dict[int, list[int] | None] = {}
+        self.held: dict[Node, bool] = {}  # AND and OR nodes' verdicts
+        self.near: dict[Node, list[Span]] = {}  # NEAR nodes' spans (never to be mutated)
 
     def slot(self, position: int) -> int:
         field, word = position >> SHIFT, position & MAX_WORDS
@@ -175,6 +181,12 @@ class _Near(Node):
         self.distance = distance
 
     def spans(self, index: Index) -> list[Span]:
+        found = index.near.get(self)
+        if found is None:
+            found = index.near[self] = self._spans(index)
+        return found
+
+    def _spans(self, index: Index) -> list[Span]:
         lefts = self.left.spans(index)
         if not lefts:
             return []
@@ -288,7 +300,10 @@ class _Or(Node):
         self.positional = all(c.positional for c in children)
 
     def test(self, index: Index) -> bool:
-        return any(c.test(index) for c in self.children)
+        found = index.held.get(self)
+        if found is None:
+            found = index.held[self] = any(c.test(index) for c in self.children)
+        return found
 
     def spans(self, index: Index) -> list[Span]:
         out: list[Span] = []
@@ -302,7 +317,10 @@ class _And(Node):
         self.children = children
 
     def test(self, index: Index) -> bool:
-        return all(c.test(index) for c in self.children)
+        found = index.held.get(self)
+        if found is None:
+            found = index.held[self] = all(c.test(index) for c in self.children)
+        return found
 
 
 class _Not(Node):
