@@ -113,3 +113,41 @@ def test_the_prefilter_forgets_and_relearns_words_without_refusing_a_match(
             summary = "many other words in a summary that overflow the cache"
             assert bool(matcher.match(Document(title, summary))) is expected, title
             matcher.clause_hits(Document(summary, title))
+
+
+# -- the prefilter's second step: could some query hold with these words present anywhere? -------
+
+TOPICS = [
+    ("not-only-vetoes", "(AI OR chatbot*) AND NOT (regulat* OR Congress)"),
+    ("near-fields", 'title:(export OR "export control*") NEAR/2 (chips OR GPU)'),
+    ("phrases", '("Supreme Court" OR "trade court" OR "court of appeals") AND tariff*'),
+    (
+        "nested",
+        '((Trump OR Biden) AND (order OR "executive action")) OR ("National Guard" AND Gov)',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("title", "summary", "expected"),
+    [
+        ("AI startup raises money", "", ["not-only-vetoes"]),
+        ("Chatbots everywhere", "Congress is silent", []),
+        ("Export controls on chips", "", ["near-fields"]),
+        ("Chips", "export controls", []),  # the words are present, but not in the title
+        ("Trade court strikes tariffs", "", ["phrases"]),
+        ("Court of appeals", "on tariffs", ["phrases"]),
+        ("Supreme tariffs", "a court", []),
+        ("Biden's executive action", "", ["nested"]),
+        ("Gov sends the National Guard", "", ["nested"]),
+        ("National Guard", "Trump order", ["nested"]),
+        ("National Guard in Trump's order", "AI on GPU export", ["not-only-vetoes", "nested"]),
+    ],
+)
+def test_every_topic_whose_query_holds_is_found_whatever_the_others_need(
+    title: str, summary: str, expected: list[str]
+) -> None:
+    matcher = TopicMatcher.compile(
+        [TopicConfig(name=name, channel="#t", query=query) for name, query in TOPICS]
+    )
+    assert [m.topic for m in matcher.match(Document(title, summary))] == expected

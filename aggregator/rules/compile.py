@@ -134,6 +134,12 @@ class Node:
     def spans(self, index: Index) -> list[Span]:
         raise NotImplementedError
 
+    def may_hold(self, present: set[int]) -> bool:
+        """False when the node cannot hold for any document whose atoms, in any field and at
+        any position, are ``present``: what ``test`` needs, less positions and fields. True
+        under NOT, which holds when words are absent."""
+        return True
+
 
 class _Words(Node):
     positional = True
@@ -142,6 +148,10 @@ class _Words(Node):
         self.atoms = atoms
         self.fields = fields
         self.length = len(atoms)
+        self.atom_set = frozenset(atoms)
+
+    def may_hold(self, present: set[int]) -> bool:
+        return self.atom_set.issubset(present)
 
     def spans(self, index: Index) -> list[Span]:
         first = index.get(self.atoms[0])
@@ -179,6 +189,9 @@ class _Near(Node):
         self.left = left
         self.right = right
         self.distance = distance
+
+    def may_hold(self, present: set[int]) -> bool:
+        return self.left.may_hold(present) and self.right.may_hold(present)
 
     def spans(self, index: Index) -> list[Span]:
         found = index.near.get(self)
@@ -223,6 +236,9 @@ class _AnyWord(Node):
         self.atoms = atoms
         self.fields = fields
 
+    def may_hold(self, present: set[int]) -> bool:
+        return not self.atoms.isdisjoint(present)
+
     def test(self, index: Index) -> bool:
         fields = self.fields
         for atom in self.atoms.intersection(index):
@@ -255,6 +271,14 @@ class _AnyPhrase(Node):
         for phrase in phrases:
             self.by_first.setdefault(phrase.atoms[0], []).append(phrase)
         self.firsts = frozenset(self.by_first)
+
+    def may_hold(self, present: set[int]) -> bool:
+        by_first = self.by_first
+        for atom in self.firsts.intersection(present):
+            for phrase in by_first[atom]:
+                if phrase.atom_set.issubset(present):
+                    return True
+        return False
 
     def test(self, index: Index) -> bool:
         by_first = self.by_first
@@ -299,6 +323,12 @@ class _Or(Node):
         self.children = _grouped(children)
         self.positional = all(c.positional for c in children)
 
+    def may_hold(self, present: set[int]) -> bool:
+        for child in self.children:  # noqa: SIM110 (a loop: no generator on many unmatched items)
+            if child.may_hold(present):
+                return True
+        return False
+
     def test(self, index: Index) -> bool:
         found = index.held.get(self)
         if found is None:
@@ -315,6 +345,12 @@ class _Or(Node):
 class _And(Node):
     def __init__(self, children: list[Node]) -> None:
         self.children = children
+
+    def may_hold(self, present: set[int]) -> bool:
+        for child in self.children:  # noqa: SIM110 (as in _Or.may_hold)
+            if not child.may_hold(present):
+                return False
+        return True
 
     def test(self, index: Index) -> bool:
         found = index.held.get(self)

@@ -189,7 +189,9 @@ class TopicMatcher:
 
         Most news has none: set operations in C tell, where indexing every word's positions
         costs a Python loop over all of them. Only words never seen before take a Python step,
-        and a document with no word that could start a need is refused there and then.
+        and a document with no word that could start a need is refused there and then. Of the
+        rest, a document is kept only when some topic's query could hold with its words
+        present anywhere in it (see ``Node.may_hold``).
         """
         if self._always:
             return True
@@ -211,7 +213,14 @@ class TopicMatcher:
         for token in words.intersection(self._worded):
             present.update(cache[token])
         needs = self._needs
-        return any(need <= present for key in present & needs.keys() for need in needs[key])
+        keys = present & needs.keys()
+        if not any(need <= present for key in keys for need in needs[key]):
+            return False
+        # A need met is one word or phrase of a topic; whether its whole query could hold,
+        # positions and fields aside, rules out most of the rest.
+        topics, by_atom = self._topics, self._by_atom
+        numbers = {number for key in keys for number in by_atom[key]}
+        return any(topics[number].query.root.may_hold(present) for number in numbers)
 
     def _atoms_of(self, token: str) -> tuple[int, ...]:
         found = self._cache.get(token)
