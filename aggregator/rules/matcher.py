@@ -263,17 +263,20 @@ class TopicMatcher:
             return []
         index = self._index(tokens, texts)
         out: list[TopicMatch] = []
-        spans_by_field: list[list[tuple[int, int]]] | None = None
+        # the words' character ranges, found only for the fields that matched words are in
+        spans_by_field: list[list[tuple[int, int]]] = [[] for _ in texts]
+        found: set[int] = set()
         for number in self._candidates(index):
             topic = self._topics[number]
             if not topic.query.root.test(index):
                 continue
             if topic.exclude is not None and topic.exclude.root.test(index):
                 continue
-            if spans_by_field is None:
-                spans_by_field = [textnorm.word_spans(t) for t in texts]
             spans: list[Span] = []
             collect(topic.query.root, index, spans)
+            for field in {first >> SHIFT for first, _ in spans}.difference(found):
+                spans_by_field[field] = textnorm.word_spans(texts[field])
+                found.add(field)
             terms = matched_terms(spans, texts, spans_by_field)
             # the index is at hand: telling the labelled clauses costs no second pass
             out.append(TopicMatch(topic.name, terms, topic.clauses.held(index)))
