@@ -32,14 +32,20 @@ class Index(dict[int, list[int]]):
     ("Trump's", "don't") shares the slot of the word it ends, and the parts of a hyphenated
     compound ("back-to-office") share one slot. Slots are worked out on first use, per field,
     and only for a field whose text holds a ' or a -.
+
+    A document is tested several times over (the verdict, the matched words, the labelled
+    clauses), so the index also keeps what the operators found, per compiled node: fill it
+    completely before the first test.
     """
 
-    __slots__ = ("_slots", "_texts")
+    __slots__ = ("_slots", "_texts", "held", "near")
 
     def __init__(self, texts: Sequence[str] = ()) -> None:
         super().__init__()
         self._texts = texts  # the cleaned text of each field, as tokenised
         self._slots: dict[int, list[int] | None] = {}
+        self.held: dict[Node, bool] = {}  # AND and OR nodes' verdicts
+        self.near: dict[Node, list[Span]] = {}  # NEAR nodes' spans (never to be mutated)
 
     def slot(self, position: int) -> int:
         field, word = position >> SHIFT, position & MAX_WORDS
@@ -128,6 +134,12 @@ class Node:
     def spans(self, index: Index) -> list[Span]:
         raise NotImplementedError
 
+    def may_hold(self, present: set[int]) -> bool:
+        """False when the node cannot hold for any document whose atoms, in any field and at
+        any position, are ``present``: what ``test`` needs, less positions and fields. True
+        under NOT, which holds when words are absent."""
+        return True
+
 
 class _Words(Node):
     positional = True
@@ -136,6 +148,10 @@ class _Words(Node):
         self.atoms = atoms
         self.fields = fields
         self.length = len(atoms)
+        self.atom_set = frozenset(atoms)
+
+    def may_hold(self, present: set[int]) -> bool:
+        return self.atom_set.issubset(present)
 
     def spans(self, index: Index) -> list[Span]:
         first = index.get(self.atoms[0])
@@ -174,7 +190,16 @@ class _Near(Node):
         self.right = right
         self.distance = distance
 
+    def may_hold(self, present: set[int]) -> bool:
+        return self.left.may_hold(present) and self.right.may_hold(present)
+
     def spans(self, index: Index) -> list[Span]:
+        found = index.near.get(self)
+        if found is None:
+            found = index.near[self] = self._spans(index)
+        return found
+
+    def _spans(self, index: Index) -> list[Span]:
         lefts = self.left.spans(index)
         if not lefts:
             return []
@@ -211,6 +236,9 @@ class _AnyWord(Node):
         self.atoms = atoms
         self.fields = fields
 
+    def may_hold(self, present: set[int]) -> bool:
+        return not self.atoms.isdisjoint(present)
+
     def test(self, index: Index) -> bool:
         fields = self.fields
         for atom in self.atoms.intersection(index):
@@ -228,16 +256,65 @@ class _AnyWord(Node):
         ]
 
 
+class _AnyPhrase(Node):
+    """Many phrases, ORed: only those whose first word is in the document are tried.
+
+    An OR of fifty phrases would otherwise call fifty tests that each find their first word
+    missing. Spans come out in another order than the phrases', which no reader of spans minds:
+    they are sorted or gathered in sets.
+    """
+
+    positional = True
+
+    def __init__(self, phrases: Sequence[_Words]) -> None:
+        self.by_first: dict[int, list[_Words]] = {}
+        for phrase in phrases:
+            self.by_first.setdefault(phrase.atoms[0], []).append(phrase)
+        self.firsts = frozenset(self.by_first)
+
+    def may_hold(self, present: set[int]) -> bool:
+        by_first = self.by_first
+        for atom in self.firsts.intersection(present):
+            for phrase in by_first[atom]:
+                if phrase.atom_set.issubset(present):
+                    return True
+        return False
+
+    def test(self, index: Index) -> bool:
+        by_first = self.by_first
+        for atom in self.firsts.intersection(index):
+            for phrase in by_first[atom]:
+                if phrase.spans(index):
+                    return True
+        return False
+
+    def spans(self, index: Index) -> list[Span]:
+        by_first = self.by_first
+        out: list[Span] = []
+        for atom in self.firsts.intersection(index):
+            for phrase in by_first[atom]:
+                out.extend(phrase.spans(index))
+        return out
+
+
 def _grouped(children: list[Node]) -> list[Node]:
-    """OR's children with its single-word alternatives merged per field set."""
+    """OR's children with its single-word alternatives merged per field set, and its phrases
+    merged into one node that tries only the phrases whose first word is present."""
     groups: dict[frozenset[int], set[int]] = {}
+    phrases: list[_Words] = []
     rest: list[Node] = []
     for child in children:
         if isinstance(child, _Words) and child.length == 1:
             groups.setdefault(child.fields, set()).add(child.atoms[0])
+        elif isinstance(child, _Words):
+            phrases.append(child)
         else:
             rest.append(child)
     merged: list[Node] = [_AnyWord(frozenset(a), f) for f, a in groups.items()]
+    if len(phrases) > 1:
+        merged.append(_AnyPhrase(phrases))
+    else:
+        rest = phrases + rest
     return merged + rest
 
 
@@ -246,8 +323,17 @@ class _Or(Node):
         self.children = _grouped(children)
         self.positional = all(c.positional for c in children)
 
+    def may_hold(self, present: set[int]) -> bool:
+        for child in self.children:  # noqa: SIM110 (a loop: no generator on many unmatched items)
+            if child.may_hold(present):
+                return True
+        return False
+
     def test(self, index: Index) -> bool:
-        return any(c.test(index) for c in self.children)
+        found = index.held.get(self)
+        if found is None:
+            found = index.held[self] = any(c.test(index) for c in self.children)
+        return found
 
     def spans(self, index: Index) -> list[Span]:
         out: list[Span] = []
@@ -260,8 +346,17 @@ class _And(Node):
     def __init__(self, children: list[Node]) -> None:
         self.children = children
 
+    def may_hold(self, present: set[int]) -> bool:
+        for child in self.children:  # noqa: SIM110 (as in _Or.may_hold)
+            if not child.may_hold(present):
+                return False
+        return True
+
     def test(self, index: Index) -> bool:
-        return all(c.test(index) for c in self.children)
+        found = index.held.get(self)
+        if found is None:
+            found = index.held[self] = all(c.test(index) for c in self.children)
+        return found
 
 
 class _Not(Node):
@@ -303,6 +398,8 @@ def required_needs(node: Node, share: dict[int, float]) -> frozenset[Need] | Non
         return frozenset((frozenset(node.atoms),))
     if isinstance(node, _AnyWord):
         return frozenset(frozenset((atom,)) for atom in node.atoms)
+    if isinstance(node, _AnyPhrase):
+        return frozenset(frozenset(p.atoms) for ps in node.by_first.values() for p in ps)
     if isinstance(node, _Near | _And):
         children = (node.left, node.right) if isinstance(node, _Near) else node.children
         options = [r for r in (required_needs(c, share) for c in children) if r is not None]
@@ -441,4 +538,34 @@ def clause_tests(rule: Rule) -> ClauseTests:
 
     visit(root, frozenset())
     words = [(key, _AnyWord(frozenset(a), f), proves) for (key, f, proves), a in singles.items()]
-    return ClauseTests(tuple(sorted(keys)), (*words, *others))
+    return ClauseTests(tuple(sorted(keys)), (*words, *_phrase_runs(others)))
+
+
+def _phrase_runs(
+    tests: list[tuple[str, Node, frozenset[str]]],
+) -> list[tuple[str, Node, frozenset[str]]]:
+    """``tests`` with each run of consecutive phrases that prove the same keys made one test.
+
+    Only neighbours are merged: nothing is tested between them, so testing them together finds
+    the same keys as testing them one after the other, whatever was found before.
+    """
+    out: list[tuple[str, Node, frozenset[str]]] = []
+    run: list[_Words] = []
+    for i, (key, node, proves) in enumerate(tests):
+        if isinstance(node, _Words) and node.length > 1:
+            run.append(node)
+            following = tests[i + 1] if i + 1 < len(tests) else None
+            if following is not None and _same_phrase_test(following, key, proves):
+                continue
+            out.append((key, _AnyPhrase(run) if len(run) > 1 else node, proves))
+            run = []
+        else:
+            out.append((key, node, proves))
+    return out
+
+
+def _same_phrase_test(
+    test: tuple[str, Node, frozenset[str]], key: str, proves: frozenset[str]
+) -> bool:
+    node = test[1]
+    return test[0] == key and test[2] == proves and isinstance(node, _Words) and node.length > 1

@@ -104,8 +104,9 @@ class TopicMatcher:
         self._by_atom = by_atom
         self._always = always
         self._fields = fields
-        self._cache: dict[str, tuple[int, ...]] = {}
-        self._silent: set[str] = set()  # tokens that are no rule word
+        self._cache: dict[str, tuple[int, ...]] = {}  # every word seen, and its atoms (often none)
+        self._worded: set[str] = set()  # the words of the cache that have atoms
+        self._keyed: set[str] = set()  # ... and of those, the ones with a key atom of ``needs``
         self.rules: MatchRules = ()  # set by compile()
 
     @classmethod
@@ -187,31 +188,61 @@ class TopicMatcher:
         """False when no topic can match because no topic's required words are all present.
 
         Most news has none: set operations in C tell, where indexing every word's positions
-        costs a Python loop over all of them.
+        costs a Python loop over all of them. Only words never seen before take a Python step,
+        and a document with no word that could start a need is refused there and then. Of the
+        rest, a document is kept only when some topic's query could hold with its words
+        present anywhere in it (see ``Node.may_hold``).
         """
         if self._always:
             return True
-        silent = self._silent
-        present: set[int] = set()
+        known = self._cache.__contains__
         for field_tokens in tokens:
-            for token in set(field_tokens).difference(silent):
-                atoms = self._atoms_of(token)
-                if atoms:
-                    present.update(atoms)
-                else:
-                    if len(silent) >= _CACHE_LIMIT:
-                        silent.clear()
-                    silent.add(token)
+            if not all(map(known, field_tokens)):
+                new = set(field_tokens).difference(self._cache)
+                if len(self._cache) + len(new) > _CACHE_LIMIT:
+                    self._forget()
+                    new = {token for field_tokens in tokens for token in field_tokens}
+                for token in new:
+                    self._learn(token)
+        keyed = self._keyed
+        if all(keyed.isdisjoint(field_tokens) for field_tokens in tokens):
+            return False
+        words: set[str] = set().union(*tokens)
+        cache = self._cache
+        present: set[int] = set()
+        for token in words.intersection(self._worded):
+            present.update(cache[token])
         needs = self._needs
-        return any(need <= present for key in present & needs.keys() for need in needs[key])
+        keys = present & needs.keys()
+        if not any(need <= present for key in keys for need in needs[key]):
+            return False
+        # A need met is one word or phrase of a topic; whether its whole query could hold,
+        # positions and fields aside, rules out most of the rest.
+        topics, by_atom = self._topics, self._by_atom
+        numbers = {number for key in keys for number in by_atom[key]}
+        return any(topics[number].query.root.may_hold(present) for number in numbers)
 
     def _atoms_of(self, token: str) -> tuple[int, ...]:
         found = self._cache.get(token)
         if found is None:
             if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            found = self._cache[token] = self._atoms.lookup(token)
+                self._forget()
+            found = self._learn(token)
         return found
+
+    def _learn(self, token: str) -> tuple[int, ...]:
+        """Look a word up and remember its atoms, and whether it has any or a need's key."""
+        found = self._cache[token] = self._atoms.lookup(token)
+        if found:
+            self._worded.add(token)
+            if not self._needs.keys().isdisjoint(found):
+                self._keyed.add(token)
+        return found
+
+    def _forget(self) -> None:
+        self._cache.clear()
+        self._worded.clear()
+        self._keyed.clear()
 
     def _candidates(self, index: Index) -> list[int]:
         if len(index) == 0:
@@ -232,17 +263,20 @@ class TopicMatcher:
             return []
         index = self._index(tokens, texts)
         out: list[TopicMatch] = []
-        spans_by_field: list[list[tuple[int, int]]] | None = None
+        # the words' character ranges, found only for the fields that matched words are in
+        spans_by_field: list[list[tuple[int, int]]] = [[] for _ in texts]
+        found: set[int] = set()
         for number in self._candidates(index):
             topic = self._topics[number]
             if not topic.query.root.test(index):
                 continue
             if topic.exclude is not None and topic.exclude.root.test(index):
                 continue
-            if spans_by_field is None:
-                spans_by_field = [textnorm.word_spans(t) for t in texts]
             spans: list[Span] = []
             collect(topic.query.root, index, spans)
+            for field in {first >> SHIFT for first, _ in spans}.difference(found):
+                spans_by_field[field] = textnorm.word_spans(texts[field])
+                found.add(field)
             terms = matched_terms(spans, texts, spans_by_field)
             # the index is at hand: telling the labelled clauses costs no second pass
             out.append(TopicMatch(topic.name, terms, topic.clauses.held(index)))
