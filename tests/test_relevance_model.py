@@ -20,7 +20,9 @@ from aggregator.relevance.model import (
     RelevanceModel,
     Thresholds,
     Vocabularies,
+    decode_doubles,
     default_model_path,
+    encode_doubles,
     rules_sha256,
 )
 from aggregator.relevance.thresholds import CURATED, SAMPLED
@@ -149,6 +151,24 @@ def test_a_model_trained_without_the_title_chars_ignores_them(tmp_path: Path) ->
     assert not any(name.startswith("letters:") for name, _ in model.movers(doc, (), n=100))
 
 
+def test_packed_numbers_are_exact_and_a_file_with_json_lists_scores_the_same(
+    tmp_path: Path,
+) -> None:
+    values = [1.0, -0.0, 1e-300, 2.5e300, 1 / 3, -7.125]
+    assert list(decode_doubles(encode_doubles(values))) == values
+    hyper = Hyper(min_df=1)
+    packed = exported(tmp_path, hyper)
+    doc = json.loads(packed.read_text())
+    assert isinstance(doc["idf"], str) and isinstance(doc["weights"], str)
+    listed = tmp_path / "listed.json"
+    doc.update(idf=list(decode_doubles(doc["idf"])), weights=list(decode_doubles(doc["weights"])))
+    listed.write_text(json.dumps(doc))
+    a, b = RelevanceModel.load(packed, "eo"), RelevanceModel.load(listed, "eo")
+    for item in items():
+        doc_ = item.document
+        assert a.score(doc_, ["1"]) == b.score(doc_, ["1"])
+
+
 def test_a_version_1_file_still_scores_exactly(tmp_path: Path) -> None:
     """Round 1's files (words only, no recipe) are read, and score as their trainer did: the
     title's letters, computed since, are outside their vocabulary."""
@@ -158,7 +178,8 @@ def test_a_version_1_file_still_scores_exactly(tmp_path: Path) -> None:
     path = exported(tmp_path, hyper)
     doc = json.loads(path.read_text())
     # version 1: no recipe, and a term -> [idf, weight] map instead of three lists
-    pairs = zip(doc.pop("terms"), doc.pop("idf"), doc.pop("weights"), strict=True)
+    idf, weights = decode_doubles(doc.pop("idf")), decode_doubles(doc.pop("weights"))
+    pairs = zip(doc.pop("terms"), idf, weights, strict=True)
     doc.update(format_version=1, features={"terms": "words (round 1)"},
                terms={term: [idf, weight] for term, idf, weight in pairs})  # fmt: skip
     path.write_text(json.dumps(doc))
@@ -301,6 +322,12 @@ def test_default_path_is_beside_topics_toml() -> None:
         ({"terms": ["a"], "idf": [1.0], "weights": ["x"]}, "malformed model"),
         ({"terms": ["a"], "idf": [0.0], "weights": [1.0]}, "idf of a term must be positive"),
         ({"terms": ["a"], "idf": [1.0], "weights": [float("nan")]}, "not a finite number"),
+        ({"terms": ["a"], "idf": "not base64!", "weights": [1.0]}, "not valid base64"),
+        ({"terms": ["a"], "idf": "AAAA", "weights": [1.0]}, "3 bytes, not a multiple of 8"),
+        (
+            {"terms": ["a", "b"], "idf": encode_doubles([1.0]), "weights": [1.0, 1.0]},
+            "2 terms, 1 idf and 2 weights",
+        ),
         ({"format_version": 1, "terms": {"a": [1.0]}}, "malformed model: IndexError"),
         ({"format_version": 1, "terms": ["a"]}, "malformed model"),
         ({"intercept": None}, "malformed model"),
@@ -342,8 +369,9 @@ def test_models_loaded_together_share_one_term_index_and_score_as_alone(tmp_path
     other = tmp_path / "other.json"
     doc = json.loads(words.read_text())
     kept = slice(1, None, 2)  # every other term, its idf 1.5 times higher, its weight reversed
-    doc.update(terms=doc["terms"][kept], idf=[i * 1.5 for i in doc["idf"][kept]],
-               weights=[-w for w in doc["weights"][kept]])  # fmt: skip
+    idf, weights = decode_doubles(doc["idf"]), decode_doubles(doc["weights"])
+    doc.update(terms=doc["terms"][kept], idf=[i * 1.5 for i in idf[kept]],
+               weights=[-w for w in weights[kept]])  # fmt: skip
     other.write_text(json.dumps(doc))
     paths = [words, chars, other]
     docs = [item.document for item in items()]

@@ -18,9 +18,12 @@ the title's character grams to the other's words); each model adds two ``array('
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
+import sys
 from array import array
 from collections import Counter
 from collections.abc import Collection, Mapping
@@ -287,7 +290,9 @@ def _term_columns(doc: Mapping[str, Any]) -> tuple[list[str], array[float], arra
 
     Version 2 stores them so: three parallel lists, which JSON parses into few objects (loading
     round 2's two models took 14.6 MB of RSS from a term -> [idf, weight] map, 3.2 MB from
-    columns: the service's whole budget is 150 MB). Version 1 stores the map."""
+    columns: the service's whole budget is 150 MB). The numbers may be JSON lists or, as
+    ``train`` writes them, :func:`encode_doubles` text, which makes no float object at all
+    while loading. Version 1 stores the map."""
     if doc["format_version"] == 1:
         pairs = doc["terms"]
         names = [str(term) for term in pairs]
@@ -299,10 +304,37 @@ def _term_columns(doc: Mapping[str, Any]) -> tuple[list[str], array[float], arra
     names = doc["terms"]
     if not isinstance(names, list) or not all(isinstance(term, str) for term in names):
         raise TypeError("terms must be a list of strings")
-    idf, weights = array("d", doc["idf"]), array("d", doc["weights"])
+    idf, weights = decode_doubles(doc["idf"]), decode_doubles(doc["weights"])
     if not len(names) == len(idf) == len(weights):
         raise ValueError(f"{len(names)} terms, {len(idf)} idf and {len(weights)} weights")
     return names, idf, weights
+
+
+def encode_doubles(values: Collection[float]) -> str:
+    """Numbers as text that loads exactly and without a float object each: their IEEE doubles,
+    little-endian, in base64."""
+    packed = array("d", values)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+def decode_doubles(value: Any) -> array[float]:
+    """A column of numbers: a JSON list, or :func:`encode_doubles` text."""
+    if not isinstance(value, str):
+        column: array[float] = array("d", value)  # a TypeError names a bad list
+        return column
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except binascii.Error as e:
+        raise ValueError(f"a column of numbers is not valid base64: {e}") from e
+    if len(raw) % 8:
+        raise ValueError(f"a column of numbers is {len(raw)} bytes, not a multiple of 8")
+    column = array("d")
+    column.frombytes(raw)
+    if sys.byteorder == "big":
+        column.byteswap()
+    return column
 
 
 def _shown(term: str) -> str:

@@ -46,7 +46,13 @@ from aggregator.relevance.features import (
     clause_features,
     model_terms,
 )
-from aggregator.relevance.model import FORMAT, FORMAT_VERSION, RelevanceModel, rules_sha256
+from aggregator.relevance.model import (
+    FORMAT,
+    FORMAT_VERSION,
+    RelevanceModel,
+    encode_doubles,
+    rules_sha256,
+)
 from aggregator.relevance.thresholds import (
     CURATED,
     SAMPLED,
@@ -408,10 +414,11 @@ def export(fitted: Fitted, topic: TopicRules, examples: Sequence[Example],
         "thresholds": {"alert": cv.alert, "review": cv.review},
         "cv": cv.as_dict(),
         "clauses": clauses,
-        # three parallel lists (not a term -> pair map): they load into far less memory
+        # three parallel columns (not a term -> pair map), the numbers as packed doubles: they
+        # load into far less memory
         "terms": [t for t, _ in vocabulary],
-        "idf": [float(idf[j]) for _, j in vocabulary],
-        "weights": [float(coef[j] * idf[j]) for _, j in vocabulary],
+        "idf": encode_doubles([float(idf[j]) for _, j in vocabulary]),
+        "weights": encode_doubles([float(coef[j] * idf[j]) for _, j in vocabulary]),
     }
 
 
