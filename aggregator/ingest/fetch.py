@@ -33,11 +33,14 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 import httpcore
-import httpx
 
 from aggregator.config.model import Settings
+from aggregator.imports import without
 from aggregator.ingest.addresses import AddressPolicy, literal_address, refusal
 from aggregator.models import FetchError, FetchOutcome, FetchRequest, FetchResult, NotModified
+
+with without("pygments", "rich"):  # httpx's command-line tool brings them (aggregator.imports)
+    import httpx
 
 ACCEPT = (
     "application/rss+xml, application/atom+xml, application/rdf+xml;q=0.9, "

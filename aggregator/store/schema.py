@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import inspect
 import sqlite3
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -21,19 +20,10 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from aggregator.errors import StoreError
+from aggregator.imports import without
 
-# sqlite-utils imports numpy and pandas when they are installed, for column types we never use.
-# numpy is installed for `aggregator train`, and would cost every process that opens the store
-# about 17 MB (the service must stay within 150 MB). Hidden while it imports, unless already in.
-_HIDDEN = [name for name in ("numpy", "pandas") if name not in sys.modules]
-for _name in _HIDDEN:
-    sys.modules[_name] = None  # type: ignore[assignment]  # None: "import fails"
-try:
+with without("numpy", "pandas"):  # optional column types we never use (aggregator.imports)
     import sqlite_utils
-finally:
-    for _name in _HIDDEN:
-        if _name in sys.modules and sys.modules[_name] is None:
-            del sys.modules[_name]
 
 BUSY_TIMEOUT_MS = 10_000
 P = ParamSpec("P")
