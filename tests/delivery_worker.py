@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -50,11 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         settings, topics = Settings(slack_api_url=api), ()
     if args.per_channel_interval is not None:
         settings = replace(settings, per_channel_interval=args.per_channel_interval)
-    stopping = False
+    stopping = threading.Event()  # set by SIGTERM: ends a pause between passes at once
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+        stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         outbox.recover(datetime.now(UTC))
-        while not stopping:
+        while not stopping.is_set():
             outbox.deliver_due(datetime.now(UTC), deadline=time.monotonic() + args.idle * 10)
             waiting = store.outbox.rows(
                 AlertState.PENDING, AlertState.FAILED, AlertState.HELD, AlertState.SENDING
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             pause = args.idle
             if due is not None:
                 pause = min(args.idle, max(0.0, (due - datetime.now(UTC)).total_seconds()))
-            time.sleep(max(pause, 0.005))
+            stopping.wait(max(pause, 0.005))
     finally:
         store.close()
     return 0

@@ -214,10 +214,19 @@ class _Processes:
             thread.start()
             self._poll_threads.append(thread)
 
-    def stop_polls(self, after: float, timeout: float) -> None:
-        """Stop the loop once a poll that started after ``after`` (monotonic) succeeded."""
+    def wait_for_poll_after(self, after: float, timeout: float) -> None:
+        """Until a poll that started after ``after`` (monotonic) succeeded, or one failed."""
         waiting.wait_until(lambda: any(t > after for t in self.polls_after) or self.polls_failed,
                            "a poll after the last step", timeout)  # fmt: skip
+
+    def rest(self, seconds: float) -> None:
+        """A pause of the scenario's own (the service down between kills): over at once when
+        the polls are stopped."""
+        self._stop_polls.wait(seconds)
+
+    def stop_polls(self, after: float, timeout: float) -> None:
+        """Stop the loop once a poll that started after ``after`` (monotonic) succeeded."""
+        self.wait_for_poll_after(after, timeout)
         self._stop_polls.set()
         for thread in self._poll_threads:
             thread.join(timeout)
@@ -257,7 +266,6 @@ def run_loops(
     *,
     stories: int,
     per_step: int = 1,
-    step_seconds: float = 0.6,
     kills: int = 0,
     per_channel_interval: float = 0.0,
     fault_rate: float = 0.0,
@@ -269,8 +277,9 @@ def run_loops(
     seed: int = 1,
     drain_timeout: float = 120.0,
 ) -> LoopsResult:
-    """Tell ``stories`` stories (a step every ``step_seconds``, or one per service start when
-    ``kills``) while the service and the poll loop run; then drain, stop and count."""
+    """Tell ``stories`` stories (the next step once a poll that started after the last one has
+    finished, or one per service start when ``kills``) while the service and the poll loop run;
+    then drain, stop and count."""
     rng = random.Random(seed)
     chaos = Chaos(rng, fault_rate, kill_rate, kill_client="run", slow_rate=slow_rate)
     db = workdir / "loops.db"
@@ -298,7 +307,7 @@ def run_loops(
                 if not kills:
                     if not stepped:
                         break
-                    time.sleep(step_seconds)
+                    procs.wait_for_poll_after(last_step, drain_timeout)
                     stepped = newsroom.advance()
                     continue
                 if not stepped and chaos.kills_in_flight + kills_at_random >= kills:
@@ -314,7 +323,7 @@ def run_loops(
                         kills_at_random += 1
                     chaos.proc.wait()
                 stepped = newsroom.advance()
-                time.sleep(rng.uniform(0.0, restart_delay))
+                procs.rest(rng.uniform(0.0, restart_delay))  # down, as for systemd's RestartSec
                 with chaos.kill_lock:
                     chaos.called.clear()
                     chaos.round_killed = False

@@ -39,7 +39,7 @@ def test_poll_once_beside_the_service_delivers_every_message_once(tmp_path: Path
     loop is sending is rewritten under it, so its send is never recorded: it stays in 'sending'
     past the drain, which is shorter than the two minutes before such a row is settled).
     """
-    result = run_loops(tmp_path, stories=10, step_seconds=0.6, poll_loops=2, drain_timeout=60)
+    result = run_loops(tmp_path, stories=10, poll_loops=2, drain_timeout=60)
 
     assert result.polls >= 4, result
     assert result.polls_failed == [], result.polls_failed

@@ -473,7 +473,9 @@ def test_start_up_settles_what_dead_senders_left_and_leaves_a_live_senders_send(
     ids = add_alerts(store, 3)
     rows = store.outbox.rows(AlertState.PENDING)
     host = socket.gethostname()
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    # alive until we close its stdin (or kill it)
+    alive = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)  # fmt: skip
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait()
     unreaped = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -489,7 +491,8 @@ def test_start_up_settles_what_dead_senders_left_and_leaves_a_live_senders_send(
         [late] = box.recover(clock())
         assert (late.alert_id, late.state) == (ids[0], "pending")
     finally:
-        alive.kill()
+        assert alive.stdin is not None
+        alive.stdin.close()  # its read ends: it exits
         alive.wait()
         unreaped.wait()
 

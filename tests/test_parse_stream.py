@@ -4,7 +4,7 @@ this process with one worker, with the same outcomes."""
 from __future__ import annotations
 
 import os
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,7 +48,7 @@ def _die_on_request(job: ParseJob) -> ParseOutcome:
 def _hang_on_request(job: ParseJob) -> ParseOutcome:
     """A worker that never finishes one body, as a parse stuck in a pathological input would."""
     if job.body == b"hang":
-        time.sleep(3600)
+        threading.Event().wait()  # never set: stuck for good
     return run_job(job)
 
 

@@ -10,7 +10,7 @@ import logging
 import random
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -212,7 +212,7 @@ def test_entries_are_matched_alike_in_this_process_or_on_the_parse_workers(
 def _hang_on_marked_body(job: ParseJob) -> ParseOutcome:
     """A parse worker that never finishes a body holding the marker, as a stuck parse would."""
     if b"hang-here" in job.body:
-        time.sleep(3600)
+        threading.Event().wait()  # never set: stuck for good
     return run_job(job)
 
 

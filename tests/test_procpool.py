@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ def square_or_die(n: int) -> int:
 def square_or_hang(n: int) -> tuple[int, int]:
     """``(pid, n * n)``; -3 sleeps for an hour, as a parse stuck waiting would."""
     if n == -3:
-        time.sleep(3600)
+        threading.Event().wait()  # never set: stuck for good
     return os.getpid(), n * n
 
 
