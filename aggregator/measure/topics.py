@@ -16,6 +16,7 @@ from typing import Any
 
 from aggregator.errors import AggregatorError
 from aggregator.models import Document
+from aggregator.relevance.thresholds import Counts
 from aggregator.relevance.tiers import NO_SCORING, Scoring, Tier
 from aggregator.rules.matcher import TopicMatcher
 
@@ -150,28 +151,24 @@ class TopicScore:
     false_negatives: tuple[tuple[str, str], ...]
 
     @property
+    def counts(self) -> Counts:
+        """Precision, recall and F1 are computed as ``train`` computes them."""
+        return Counts(self.tp, self.fp, self.fn)
+
+    @property
     def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+        return self.counts.precision
 
     @property
     def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+        return self.counts.recall
 
     @property
     def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
+        return self.counts.f1
 
     def as_dict(self) -> dict[str, float | int]:
-        return {
-            "precision": round(self.precision, 4),
-            "recall": round(self.recall, 4),
-            "f1": round(self.f1, 4),
-            "tp": self.tp,
-            "fp": self.fp,
-            "fn": self.fn,
-            "tn": self.tn,
-        }
+        return {**self.counts.as_dict(), "tn": self.tn}
 
 
 @dataclass(frozen=True, slots=True)
