@@ -95,21 +95,26 @@ def labels_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def hard_labels_file(tmp_path: Path) -> Path:
-    """Also pairs of items whose label only a rare word tells: held out, one of a pair is often
-    missed, which a model that saw both never misses."""
+HARD_WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+              "juliet", "kilo", "lima"]  # fmt: skip
+
+
+def write_hard_labels(path: Path) -> Path:
+    """The labelled items, and pairs of items whose label only a rare word tells: held out, one
+    of a pair is often missed, which a model that saw both never misses."""
     lines = labelled_lines(PLACES)
-    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
-             "juliet", "kilo", "lima"]  # fmt: skip
-    for k, word in enumerate(words):
+    for k, word in enumerate(HARD_WORDS):
         for place in ("Reno", "Boise"):
             item = {"id": f"hard-{word}-{place}", "title": f"Trump order about {word} in {place}",
                     "labels": {"eo": k % 2}}  # fmt: skip
             lines.append(json.dumps(item))
-    path = tmp_path / "hard.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def hard_labels_file(tmp_path: Path) -> Path:
+    return write_hard_labels(tmp_path / "hard.jsonl")
 
 
 def entry(n: int, title: str) -> Entry:

@@ -14,10 +14,7 @@ import pytest
 from aggregator.feedback.read import read_reactions
 from tests.feedback_world import FEEDBACK, FakeClock, World
 from tests.slackserver import SlackServer
-from tests.test_cli_relevance import PLACES, TOPICS, labelled_lines, run
-
-WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
-         "juliet", "kilo", "lima"]  # fmt: skip
+from tests.test_cli_relevance import HARD_WORDS, TOPICS, run, write_hard_labels
 
 
 @pytest.fixture
@@ -47,22 +44,14 @@ def config_dir(tmp_path: Path) -> Path:
 def hard_file(tmp_path: Path) -> Path:
     """Labelled items where only a rare word tells the label: one of each pair is held out in
     cross-validation, so a model that never saw the word misses it."""
-    lines = labelled_lines(PLACES)
-    for k, word in enumerate(WORDS):
-        for place in ("Reno", "Boise"):
-            item = {"id": f"hard-{word}-{place}", "title": f"Trump order about {word} in {place}",
-                    "labels": {"eo": k % 2}}  # fmt: skip
-            lines.append(json.dumps(item))
-    path = tmp_path / "hard.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_hard_labels(tmp_path / "hard.jsonl")
 
 
 def test_reactions_reach_train_and_change_its_figures(
     world: World, config_dir: Path, hard_file: Path
 ) -> None:
     # The team marks alerts that carry the same rare words: relevant (+1) or not (-1).
-    for k, word in enumerate(WORDS):
+    for k, word in enumerate(HARD_WORDS):
         for place in ("Nevada", "Tahoe"):
             sent = world.alert(f"Trump order about {word} in {place}", "eo", channel="#eo")
             world.react(sent, "+1" if k % 2 else "-1", "U1", "U2")
